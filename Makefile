@@ -1,0 +1,22 @@
+# Thin wrapper over meson for the two commands the README promises.
+#   make demo   — install what is needed, build, and run the live demo (real guests, real pressure)
+#   make check  — install what is needed, build with ASan/UBSan, run every test suite
+BUILD ?= build
+
+.PHONY: all build demo check sim bench clean
+
+all: build
+
+build:
+	scripts/install-deps.sh
+	test -f $(BUILD)/build.ninja || meson setup $(BUILD)
+	ninja -C $(BUILD)
+
+check:
+	scripts/check.sh
+
+demo: build
+	scripts/demo.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) build-check

@@ -1,0 +1,149 @@
+/* Pressure-to-size policy: a pure function of a snapshot. No I/O, no globals, no clock reads.
+ * The daemon, the unit tests and the simulator all call policy_decide() with the same inputs. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+typedef enum PressureLevel {
+        PRESSURE_NONE,
+        PRESSURE_LOW,
+        PRESSURE_MEDIUM,
+        PRESSURE_CRITICAL,
+        _PRESSURE_LEVEL_MAX,
+        _PRESSURE_LEVEL_INVALID = -EINVAL,
+} PressureLevel;
+
+const char *pressure_level_to_string(PressureLevel l);
+PressureLevel pressure_level_from_string(const char *s);
+
+typedef enum PolicyPreset {
+        POLICY_PRESET_DEFAULT,
+        POLICY_PRESET_SEED,      /* the 2013 auto-ballooning: 1/2/4 MiB per event, nothing else */
+        _POLICY_PRESET_MAX,
+        _POLICY_PRESET_INVALID = -EINVAL,
+} PolicyPreset;
+
+const char *policy_preset_to_string(PolicyPreset p);
+PolicyPreset policy_preset_from_string(const char *s);
+
+/* The tunables of one machine. The manager holds a default copy; each machine starts from it
+ * and may override single knobs. Every knob is described in policy_knobs[] below, which the
+ * config parser and the D-Bus layer both iterate: a knob added here is a config key and a
+ * property at once. */
+typedef struct PolicyKnobs {
+        PolicyPreset preset;
+        bool enabled;
+        uint64_t minimum_bytes;          /* floor; 0 = minimum_percent of the VM's RAM */
+        uint64_t maximum_bytes;          /* ceiling; 0 = the VM's configured RAM */
+        uint32_t minimum_percent;        /* used when minimum_bytes == 0 */
+        uint32_t weight;                 /* 1..10000, like CPUWeight=; higher = squeezed less */
+        uint32_t step_permille[_PRESSURE_LEVEL_MAX];  /* default preset: inflate step per event,
+                                                       * in 1/1000 of the VM's RAM */
+        uint64_t seed_step_bytes[_PRESSURE_LEVEL_MAX]; /* seed preset: 0, 1, 2, 4 MiB */
+        uint64_t reserve_bytes;          /* never take a guest's available memory below this */
+        usec_t recovery_delay_usec;      /* no pressure for this long before giving memory back */
+        uint32_t recovery_permille;      /* give back this share of RAM per recovery step */
+        usec_t recovery_interval_usec;   /* ... at most this often */
+        usec_t hold_off_usec;            /* after a guest deflated itself, leave it alone this long */
+} PolicyKnobs;
+
+void policy_knobs_init_default(PolicyKnobs *k);
+
+typedef enum KnobType {
+        KNOB_BOOL,
+        KNOB_SIZE,       /* uint64_t bytes; "512M" in config, t on D-Bus */
+        KNOB_UINT32,     /* u */
+        KNOB_PERMILLE,   /* uint32_t; "12.5%" or "125‰"... config accepts a percent, D-Bus u permille */
+        KNOB_PERCENT,    /* uint32_t 0..100 */
+        KNOB_USEC,       /* usec_t; "30s" in config, t (µs) on D-Bus */
+        KNOB_PRESET,     /* PolicyPreset; "default"/"seed", s on D-Bus */
+} KnobType;
+
+typedef struct KnobInfo {
+        const char *name;        /* config key and D-Bus property name, e.g. "MinimumMemory" */
+        KnobType type;
+        size_t offset;           /* into PolicyKnobs */
+        uint64_t min, max;       /* allowed range (in the stored unit) */
+        const char *doc;         /* one line for --help, man page and errors */
+} KnobInfo;
+
+extern const KnobInfo policy_knobs[];
+extern const size_t policy_knobs_count;
+const KnobInfo *policy_knob_find(const char *name);
+
+/* Guest statistics as virtio-balloon reports them (QEMU guest-stats). UINT64_MAX = not reported. */
+typedef struct GuestStats {
+        bool valid;
+        usec_t updated_usec;              /* when the host received them (monotonic) */
+        uint64_t total_bytes;
+        uint64_t free_bytes;
+        uint64_t available_bytes;
+        uint64_t caches_bytes;
+        uint64_t major_faults;
+        uint64_t minor_faults;
+        uint64_t swap_in_bytes;
+        uint64_t swap_out_bytes;
+        uint64_t oom_kills;               /* Linux 6.12+ */
+        uint64_t alloc_stalls;            /* Linux 6.12+ */
+        uint64_t direct_scan, direct_reclaim, async_scan, async_reclaim;  /* Linux 6.12+ */
+} GuestStats;
+
+void guest_stats_init(GuestStats *s);
+
+/* Policy-private memory of one VM, kept by the caller between calls, zero-initialised. */
+typedef struct PolicyVMState {
+        unsigned consecutive_events;      /* pressure events in a row without relief */
+        usec_t last_event_usec;
+        usec_t last_move_usec;
+        usec_t hold_off_until_usec;       /* self-deflate hold-off */
+        uint64_t last_available_bytes;    /* previous guest-stats sample, for the trend */
+        uint64_t last_major_faults;
+} PolicyVMState;
+
+typedef enum PolicyReason {
+        POLICY_REASON_NONE,
+        POLICY_REASON_HOST_PRESSURE,
+        POLICY_REASON_SCOPE_PRESSURE,
+        POLICY_REASON_RECOVERY,
+        POLICY_REASON_BOUNDS,             /* target moved only to respect Minimum/Maximum */
+        POLICY_REASON_ADOPT_SELF_DEFLATE,
+        _POLICY_REASON_MAX,
+} PolicyReason;
+
+const char *policy_reason_to_string(PolicyReason r);
+
+typedef struct PolicyVM {
+        /* inputs */
+        const PolicyKnobs *knobs;
+        uint64_t ram_bytes;               /* configured guest RAM: the balloon's 0 */
+        uint64_t actual_bytes;            /* what the guest reports */
+        uint64_t target_bytes;            /* what we last asked for */
+        PressureLevel scope_event;        /* a trigger on this VM's scope fired for this call */
+        PressureLevel scope_level;        /* current level of the VM's scope */
+        GuestStats stats;
+        bool controllable;                /* connected and balloon ready; otherwise only observed */
+        /* kept across calls by the caller */
+        PolicyVMState state;
+        /* outputs */
+        uint64_t new_target_bytes;        /* == target_bytes when nothing changes */
+        PolicyReason reason;
+} PolicyVM;
+
+typedef struct PolicyHost {
+        PressureLevel event;              /* a host trigger fired for this call (NONE: not a host event) */
+        PressureLevel level;              /* current host level */
+        usec_t last_pressure_usec;        /* last host or scope event, 0 = never */
+} PolicyHost;
+
+/* Effective bounds of a VM after defaults: minimum <= maximum <= ram. */
+uint64_t policy_vm_minimum(const PolicyVM *vm);
+uint64_t policy_vm_maximum(const PolicyVM *vm);
+
+/* Decide new targets for all VMs at time now. Fills each vm->new_target_bytes and vm->reason
+ * and updates vm->state. Returns the monotonic time at which it wants to be called again
+ * without an event (recovery step, hold-off end), or USEC_INFINITY when nothing is pending:
+ * the daemon arms no timer then. */
+usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now);

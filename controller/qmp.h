@@ -1,0 +1,77 @@
+/* QMP transport: a non-blocking unix-socket client on sd-event. Greeting, qmp_capabilities,
+ * id-matched replies, event dispatch, framing limits, reconnect with backoff.
+ * It knows nothing about balloons (see balloon.h). */
+#pragma once
+
+#include <json-c/json.h>
+#include <systemd/sd-event.h>
+
+#include "util.h"
+
+/* The largest QMP message we accept; QEMU's replies for our commands are a few KiB. */
+#define QMP_MESSAGE_MAX_BYTES (1024 * 1024)
+
+/* --- framing: pure, for unit tests and fuzzing --------------------------------------- */
+
+typedef struct QmpParser QmpParser;
+
+QmpParser *qmp_parser_new(size_t max_message_bytes);
+QmpParser *qmp_parser_free(QmpParser *p);
+/* Feed bytes; each complete top-level JSON object is handed to cb (which does not own it,
+ * json_object_get() to keep it). Returns 0, or -EBADMSG for malformed JSON or a top-level
+ * value that is not an object, -EMSGSIZE for a message over the limit. After an error the
+ * parser must be reset (the connection is dropped). */
+int qmp_parser_feed(QmpParser *p, const char *data, size_t len,
+                    void (*cb)(json_object *msg, void *userdata), void *userdata);
+void qmp_parser_reset(QmpParser *p);
+
+/* --- client --------------------------------------------------------------------------- */
+
+typedef struct QmpClient QmpClient;
+
+typedef enum QmpState {
+        QMP_DISCONNECTED,
+        QMP_CONNECTING,     /* socket connecting, or waiting for greeting / capabilities reply */
+        QMP_READY,          /* command mode */
+        QMP_WAITING_RETRY,  /* disconnected, reconnect timer armed */
+        QMP_CLOSED,         /* qmp_client_close(): no more reconnects */
+} QmpState;
+
+const char *qmp_state_to_string(QmpState s);
+
+/* error: 0 and reply = the "return" value on success; on failure reply = NULL and error is
+ * -EIO for a QMP {"error": ...} (desc names it), -ECONNRESET when the connection went away
+ * before the reply, -ETIMEDOUT when no reply came within the command timeout,
+ * -ECANCELED when the client was closed. */
+typedef void (*qmp_reply_cb_t)(QmpClient *c, int error, json_object *reply, const char *desc,
+                               void *userdata);
+typedef void (*qmp_event_cb_t)(QmpClient *c, const char *event, json_object *data, void *userdata);
+/* Called on every state change; error says why we left READY/CONNECTING (negative errno,
+ * with a human message in desc, e.g. "malformed JSON from peer"). */
+typedef void (*qmp_state_cb_t)(QmpClient *c, QmpState state, int error, const char *desc,
+                               void *userdata);
+
+typedef struct QmpCallbacks {
+        qmp_event_cb_t on_event;
+        qmp_state_cb_t on_state;
+} QmpCallbacks;
+
+int qmp_client_new(QmpClient **ret, sd_event *e, const char *socket_path,
+                   const QmpCallbacks *cb, void *userdata);
+QmpClient *qmp_client_free(QmpClient *c);   /* pending replies get -ECANCELED */
+static inline void qmp_client_freep(QmpClient **c) { if (*c) qmp_client_free(*c); }
+
+/* Connect now (and on failure retry with backoff: 100 ms doubling to backoff_max). */
+int qmp_client_start(QmpClient *c);
+void qmp_client_set_backoff_max(QmpClient *c, usec_t max);
+void qmp_client_set_command_timeout(QmpClient *c, usec_t timeout);   /* default 10 s */
+/* Stop reconnecting; pending commands are cancelled; state becomes CLOSED. */
+void qmp_client_close(QmpClient *c);
+QmpState qmp_client_state(const QmpClient *c);
+const char *qmp_client_path(const QmpClient *c);
+
+/* Send {"execute": command, "arguments": arguments, "id": N}. Takes ownership of arguments
+ * (may be NULL). Only in QMP_READY; otherwise -ENOTCONN and cb is not called.
+ * cb may be NULL (fire and forget). */
+int qmp_client_execute(QmpClient *c, const char *command, json_object *arguments,
+                       qmp_reply_cb_t cb, void *userdata);

@@ -1,0 +1,65 @@
+/* Small helpers shared by the daemon, the CLI and the tests: cleanup attributes, time units. */
+#pragma once
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef uint64_t usec_t;
+#define USEC_INFINITY ((usec_t) UINT64_MAX)
+#define USEC_PER_MSEC ((usec_t) 1000ULL)
+#define USEC_PER_SEC ((usec_t) 1000000ULL)
+
+#define KIB ((uint64_t) 1024ULL)
+#define MIB (KIB * 1024ULL)
+#define GIB (MIB * 1024ULL)
+
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : (x) > (hi) ? (hi) : (x))
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _unused_ __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+
+static inline void freep(void *p) {
+        free(*(void **) p);
+}
+#define _cleanup_free_ _cleanup_(freep)
+
+static inline void closep(int *fd) {
+        if (*fd >= 0) {
+                int saved = errno;
+                close(*fd);
+                errno = saved;
+        }
+}
+#define _cleanup_close_ _cleanup_(closep)
+
+/* Hand a pointer out of a cleanup scope. */
+#define TAKE_PTR(p) ({ __typeof__(p) _t = (p); (p) = NULL; _t; })
+#define TAKE_FD(fd) ({ int _t = (fd); (fd) = -1; _t; })
+
+static inline bool streq_ptr(const char *a, const char *b) {
+        return a && b ? strcmp(a, b) == 0 : a == b;
+}
+#define streq(a, b) (strcmp((a), (b)) == 0)
+
+usec_t now_usec(void);  /* CLOCK_MONOTONIC */
+
+/* Reads a whole (small) file, NUL-terminated. Returns 0 or negative errno. */
+int read_full_file(const char *path, char **ret, size_t *ret_size);
+
+/* "512M", "2G", "1048576" (bytes), base 1024; K/M/G/T suffixes, optional "iB"/"B". */
+int parse_size(const char *s, uint64_t *ret);
+/* "30s", "500ms", "2min", "1h", plain number = seconds. */
+int parse_duration(const char *s, usec_t *ret);
+int parse_boolean(const char *s);   /* 1, 0 or -EINVAL */
+
+/* Human-readable size into buf ("1.5G"); returns buf. */
+char *format_size(char *buf, size_t len, uint64_t bytes);
+#define FORMAT_SIZE_MAX 16
