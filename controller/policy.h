@@ -42,12 +42,18 @@ typedef struct PolicyKnobs {
         uint32_t weight;                 /* 1..10000, like CPUWeight=; higher = squeezed less */
         uint32_t step_permille[_PRESSURE_LEVEL_MAX];  /* default preset: inflate step per event,
                                                        * in 1/1000 of the VM's RAM */
+        uint32_t step_escalation_max;    /* the step doubles per event in a row, up to this factor */
         uint64_t seed_step_bytes[_PRESSURE_LEVEL_MAX]; /* seed preset: 0, 1, 2, 4 MiB */
-        uint64_t reserve_bytes;          /* never take a guest's available memory below this */
+        uint64_t reserve_bytes;          /* never take a guest's available memory below this ... */
+        uint32_t reserve_percent;        /* ... nor below this share of its RAM (the larger wins) */
         usec_t recovery_delay_usec;      /* no pressure for this long before giving memory back */
         uint32_t recovery_permille;      /* give back this share of RAM per recovery step */
         usec_t recovery_interval_usec;   /* ... at most this often */
         usec_t hold_off_usec;            /* after a guest deflated itself, leave it alone this long */
+        usec_t stats_max_age_usec;       /* older guest stats count as none (conservative steps) */
+        uint32_t guest_major_fault_rate; /* major faults/s above which a guest is "under pressure" */
+        uint32_t available_drop_permille;/* available falling by this share of RAM between two
+                                          * samples marks a guest as under pressure */
 } PolicyKnobs;
 
 void policy_knobs_init_default(PolicyKnobs *k);
@@ -96,11 +102,20 @@ void guest_stats_init(GuestStats *s);
 /* Policy-private memory of one VM, kept by the caller between calls, zero-initialised. */
 typedef struct PolicyVMState {
         unsigned consecutive_events;      /* pressure events in a row without relief */
-        usec_t last_event_usec;
+        bool relieved;                    /* a call saw no pressure since the last event */
+        usec_t last_event_usec;           /* last host or scope event that concerned this VM */
         usec_t last_move_usec;
         usec_t hold_off_until_usec;       /* self-deflate hold-off */
-        uint64_t last_available_bytes;    /* previous guest-stats sample, for the trend */
+        usec_t guest_pressure_usec;       /* last time the guest showed pressure of its own, 0 = never */
+        uint64_t last_actual_bytes;       /* previous actual, to tell a self-deflate from our inflate */
+        usec_t last_stats_usec;           /* updated_usec of the previous guest-stats sample */
+        uint64_t last_used_bytes;         /* actual - available at the previous guest-stats sample:
+                                           * the guest's own use, net of our balloon moves */
         uint64_t last_major_faults;
+        uint64_t last_swap_in_bytes;
+        uint64_t last_oom_kills;
+        uint64_t last_alloc_stalls;
+        uint64_t last_direct_scan;
 } PolicyVMState;
 
 typedef enum PolicyReason {
@@ -130,20 +145,38 @@ typedef struct PolicyVM {
         /* outputs */
         uint64_t new_target_bytes;        /* == target_bytes when nothing changes */
         PolicyReason reason;
+        PressureLevel reason_level;       /* the level that caused a pressure move, for the log */
+        bool guest_pressure;              /* the guest shows pressure of its own (stats trend) */
+        uint64_t floor_bytes;             /* the lowest target the policy would set now: max(minimum,
+                                           * working set + reserve); minimum without fresh stats */
 } PolicyVM;
 
 typedef struct PolicyHost {
         PressureLevel event;              /* a host trigger fired for this call (NONE: not a host event) */
         PressureLevel level;              /* current host level */
-        usec_t last_pressure_usec;        /* last host or scope event, 0 = never */
+        usec_t last_pressure_usec;        /* last host event, 0 = never; policy_decide() keeps it
+                                           * (scope events are remembered per VM, in its state) */
 } PolicyHost;
 
 /* Effective bounds of a VM after defaults: minimum <= maximum <= ram. */
 uint64_t policy_vm_minimum(const PolicyVM *vm);
 uint64_t policy_vm_maximum(const PolicyVM *vm);
 
+/* The working-set floor: with fresh guest stats, (actual - available) + reserve, never below
+ * the minimum; without, the minimum. Exposed for the tests and the simulator. */
+uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now);
+/* The largest inflate step one event at this level may cause for this VM (escalation
+ * included): the bound the property tests check. Seed preset: exactly its per-level size. */
+uint64_t policy_vm_step_max(const PolicyVM *vm, PressureLevel level);
+
 /* Decide new targets for all VMs at time now. Fills each vm->new_target_bytes and vm->reason
- * and updates vm->state. Returns the monotonic time at which it wants to be called again
- * without an event (recovery step, hold-off end), or USEC_INFINITY when nothing is pending:
- * the daemon arms no timer then. */
+ * and updates vm->state (and host->last_pressure_usec on an event). Returns the monotonic time
+ * (> now) at which it wants to be called again without an event (the next recovery step), or
+ * USEC_INFINITY when nothing is pending: the daemon arms no timer then.
+ *
+ * Call it on every host or scope PSI event, on guest-stats and BALLOON_CHANGE updates, when a
+ * level changes (including back to NONE: recovery starts from there), and when the returned
+ * time comes. While host pressure is current it returns USEC_INFINITY (and so for a VM whose
+ * scope is under pressure): PSI events keep coming while pressure lasts, and the call that
+ * reports the level back at NONE is what arms the cool-down timer. */
 usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now);

@@ -1,0 +1,541 @@
+/* Pressure-to-size policy: one snapshot (levels, guest stats, bounds, clock) in, balloon targets out. */
+#include <stddef.h>
+
+#include "policy.h"
+
+/* Moves smaller than this are not worth a QMP round trip, and the guest driver works in
+ * 256-page (1 MiB) chunks anyway. Rounding takes down to it keeps targets off the floor. */
+#define MOVE_GRANULE_BYTES (1 * MIB)
+
+/* actual rising while above target is the guest handing itself pages back; below this slack it
+ * may just be the last pages of our own move settling. */
+#define SELF_DEFLATE_SLACK_BYTES (1 * MIB)
+
+/* A guest whose available memory is below half its reserve is living on its last reserve: it
+ * counts as under pressure even if the trend is flat. */
+#define RESERVE_LOW_DIVISOR 2
+
+/* consecutive_events saturates here; escalation_max is bounded by the knob range anyway. */
+#define CONSECUTIVE_EVENTS_MAX 64U
+
+static const char *const pressure_level_table[_PRESSURE_LEVEL_MAX] = {
+        [PRESSURE_NONE] = "none",
+        [PRESSURE_LOW] = "low",
+        [PRESSURE_MEDIUM] = "medium",
+        [PRESSURE_CRITICAL] = "critical",
+};
+
+static const char *const policy_preset_table[_POLICY_PRESET_MAX] = {
+        [POLICY_PRESET_DEFAULT] = "default",
+        [POLICY_PRESET_SEED] = "seed",
+};
+
+static const char *const policy_reason_table[_POLICY_REASON_MAX] = {
+        [POLICY_REASON_NONE] = "none",
+        [POLICY_REASON_HOST_PRESSURE] = "host-pressure",
+        [POLICY_REASON_SCOPE_PRESSURE] = "scope-pressure",
+        [POLICY_REASON_RECOVERY] = "recovery",
+        [POLICY_REASON_BOUNDS] = "bounds",
+        [POLICY_REASON_ADOPT_SELF_DEFLATE] = "adopt-self-deflate",
+};
+
+const char *pressure_level_to_string(PressureLevel l) {
+        return l >= 0 && l < _PRESSURE_LEVEL_MAX ? pressure_level_table[l] : NULL;
+}
+
+PressureLevel pressure_level_from_string(const char *s) {
+        for (int i = 0; s && i < _PRESSURE_LEVEL_MAX; i++)
+                if (streq(s, pressure_level_table[i]))
+                        return (PressureLevel) i;
+        return _PRESSURE_LEVEL_INVALID;
+}
+
+const char *policy_preset_to_string(PolicyPreset p) {
+        return p >= 0 && p < _POLICY_PRESET_MAX ? policy_preset_table[p] : NULL;
+}
+
+PolicyPreset policy_preset_from_string(const char *s) {
+        for (int i = 0; s && i < _POLICY_PRESET_MAX; i++)
+                if (streq(s, policy_preset_table[i]))
+                        return (PolicyPreset) i;
+        return _POLICY_PRESET_INVALID;
+}
+
+const char *policy_reason_to_string(PolicyReason r) {
+        return r >= 0 && r < _POLICY_REASON_MAX ? policy_reason_table[r] : NULL;
+}
+
+void policy_knobs_init_default(PolicyKnobs *k) {
+        *k = (PolicyKnobs) {
+                .preset = POLICY_PRESET_DEFAULT,
+                .enabled = true,
+                /* A quarter of RAM: enough for any distribution to boot and keep sshd and the
+                 * journal alive; the working-set floor usually binds well above it. */
+                .minimum_percent = 25,
+                .weight = 100,
+                /* 1 % / 2.5 % / 5 % of the VM's RAM per event, doubled per event in a row up to 4x:
+                 * a 4 GiB guest gives 41 MiB on a first low event and at most 819 MiB per
+                 * critical event, so a 1 s PSI window relieves gigabytes in seconds where the
+                 * seed's 1-4 MiB needed minutes. */
+                .step_permille = { 0, 10, 25, 50 },
+                .step_escalation_max = 4,
+                .seed_step_bytes = { 0, 1 * MIB, 2 * MIB, 4 * MIB },
+                /* Headroom a guest keeps above its working set, for the next allocation burst
+                 * before its own reclaim (and the balloon's self-deflate) react. */
+                .reserve_bytes = 64 * MIB,
+                .reserve_percent = 5,
+                /* Longer than the longest PSI window (10 s) times two: a quiet spell this long
+                 * means relief, not a gap between two events of the same episode. */
+                .recovery_delay_usec = 30 * USEC_PER_SEC,
+                /* 2.5 % of RAM every 2 s: min (25 %) back to max in about a minute. */
+                .recovery_permille = 25,
+                .recovery_interval_usec = 2 * USEC_PER_SEC,
+                .hold_off_usec = 120 * USEC_PER_SEC,
+                /* QEMU's guest-stats polling is typically 1-10 s; three missed polls = no stats. */
+                .stats_max_age_usec = 30 * USEC_PER_SEC,
+                /* A guest refaulting 500 pages/s (2 MiB/s at 4 KiB) is thrashing, not warming up. */
+                .guest_major_fault_rate = 500,
+                /* 2 % of RAM of new use between two samples: a workload growing, not noise. */
+                .available_drop_permille = 20,
+        };
+}
+
+#define KNOB(n, t, field, lo, hi, d) \
+        { .name = n, .type = t, .offset = offsetof(PolicyKnobs, field), .min = lo, .max = hi, .doc = d }
+
+/* Sizes are bounded to 16 EiB/1024 so that sums over a few thousand VMs cannot overflow. */
+#define SIZE_KNOB_MAX (UINT64_MAX / 1024)
+#define USEC_KNOB_MAX (30ULL * 24 * 3600 * USEC_PER_SEC)
+
+const KnobInfo policy_knobs[] = {
+        KNOB("Preset", KNOB_PRESET, preset, 0, _POLICY_PRESET_MAX - 1,
+             "Policy: \"default\", or \"seed\" (the 2013 auto-ballooning: fixed steps per event, nothing else)"),
+        KNOB("Enabled", KNOB_BOOL, enabled, 0, 1,
+             "Whether the policy moves this machine's balloon at all"),
+        KNOB("MinimumMemory", KNOB_SIZE, minimum_bytes, 0, SIZE_KNOB_MAX,
+             "Never shrink the guest below this; 0 = MinimumMemoryPercent of its RAM"),
+        KNOB("MinimumMemoryPercent", KNOB_PERCENT, minimum_percent, 0, 100,
+             "Floor as a share of the guest's RAM, used when MinimumMemory=0"),
+        KNOB("MaximumMemory", KNOB_SIZE, maximum_bytes, 0, SIZE_KNOB_MAX,
+             "Recovery grows the guest back to this; 0 = its configured RAM"),
+        KNOB("Weight", KNOB_UINT32, weight, 1, 10000,
+             "Relative claim on memory under host pressure, like CPUWeight=: higher is squeezed less"),
+        KNOB("LowStep", KNOB_PERMILLE, step_permille[PRESSURE_LOW], 0, 1000,
+             "Inflate step per low-pressure event, as a share of the guest's RAM"),
+        KNOB("MediumStep", KNOB_PERMILLE, step_permille[PRESSURE_MEDIUM], 0, 1000,
+             "Inflate step per medium-pressure event, as a share of the guest's RAM"),
+        KNOB("CriticalStep", KNOB_PERMILLE, step_permille[PRESSURE_CRITICAL], 0, 1000,
+             "Inflate step per critical-pressure event, as a share of the guest's RAM"),
+        KNOB("StepEscalationMax", KNOB_UINT32, step_escalation_max, 1, 64,
+             "Each event in a row doubles the step, up to this factor"),
+        KNOB("SeedLowStep", KNOB_SIZE, seed_step_bytes[PRESSURE_LOW], 0, SIZE_KNOB_MAX,
+             "Seed preset: inflate step per low-pressure event"),
+        KNOB("SeedMediumStep", KNOB_SIZE, seed_step_bytes[PRESSURE_MEDIUM], 0, SIZE_KNOB_MAX,
+             "Seed preset: inflate step per medium-pressure event"),
+        KNOB("SeedCriticalStep", KNOB_SIZE, seed_step_bytes[PRESSURE_CRITICAL], 0, SIZE_KNOB_MAX,
+             "Seed preset: inflate step per critical-pressure event"),
+        KNOB("Reserve", KNOB_SIZE, reserve_bytes, 0, SIZE_KNOB_MAX,
+             "Available memory a guest always keeps above its working set"),
+        KNOB("ReservePercent", KNOB_PERCENT, reserve_percent, 0, 100,
+             "The same reserve as a share of the guest's RAM; the larger of the two applies"),
+        KNOB("RecoveryDelaySec", KNOB_USEC, recovery_delay_usec, 0, USEC_KNOB_MAX,
+             "Time without pressure before memory is given back"),
+        KNOB("RecoveryStep", KNOB_PERMILLE, recovery_permille, 1, 1000,
+             "Memory given back per recovery step, as a share of the guest's RAM"),
+        KNOB("RecoveryIntervalSec", KNOB_USEC, recovery_interval_usec, USEC_PER_MSEC, USEC_KNOB_MAX,
+             "Minimum time between two recovery steps of one guest"),
+        KNOB("HoldOffSec", KNOB_USEC, hold_off_usec, 0, USEC_KNOB_MAX,
+             "After a guest deflated its balloon itself, do not inflate it again for this long unless pressure is critical"),
+        KNOB("GuestStatsMaxAgeSec", KNOB_USEC, stats_max_age_usec, USEC_PER_SEC, USEC_KNOB_MAX,
+             "Guest statistics older than this count as missing: the guest gets only small steps"),
+        KNOB("GuestMajorFaultRate", KNOB_UINT32, guest_major_fault_rate, 1, UINT32_MAX,
+             "Major faults per second above which a guest counts as under pressure of its own"),
+        KNOB("GuestAvailableDrop", KNOB_PERMILLE, available_drop_permille, 1, 1000,
+             "Growth of the guest's own use between two samples, as a share of RAM, that counts as pressure"),
+};
+
+const size_t policy_knobs_count = ELEMENTSOF(policy_knobs);
+
+const KnobInfo *policy_knob_find(const char *name) {
+        for (size_t i = 0; name && i < policy_knobs_count; i++)
+                if (streq(policy_knobs[i].name, name))
+                        return &policy_knobs[i];
+        return NULL;
+}
+
+void guest_stats_init(GuestStats *s) {
+        *s = (GuestStats) {
+                .valid = false,
+                .total_bytes = UINT64_MAX,
+                .free_bytes = UINT64_MAX,
+                .available_bytes = UINT64_MAX,
+                .caches_bytes = UINT64_MAX,
+                .major_faults = UINT64_MAX,
+                .minor_faults = UINT64_MAX,
+                .swap_in_bytes = UINT64_MAX,
+                .swap_out_bytes = UINT64_MAX,
+                .oom_kills = UINT64_MAX,
+                .alloc_stalls = UINT64_MAX,
+                .direct_scan = UINT64_MAX,
+                .direct_reclaim = UINT64_MAX,
+                .async_scan = UINT64_MAX,
+                .async_reclaim = UINT64_MAX,
+        };
+}
+
+/* bytes * permille / 1000 without overflowing for any size below SIZE_KNOB_MAX. */
+static uint64_t permille_of(uint64_t bytes, uint32_t permille) {
+        return bytes / 1000 * permille + bytes % 1000 * permille / 1000;
+}
+
+static uint64_t sub_sat(uint64_t a, uint64_t b) {
+        return a > b ? a - b : 0;
+}
+
+static bool level_valid_event(PressureLevel l) {
+        return l > PRESSURE_NONE && l < _PRESSURE_LEVEL_MAX;
+}
+
+uint64_t policy_vm_maximum(const PolicyVM *vm) {
+        uint64_t max = vm->knobs->maximum_bytes ? vm->knobs->maximum_bytes : vm->ram_bytes;
+        return MIN(max, vm->ram_bytes);
+}
+
+uint64_t policy_vm_minimum(const PolicyVM *vm) {
+        uint64_t min = vm->knobs->minimum_bytes ? vm->knobs->minimum_bytes
+                                                : vm->ram_bytes / 100 * MIN(vm->knobs->minimum_percent, 100U);
+        return MIN(min, policy_vm_maximum(vm));
+}
+
+static uint64_t vm_reserve(const PolicyVM *vm) {
+        return MAX(vm->knobs->reserve_bytes, vm->ram_bytes / 100 * MIN(vm->knobs->reserve_percent, 100U));
+}
+
+static bool stats_fresh(const PolicyVM *vm, usec_t now) {
+        if (!vm->stats.valid || vm->stats.available_bytes == UINT64_MAX)
+                return false;
+        /* A sample stamped in the future (clock handed over from elsewhere) is taken as new. */
+        return vm->stats.updated_usec >= now || now - vm->stats.updated_usec <= vm->knobs->stats_max_age_usec;
+}
+
+uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
+        uint64_t min = policy_vm_minimum(vm), max = policy_vm_maximum(vm);
+
+        if (!stats_fresh(vm, now))
+                return min;
+
+        /* actual - available is what the guest uses itself whether or not the driver negotiated
+         * deflate-on-oom (with it, balloon pages stay in MemTotal but are not available). */
+        uint64_t used = sub_sat(vm->actual_bytes, vm->stats.available_bytes);
+        uint64_t floor = used + vm_reserve(vm);
+        return MAX(min, MIN(floor, max));
+}
+
+static uint64_t escalation(const PolicyKnobs *k, unsigned consecutive) {
+        uint64_t f = 1, max = MAX(k->step_escalation_max, 1U);
+
+        for (unsigned i = 1; i < consecutive && f < max; i++)
+                f *= 2;
+        return MIN(f, max);
+}
+
+uint64_t policy_vm_step_max(const PolicyVM *vm, PressureLevel level) {
+        if (!level_valid_event(level))
+                return 0;
+        if (vm->knobs->preset == POLICY_PRESET_SEED)
+                return vm->knobs->seed_step_bytes[level];
+        return permille_of(vm->ram_bytes, vm->knobs->step_permille[level]) * MAX(vm->knobs->step_escalation_max, 1U);
+}
+
+/* The step of one event for this VM, before it is shared out by spare memory and weight. */
+static uint64_t vm_step(const PolicyVM *vm, PressureLevel level, bool fresh) {
+        const PolicyKnobs *k = vm->knobs;
+        uint64_t level_step = permille_of(vm->ram_bytes, k->step_permille[level]);
+
+        /* Without stats we cannot see the working set: move as on a first low event, never
+         * more, and let the minimum be the only floor. */
+        if (!fresh)
+                return MIN(level_step, permille_of(vm->ram_bytes, k->step_permille[PRESSURE_LOW]));
+        return level_step * escalation(k, vm->state.consecutive_events);
+}
+
+static bool counter_grew(uint64_t now, uint64_t before) {
+        return now != UINT64_MAX && before != UINT64_MAX && now > before;
+}
+
+/* Reads the guest's own signals from a new stats sample: its use growing, stalls, direct
+ * reclaim, OOM kills, swap-in, refaults. Marks state.guest_pressure_usec. */
+static void observe_guest(PolicyVM *vm, usec_t now) {
+        PolicyVMState *st = &vm->state;
+        const GuestStats *s = &vm->stats;
+        const PolicyKnobs *k = vm->knobs;
+
+        if (!stats_fresh(vm, now))
+                return;
+
+        uint64_t used = sub_sat(vm->actual_bytes, s->available_bytes);
+        bool pressure = s->available_bytes < vm_reserve(vm) / RESERVE_LOW_DIVISOR &&
+                        vm->actual_bytes < policy_vm_maximum(vm);
+
+        if (st->last_stats_usec != 0 && s->updated_usec > st->last_stats_usec) {
+                usec_t dt_usec = s->updated_usec - st->last_stats_usec;
+
+                if (used > st->last_used_bytes &&
+                    used - st->last_used_bytes >= permille_of(vm->ram_bytes, k->available_drop_permille))
+                        pressure = true;
+                if (counter_grew(s->alloc_stalls, st->last_alloc_stalls) ||
+                    counter_grew(s->oom_kills, st->last_oom_kills) ||
+                    counter_grew(s->direct_scan, st->last_direct_scan) ||
+                    counter_grew(s->swap_in_bytes, st->last_swap_in_bytes))
+                        pressure = true;
+                if (counter_grew(s->major_faults, st->last_major_faults) &&
+                    (s->major_faults - st->last_major_faults) * USEC_PER_SEC / dt_usec >= k->guest_major_fault_rate)
+                        pressure = true;
+        }
+
+        if (s->updated_usec != st->last_stats_usec) {
+                st->last_stats_usec = s->updated_usec;
+                st->last_used_bytes = used;
+                st->last_major_faults = s->major_faults;
+                st->last_swap_in_bytes = s->swap_in_bytes;
+                st->last_oom_kills = s->oom_kills;
+                st->last_alloc_stalls = s->alloc_stalls;
+                st->last_direct_scan = s->direct_scan;
+        }
+
+        if (pressure)
+                st->guest_pressure_usec = now;
+}
+
+static bool guest_pressured(const PolicyVM *vm, usec_t now) {
+        usec_t t = vm->state.guest_pressure_usec;
+        return t != 0 && now - t < MAX(vm->knobs->recovery_delay_usec, vm->knobs->recovery_interval_usec);
+}
+
+static bool vm_managed(const PolicyVM *vm) {
+        return vm->controllable && vm->knobs->enabled && vm->ram_bytes > 0;
+}
+
+static void vm_move(PolicyVM *vm, uint64_t new_target, PolicyReason reason, PressureLevel level, usec_t now) {
+        if (new_target == vm->new_target_bytes)
+                return;
+        vm->new_target_bytes = new_target;
+        vm->reason = reason;
+        vm->reason_level = level;
+        vm->state.last_move_usec = now;
+}
+
+/* Takes up to `take` bytes (rounded down to the granule) from the VM's current decision,
+ * never below its floor. Returns what was taken. */
+static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, PressureLevel level, usec_t now) {
+        uint64_t spare = sub_sat(vm->new_target_bytes, vm->floor_bytes);
+
+        take = MIN(take, spare);
+        take -= take % MOVE_GRANULE_BYTES;
+        if (take == 0)
+                return 0;
+        vm_move(vm, vm->new_target_bytes - take, reason, level, now);
+        return take;
+}
+
+/* Per-call bookkeeping of one VM: adopt a self-deflate, respect bounds, count events in a row. */
+static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, usec_t now) {
+        PolicyVMState *st = &vm->state;
+        const PolicyKnobs *k = vm->knobs;
+        bool vm_event = host_event || level_valid_event(vm->scope_event);
+
+        vm->new_target_bytes = vm->target_bytes;
+        vm->reason = POLICY_REASON_NONE;
+        vm->reason_level = PRESSURE_NONE;
+
+        observe_guest(vm, now);
+
+        if (vm_event) {
+                if (st->relieved || st->consecutive_events == 0 ||
+                    now - st->last_event_usec > k->recovery_delay_usec)
+                        st->consecutive_events = 1;
+                else if (st->consecutive_events < CONSECUTIVE_EVENTS_MAX)
+                        st->consecutive_events++;
+                st->relieved = false;
+                st->last_event_usec = now;
+        } else if (host->level == PRESSURE_NONE && vm->scope_level == PRESSURE_NONE)
+                st->relieved = true;
+
+        bool self_deflated = st->last_actual_bytes != 0 &&
+                             vm->actual_bytes > st->last_actual_bytes &&
+                             vm->actual_bytes > vm->target_bytes + SELF_DEFLATE_SLACK_BYTES;
+        st->last_actual_bytes = vm->actual_bytes;
+
+        vm->guest_pressure = guest_pressured(vm, now);
+        vm->floor_bytes = policy_vm_floor(vm, now);
+
+        if (!vm_managed(vm))
+                return;
+
+        uint64_t min = policy_vm_minimum(vm), max = policy_vm_maximum(vm);
+
+        if (self_deflated) {
+                /* The guest needed those pages: its shrinker gave them back. Taking them again
+                 * right away would just make it reclaim again. */
+                if (k->preset == POLICY_PRESET_DEFAULT) {
+                        st->hold_off_until_usec = now + k->hold_off_usec;
+                        st->guest_pressure_usec = now;
+                        vm->guest_pressure = true;
+                }
+                vm_move(vm, CLAMP(vm->actual_bytes, min, max), POLICY_REASON_ADOPT_SELF_DEFLATE, PRESSURE_NONE, now);
+        } else if (vm->target_bytes < min || vm->target_bytes > max)
+                vm_move(vm, CLAMP(vm->target_bytes, min, max), POLICY_REASON_BOUNDS, PRESSURE_NONE, now);
+}
+
+/* A VM whose scope fired this call was served by its own event, not by the host's. */
+static bool scope_handled(const PolicyVM *vm) {
+        return level_valid_event(vm->scope_event);
+}
+
+static bool vm_held_off(const PolicyVM *vm, PressureLevel level, usec_t now) {
+        return level < PRESSURE_CRITICAL && now < vm->state.hold_off_until_usec;
+}
+
+/* Seed preset: exactly the per-level step, or nothing if that would cross the minimum. */
+static void seed_event(PolicyVM *vm, PressureLevel level, PolicyReason reason, usec_t now) {
+        uint64_t step = vm->knobs->seed_step_bytes[level];
+        uint64_t base = vm->new_target_bytes;
+
+        if (step == 0 || base < step || base - step < policy_vm_minimum(vm))
+                return;
+        vm_move(vm, base - step, reason, level, now);
+}
+
+/* Host pressure: every eligible guest is asked for its step scaled by how much it can spare
+ * (relative to its size) and by its weight, normalised so the best donor gives a full step.
+ * Guests showing pressure of their own are skipped, and taken from only at critical level when
+ * nobody else had anything to give. */
+static void host_event_share(PolicyVM *vms, size_t n_vms, PressureLevel level, usec_t now) {
+        for (int pass = 0; pass < 2; pass++) {
+                double score_max = 0;
+                uint64_t taken = 0;
+
+                for (size_t i = 0; i < n_vms; i++) {
+                        PolicyVM *vm = vms + i;
+                        bool fresh = stats_fresh(vm, now);
+
+                        if (scope_handled(vm) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
+                            vm_held_off(vm, level, now) || !fresh || vm->guest_pressure != (pass == 1))
+                                continue;
+                        double score = (double) sub_sat(vm->new_target_bytes, vm->floor_bytes) /
+                                       (double) vm->ram_bytes / (double) MAX(vm->knobs->weight, 1U);
+                        score_max = MAX(score_max, score);
+                }
+
+                for (size_t i = 0; i < n_vms; i++) {
+                        PolicyVM *vm = vms + i;
+                        bool fresh = stats_fresh(vm, now);
+
+                        if (scope_handled(vm) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
+                            vm_held_off(vm, level, now) || vm->guest_pressure != (pass == 1))
+                                continue;
+                        if (!fresh) {
+                                /* Blind: a small step, lighter for heavier weights. Never in the
+                                 * last-victim pass: we cannot tell whether it is the one in need. */
+                                if (pass == 0)
+                                        taken += vm_take(vm, vm_step(vm, level, false) * 100 /
+                                                                     MAX(100U, vm->knobs->weight),
+                                                         POLICY_REASON_HOST_PRESSURE, level, now);
+                                continue;
+                        }
+                        if (score_max <= 0)
+                                continue;
+                        double score = (double) sub_sat(vm->new_target_bytes, vm->floor_bytes) /
+                                       (double) vm->ram_bytes / (double) MAX(vm->knobs->weight, 1U);
+                        uint64_t take = (uint64_t) ((double) vm_step(vm, level, true) * (score / score_max));
+                        taken += vm_take(vm, take, POLICY_REASON_HOST_PRESSURE, level, now);
+                }
+
+                if (taken > 0 || level < PRESSURE_CRITICAL)
+                        break;
+        }
+}
+
+usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) {
+        bool host_event = level_valid_event(host->event);
+        bool host_quiet = !host_event && host->level == PRESSURE_NONE;
+        bool any_pressured_waiting = false;
+        usec_t next = USEC_INFINITY;
+
+        if (host_event)
+                host->last_pressure_usec = now;
+
+        for (size_t i = 0; i < n_vms; i++)
+                vm_prepare(vms + i, host, host_event, now);
+
+        /* Scope events first: the VM whose own cgroup is squeezed gives, so that the guest frees
+         * pages cooperatively instead of the host swapping them out blindly. */
+        for (size_t i = 0; i < n_vms; i++) {
+                PolicyVM *vm = vms + i;
+                PressureLevel level = MAX(vm->scope_event, host_event ? host->event : PRESSURE_NONE);
+
+                if (!scope_handled(vm) || !vm_managed(vm))
+                        continue;
+                if (vm->knobs->preset == POLICY_PRESET_SEED)
+                        seed_event(vm, level, POLICY_REASON_SCOPE_PRESSURE, now);
+                else if (!vm_held_off(vm, level, now))
+                        vm_take(vm, vm_step(vm, level, stats_fresh(vm, now)), POLICY_REASON_SCOPE_PRESSURE, level, now);
+        }
+
+        if (host_event) {
+                for (size_t i = 0; i < n_vms; i++)
+                        if (vms[i].knobs->preset == POLICY_PRESET_SEED && vm_managed(vms + i) && !scope_handled(vms + i))
+                                seed_event(vms + i, host->event, POLICY_REASON_HOST_PRESSURE, now);
+                host_event_share(vms, n_vms, host->event, now);
+        }
+
+        /* Recovery. A guest is quiet when neither the host nor its scope is under pressure; it
+         * grows after the cool-down, one step per interval. Guests under pressure of their own
+         * skip the cool-down and go first: the others wait while any of them is still short. */
+        for (size_t i = 0; i < n_vms; i++) {
+                PolicyVM *vm = vms + i;
+                if (vm_managed(vm) && vm->knobs->preset == POLICY_PRESET_DEFAULT && vm->guest_pressure &&
+                    host_quiet && vm->scope_level == PRESSURE_NONE && !level_valid_event(vm->scope_event) &&
+                    vm->new_target_bytes < policy_vm_maximum(vm))
+                        any_pressured_waiting = true;
+        }
+
+        for (size_t i = 0; i < n_vms; i++) {
+                PolicyVM *vm = vms + i;
+                const PolicyKnobs *k = vm->knobs;
+                const PolicyVMState *st = &vm->state;
+                uint64_t max = policy_vm_maximum(vm);
+
+                if (!vm_managed(vm) || k->preset != POLICY_PRESET_DEFAULT || !host_quiet ||
+                    vm->scope_level != PRESSURE_NONE || level_valid_event(vm->scope_event) ||
+                    vm->new_target_bytes >= max)
+                        continue;
+                if (vm->reason != POLICY_REASON_NONE && vm->reason != POLICY_REASON_ADOPT_SELF_DEFLATE &&
+                    vm->reason != POLICY_REASON_BOUNDS)
+                        continue;   /* moved down by an event this very call */
+
+                usec_t at = 0;
+                if (!vm->guest_pressure) {
+                        if (host->last_pressure_usec != 0)
+                                at = MAX(at, host->last_pressure_usec + k->recovery_delay_usec);
+                        if (st->last_event_usec != 0)
+                                at = MAX(at, st->last_event_usec + k->recovery_delay_usec);
+                }
+                if (st->last_move_usec != 0)
+                        at = MAX(at, st->last_move_usec + k->recovery_interval_usec);
+
+                bool waits = any_pressured_waiting && !vm->guest_pressure;
+                if (at <= now && !waits && vm->reason == POLICY_REASON_NONE) {
+                        uint64_t step = MAX(permille_of(vm->ram_bytes, k->recovery_permille), MOVE_GRANULE_BYTES);
+                        vm_move(vm, MIN(max, vm->new_target_bytes + step), POLICY_REASON_RECOVERY, PRESSURE_NONE, now);
+                        at = now + k->recovery_interval_usec;
+                } else if (at <= now)
+                        /* Moved for another reason this call, or waiting for guests in need. */
+                        at = now + k->recovery_interval_usec;
+
+                if (vm->new_target_bytes < max)
+                        next = MIN(next, at);
+        }
+
+        return next;
+}
