@@ -1,0 +1,392 @@
+/* Configuration files in systemd's INI dialect, parsed with inih. */
+#include <dirent.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "log.h"
+
+static const char *const default_triggers[_PRESSURE_LEVEL_MAX] = {
+        /* 10 % / 20 % of a second stalled (some), 10 % fully stalled: the levels at which
+         * systemd-oomd and low-memory-monitor also start to care. */
+        [PRESSURE_LOW] = "some 100ms 1s",
+        [PRESSURE_MEDIUM] = "some 200ms 1s",
+        [PRESSURE_CRITICAL] = "full 100ms 1s",
+};
+
+void config_init(Config *c) {
+        *c = (Config) {
+                .host_pressure_source = strdup("/proc/pressure/memory"),
+                .machines_directory = strdup(MACHINES_DIR_DEFAULT),
+                .runtime_machines_directory = strdup(RUNTIME_MACHINES_DIR_DEFAULT),
+                .stats_interval_sec = 2,
+                .deflate_on_exit = true,
+        };
+        for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
+                (void) psi_trigger_parse(default_triggers[l], &c->pressure[l]);
+        policy_knobs_init_default(&c->defaults);
+}
+
+void config_done(Config *c) {
+        free(c->host_pressure_source);
+        free(c->machines_directory);
+        free(c->runtime_machines_directory);
+        *c = (Config) {};
+}
+
+static int set_string(char **p, const char *v) {
+        char *s = strdup(v);
+        if (!s)
+                return -ENOMEM;
+        free(*p);
+        *p = s;
+        return 0;
+}
+
+int knob_describe_range(const KnobInfo *k, char **ret) {
+        char a[FORMAT_SIZE_MAX], b[FORMAT_SIZE_MAX];
+        int r = -1;
+
+        switch (k->type) {
+        case KNOB_BOOL:
+                r = asprintf(ret, "a boolean");
+                break;
+        case KNOB_SIZE:
+                r = asprintf(ret, "a size from %s to %s (e.g. 512M, 2G)",
+                             format_size(a, sizeof a, k->min), format_size(b, sizeof b, k->max));
+                break;
+        case KNOB_UINT32:
+                r = asprintf(ret, "an integer from %" PRIu64 " to %" PRIu64, k->min, k->max);
+                break;
+        case KNOB_PERMILLE:
+                r = asprintf(ret, "a percentage from %.1f%% to %.1f%%", k->min / 10.0, k->max / 10.0);
+                break;
+        case KNOB_PERCENT:
+                r = asprintf(ret, "a percentage from %" PRIu64 "%% to %" PRIu64 "%%", k->min, k->max);
+                break;
+        case KNOB_USEC:
+                r = asprintf(ret, "a duration from %.3gs to %.3gs (e.g. 500ms, 30s, 2min)",
+                             (double) k->min / USEC_PER_SEC, (double) k->max / USEC_PER_SEC);
+                break;
+        case KNOB_PRESET:
+                r = asprintf(ret, "one of: default, seed");
+                break;
+        }
+        return r < 0 ? -ENOMEM : 0;
+}
+
+static int knob_error(const KnobInfo *k, const char *value, int error, char **ret) {
+        _cleanup_free_ char *range = NULL;
+
+        if (knob_describe_range(k, &range) < 0 ||
+            asprintf(ret, "Invalid value \"%s\" for %s: expected %s.", value, k->name, range) < 0)
+                return -ENOMEM;
+        return error;
+}
+
+/* "12.5%" or "12.5" → permille; "12.5‰" is not worth supporting. */
+static int parse_percent_permille(const char *value, uint64_t *ret) {
+        char *end;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (errno != 0 || end == value || (*end && !streq(end, "%")) || !isfinite(v) || v < 0)
+                return -EINVAL;
+        *ret = (uint64_t) llround(v * 10.0);
+        return 0;
+}
+
+int knob_parse(const KnobInfo *k, const char *value, PolicyKnobs *knobs, char **error) {
+        uint64_t v = 0;
+        int r;
+
+        switch (k->type) {
+        case KNOB_BOOL:
+                r = parse_boolean(value);
+                if (r < 0)
+                        return knob_error(k, value, -EINVAL, error);
+                *(bool *) knob_ptr(k, knobs) = r;
+                return 0;
+        case KNOB_PRESET: {
+                PolicyPreset p = policy_preset_from_string(value);
+                if (p < 0)
+                        return knob_error(k, value, -EINVAL, error);
+                *(PolicyPreset *) knob_ptr(k, knobs) = p;
+                return 0;
+        }
+        case KNOB_SIZE:
+                r = parse_size(value, &v);
+                break;
+        case KNOB_USEC:
+                r = parse_duration(value, &v);
+                break;
+        case KNOB_PERMILLE:
+                r = parse_percent_permille(value, &v);
+                break;
+        case KNOB_PERCENT:
+        case KNOB_UINT32: {
+                char *end;
+                errno = 0;
+                unsigned long long u = strtoull(value, &end, 10);
+                bool pct_ok = k->type == KNOB_PERCENT && streq(end, "%");
+                r = errno != 0 || end == value || (*end && !pct_ok) || value[0] == '-' ? -EINVAL : 0;
+                v = u;
+                break;
+        }
+        default:
+                r = -EINVAL;
+        }
+        if (r < 0)
+                return knob_error(k, value, -EINVAL, error);
+        if (v < k->min || v > k->max)
+                return knob_error(k, value, -ERANGE, error);
+
+        switch (k->type) {
+        case KNOB_SIZE:
+        case KNOB_USEC:
+                *(uint64_t *) knob_ptr(k, knobs) = v;
+                break;
+        default:
+                *(uint32_t *) knob_ptr(k, knobs) = (uint32_t) v;
+        }
+        return 0;
+}
+
+int knob_format(const KnobInfo *k, const PolicyKnobs *knobs, char **ret) {
+        const void *p = knob_cptr(k, knobs);
+        int r = -1;
+
+        switch (k->type) {
+        case KNOB_BOOL:
+                r = asprintf(ret, "%s", *(const bool *) p ? "yes" : "no");
+                break;
+        case KNOB_PRESET:
+                r = asprintf(ret, "%s", policy_preset_to_string(*(const PolicyPreset *) p));
+                break;
+        case KNOB_SIZE:
+                r = asprintf(ret, "%" PRIu64, *(const uint64_t *) p);
+                break;
+        case KNOB_USEC: {
+                uint64_t u = *(const uint64_t *) p;
+                if (u % USEC_PER_SEC == 0)
+                        r = asprintf(ret, "%" PRIu64 "s", u / USEC_PER_SEC);
+                else if (u % USEC_PER_MSEC == 0)
+                        r = asprintf(ret, "%" PRIu64 "ms", u / USEC_PER_MSEC);
+                else
+                        r = asprintf(ret, "%" PRIu64 "us", u);
+                break;
+        }
+        case KNOB_PERMILLE: {
+                uint32_t u = *(const uint32_t *) p;
+                r = u % 10 == 0 ? asprintf(ret, "%u%%", u / 10) : asprintf(ret, "%.1f%%", u / 10.0);
+                break;
+        }
+        case KNOB_PERCENT:
+                r = asprintf(ret, "%u%%", *(const uint32_t *) p);
+                break;
+        case KNOB_UINT32:
+                r = asprintf(ret, "%u", *(const uint32_t *) p);
+                break;
+        }
+        return r < 0 ? -ENOMEM : 0;
+}
+
+/* --- main configuration ------------------------------------------------------------- */
+
+typedef struct ParseState {
+        const char *path;
+        FILE *file;
+        int lineno;               /* Debian's inih passes no line number: we count in the reader */
+        Config *config;           /* main config, or NULL for a machine drop-in */
+        MachineConfig *machine;   /* machine drop-in, or NULL */
+        PolicyKnobs *knobs;       /* [Defaults] or [Machine] knobs */
+        unsigned n_errors;
+} ParseState;
+
+static int knob_line(ParseState *s, const char *name, const char *value, int lineno) {
+        const KnobInfo *k = policy_knob_find(name);
+        _cleanup_free_ char *error = NULL;
+
+        if (!k)
+                return 0;   /* not a knob: caller reports */
+        if (knob_parse(k, value, s->knobs, &error) < 0) {
+                log_warning("%s:%d: %s Ignoring.", s->path, lineno, error ? error : "Invalid value.");
+                s->n_errors++;
+                return 1;
+        }
+        if (s->machine)
+                s->machine->knobs_set |= UINT64_C(1) << (k - policy_knobs);
+        return 1;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value) {
+        ParseState *s = user;
+        int lineno = s->lineno;
+        int r;
+
+        if (s->config && streq(section, "Manager")) {
+                Config *c = s->config;
+                if (streq(name, "HostPressureSource"))
+                        r = set_string(&c->host_pressure_source, value);
+                else if (streq(name, "MachinesDirectory"))
+                        r = value[0] == '/' ? set_string(&c->machines_directory, value) : -EINVAL;
+                else if (streq(name, "RuntimeMachinesDirectory"))
+                        r = value[0] == '/' ? set_string(&c->runtime_machines_directory, value) : -EINVAL;
+                else if (streq(name, "StatsIntervalSec")) {
+                        usec_t u;
+                        r = parse_duration(value, &u);
+                        if (r >= 0 && (u < USEC_PER_SEC || u > 3600 * USEC_PER_SEC))
+                                r = -ERANGE;
+                        if (r >= 0)
+                                c->stats_interval_sec = (unsigned) (u / USEC_PER_SEC);
+                } else if (streq(name, "DeflateOnExit")) {
+                        r = parse_boolean(value);
+                        if (r >= 0)
+                                c->deflate_on_exit = r;
+                } else {
+                        log_warning("%s:%d: Unknown key %s= in [Manager], ignoring.", s->path, lineno, name);
+                        s->n_errors++;
+                        return 1;
+                }
+                if (r == -ENOMEM)
+                        return 0;
+                if (r < 0) {
+                        log_warning("%s:%d: Invalid value \"%s\" for %s=, ignoring.", s->path, lineno, value, name);
+                        s->n_errors++;
+                }
+                return 1;
+        }
+
+        if (s->config && streq(section, "Pressure")) {
+                static const char *const names[_PRESSURE_LEVEL_MAX] = {
+                        [PRESSURE_LOW] = "Low", [PRESSURE_MEDIUM] = "Medium", [PRESSURE_CRITICAL] = "Critical",
+                };
+                for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
+                        if (streq(name, names[l])) {
+                                if (psi_trigger_parse(value, &s->config->pressure[l]) < 0) {
+                                        log_warning("%s:%d: Invalid PSI trigger \"%s\" for %s=: expected "
+                                                    "\"some|full STALL WINDOW\" with 500ms <= WINDOW <= 10s, "
+                                                    "0 < STALL <= WINDOW. Ignoring.",
+                                                    s->path, lineno, value, name);
+                                        s->n_errors++;
+                                }
+                                return 1;
+                        }
+                log_warning("%s:%d: Unknown key %s= in [Pressure], ignoring.", s->path, lineno, name);
+                s->n_errors++;
+                return 1;
+        }
+
+        if ((s->config && streq(section, "Defaults")) || (s->machine && streq(section, "Machine"))) {
+                if (s->machine && streq(name, "QMPSocket")) {
+                        if (value[0] != '/') {
+                                log_warning("%s:%d: QMPSocket= must be an absolute path, ignoring.", s->path, lineno);
+                                s->n_errors++;
+                                return 1;
+                        }
+                        return set_string(&s->machine->qmp_socket, value) < 0 ? 0 : 1;
+                }
+                if (knob_line(s, name, value, lineno) == 0) {
+                        log_warning("%s:%d: Unknown key %s= in [%s], ignoring.", s->path, lineno, name, section);
+                        s->n_errors++;
+                }
+                return 1;
+        }
+
+        log_warning("%s:%d: Unknown section [%s] or key %s=, ignoring.", s->path, lineno, section, name);
+        s->n_errors++;
+        return 1;
+}
+
+static char *reader(char *str, int num, void *userdata) {
+        ParseState *s = userdata;
+        char *l = fgets(str, num, s->file);
+
+        if (l)
+                s->lineno++;
+        return l;
+}
+
+static int parse_file(ParseState *s, const char *path) {
+        int r;
+
+        s->file = fopen(path, "re");
+        if (!s->file)
+                return errno == ENOENT ? 0 : log_error_errno(errno, "Failed to open %s: %m", path);
+        s->path = path;
+        s->lineno = 0;
+        r = ini_parse_stream(reader, s, handler, s);
+        fclose(s->file);
+        s->file = NULL;
+        if (r < 0)
+                return log_error_errno(EIO, "Failed to read %s.", path);
+        if (r > 0) {
+                /* inih stops at nothing: r is the first line it could not parse at all. */
+                log_warning("%s:%d: Syntax error, line ignored.", path, r);
+                s->n_errors++;
+        }
+        return 0;
+}
+
+static int filter_conf(const struct dirent *d) {
+        size_t l = strlen(d->d_name);
+        return d->d_name[0] != '.' && l > 5 && streq(d->d_name + l - 5, ".conf");
+}
+
+int config_load(Config *c, const char *path) {
+        ParseState s = { .config = c, .knobs = &c->defaults };
+        _cleanup_free_ char *dir = NULL;
+        struct dirent **list = NULL;
+        int n, r;
+
+        r = parse_file(&s, path);
+        if (r < 0)
+                return r;
+
+        if (asprintf(&dir, "%s.d", path) < 0)
+                return -ENOMEM;
+        n = scandir(dir, &list, filter_conf, alphasort);
+        for (int i = 0; i < n; i++) {
+                _cleanup_free_ char *p = NULL;
+                if (r >= 0 && asprintf(&p, "%s/%s", dir, list[i]->d_name) >= 0)
+                        r = parse_file(&s, p);
+                free(list[i]);
+        }
+        free(list);
+        c->n_errors += s.n_errors;
+        return r < 0 ? r : 0;
+}
+
+void machine_config_done(MachineConfig *mc) {
+        free(mc->qmp_socket);
+        *mc = (MachineConfig) {};
+}
+
+int machine_config_load(const Config *c, const char *name, MachineConfig *ret) {
+        MachineConfig mc = { .knobs = c->defaults };
+        ParseState s = { .machine = &mc, .knobs = &mc.knobs };
+        const char *dirs[] = { c->machines_directory, c->runtime_machines_directory };
+        int r;
+
+        /* A name with a slash cannot be a file name; machined never hands one out anyway. */
+        if (strchr(name, '/') || name[0] == '.')
+                return -EINVAL;
+
+        for (size_t i = 0; i < ELEMENTSOF(dirs); i++) {
+                _cleanup_free_ char *p = NULL;
+                if (!dirs[i])
+                        continue;
+                if (asprintf(&p, "%s/%s.conf", dirs[i], name) < 0) {
+                        machine_config_done(&mc);
+                        return -ENOMEM;
+                }
+                r = parse_file(&s, p);
+                if (r < 0) {
+                        machine_config_done(&mc);
+                        return r;
+                }
+        }
+        *ret = mc;
+        return 0;
+}

@@ -1,0 +1,46 @@
+/* VM discovery: systemd-machined (class "vm") for the machines, systemd1 for their scope's
+ * cgroup, and the QEMU command line for the QMP socket. */
+#pragma once
+
+#include <sys/types.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "util.h"
+
+typedef struct DiscoveredMachine {
+        const char *name;
+        const char *unit;             /* machine-NAME.scope */
+        const char *control_group;    /* "/machine.slice/machine-NAME.scope", as systemd1 reports it */
+        pid_t leader;
+} DiscoveredMachine;
+
+typedef struct DiscoveryCallbacks {
+        /* A VM appeared, or was re-enumerated after machined restarted. */
+        void (*on_machine_new)(const DiscoveredMachine *dm, void *userdata);
+        void (*on_machine_removed)(const char *name, void *userdata);
+        /* A full enumeration finished: names[] are all VMs machined knows (n of them); the
+         * caller forgets machines not in it (they went away while machined was down). */
+        void (*on_machines_synced)(char **names, size_t n, void *userdata);
+} DiscoveryCallbacks;
+
+typedef struct Discovery Discovery;
+
+int discovery_new(Discovery **ret, sd_bus *bus, sd_event *e, const DiscoveryCallbacks *cb, void *userdata);
+Discovery *discovery_free(Discovery *d);
+/* Subscribe to machined's signals and enumerate. */
+int discovery_start(Discovery *d);
+bool discovery_machined_running(const Discovery *d);
+
+/* The cgroup2 mount point from /proc/self/mountinfo: /sys/fs/cgroup on unified hosts,
+ * /sys/fs/cgroup/unified on hybrid ones. */
+int cgroup2_mount_point(char **ret);
+
+/* Pure: find a QMP unix socket in a NUL-separated argv (as /proc/PID/cmdline holds it).
+ * Knows `-qmp unix:PATH[,...]` (and -qmp-pretty) and `-chardev socket,id=X,path=PATH,server=on`
+ * with `-mon chardev=X,mode=control`; skips fd-passed and client-mode sockets. A relative
+ * path is resolved against cwd. Prefers a monitor whose id or path mentions "autoballoon"
+ * (a VM can give us a monitor of our own). -ENOENT if there is none. */
+int qmp_socket_from_cmdline(const char *cmdline, size_t len, const char *cwd, char **ret);
+/* Reads /proc/PID/cmdline and /proc/PID/cwd and calls the above. */
+int qmp_socket_from_pid(pid_t pid, char **ret);

@@ -1,0 +1,338 @@
+/* One VM: QMP connection, balloon, scope PSI, and the bookkeeping the policy needs. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <systemd/sd-journal.h>
+#include <time.h>
+
+#include "log.h"
+#include "machine.h"
+
+/* journalctl MESSAGE_ID=... finds every balloon move. */
+#define MESSAGE_ID_BALLOON_MOVE "7d4b1f0c2a8e4c5bb1e3a9d6f20c8e41"
+
+static const char *const machine_state_table[_MACHINE_STATE_MAX] = {
+        [MACHINE_CONNECTING] = "connecting",
+        [MACHINE_MANAGED] = "managed",
+        [MACHINE_UNMANAGED] = "unmanaged",
+        [MACHINE_FAILED] = "failed",
+};
+
+const char *machine_state_to_string(MachineState s) {
+        return s >= 0 && s < _MACHINE_STATE_MAX ? machine_state_table[s] : NULL;
+}
+
+static void machine_emit(Machine *machine, const char *prop, ...) {
+        /* PropertiesChanged; the bus may be gone during shutdown. */
+        char *props[8];
+        size_t n = 0;
+        va_list ap;
+
+        va_start(ap, prop);
+        for (const char *p = prop; p && n < ELEMENTSOF(props) - 1; p = va_arg(ap, const char *))
+                props[n++] = (char *) p;
+        va_end(ap);
+        props[n] = NULL;
+        (void) machine_bus_emit_changed(machine, props);
+}
+
+static void machine_set_state(Machine *machine, MachineState state, const char *reason) {
+        if (machine->state == state && streq_ptr(machine->state_reason, reason))
+                return;
+        if (state != machine->state)
+                log_full(state == MACHINE_FAILED ? LOG_WARNING : LOG_INFO, "Machine %s: %s → %s%s%s",
+                         machine->name, machine_state_to_string(machine->state),
+                         machine_state_to_string(state), reason ? ": " : "", reason ?: "");
+        machine->state = state;
+        free(machine->state_reason);
+        machine->state_reason = reason ? strdup(reason) : NULL;
+        machine_emit(machine, "State", "StateReason", NULL);
+        manager_update_stats_polling(machine->manager);
+}
+
+bool machine_controllable(const Machine *machine) {
+        return machine->state == MACHINE_MANAGED && machine->config.knobs.enabled &&
+                machine->balloon && balloon_is_ready(machine->balloon) && machine->ram_bytes > 0;
+}
+
+static PolicyVM machine_policy_view(const Machine *machine) {
+        return (PolicyVM) {
+                .knobs = &machine->config.knobs,
+                .ram_bytes = machine->ram_bytes,
+                .actual_bytes = machine->actual_bytes,
+                .target_bytes = machine->target_bytes,
+        };
+}
+
+uint64_t machine_maximum(const Machine *machine) {
+        PolicyVM vm = machine_policy_view(machine);
+        return machine->ram_bytes ? policy_vm_maximum(&vm) : 0;
+}
+
+uint64_t machine_minimum(const Machine *machine) {
+        PolicyVM vm = machine_policy_view(machine);
+        return machine->ram_bytes ? policy_vm_minimum(&vm) : 0;
+}
+
+static void log_move(Machine *machine, uint64_t before, uint64_t after, PolicyReason reason, PressureLevel level) {
+        char b[FORMAT_SIZE_MAX], a[FORMAT_SIZE_MAX];
+        const char *why = policy_reason_to_string(reason), *lvl = pressure_level_to_string(level);
+
+        format_size(b, sizeof b, before);
+        format_size(a, sizeof a, after);
+        if (log_to_journal())
+                sd_journal_send("MESSAGE=Machine %s: balloon target %s → %s (%s, %s pressure)",
+                                machine->name, b, a, why, lvl,
+                                "MESSAGE_ID=" MESSAGE_ID_BALLOON_MOVE,
+                                "PRIORITY=%i", LOG_INFO,
+                                "AUTOBALLOON_MACHINE=%s", machine->name,
+                                "AUTOBALLOON_REASON=%s", why,
+                                "AUTOBALLOON_LEVEL=%s", lvl,
+                                "AUTOBALLOON_BEFORE_BYTES=%" PRIu64, before,
+                                "AUTOBALLOON_AFTER_BYTES=%" PRIu64, after,
+                                "AUTOBALLOON_ACTUAL_BYTES=%" PRIu64, machine->actual_bytes,
+                                NULL);
+        else
+                log_info("Machine %s: balloon target %s → %s (%s, %s pressure) "
+                         "[machine=%s reason=%s level=%s before=%" PRIu64 " after=%" PRIu64 "]",
+                         machine->name, b, a, why, lvl, machine->name, why, lvl, before, after);
+}
+
+static void on_move_done(Balloon *b, int error, const char *desc, void *userdata) {
+        Machine *machine = userdata;
+
+        if (error < 0)
+                log_warning_errno(error, "Machine %s: balloon command failed: %s", machine->name, desc ?: "%m");
+        if (machine->manager->exiting)
+                manager_exit_progress(machine->manager);
+}
+
+int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, PressureLevel level) {
+        uint64_t before = machine->target_bytes;
+        struct timespec ts;
+        int r;
+
+        if (!machine->balloon || !balloon_is_ready(machine->balloon))
+                return -ENOTCONN;
+        r = balloon_set_target(machine->balloon, target_bytes, on_move_done, machine);
+        if (r < 0)
+                return log_warning_errno(r, "Machine %s: failed to send balloon command: %m", machine->name);
+
+        log_move(machine, before, target_bytes, reason, level);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        machine->last_move.realtime_usec = (usec_t) ts.tv_sec * USEC_PER_SEC + (usec_t) ts.tv_nsec / 1000;
+        machine->last_move.reason = reason;
+        machine->last_move.level = level;
+        machine->last_move.before_bytes = before;
+        machine->last_move.after_bytes = target_bytes;
+        machine->target_bytes = target_bytes;
+        machine->manager->n_moves++;
+        machine_emit(machine, "TargetMemory", "LastMove", NULL);
+        return 0;
+}
+
+/* --- balloon callbacks ------------------------------------------------------------------ */
+
+static void on_balloon_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes, void *userdata) {
+        Machine *machine = userdata;
+        char a[FORMAT_SIZE_MAX], r[FORMAT_SIZE_MAX];
+
+        machine->ram_bytes = ram_bytes;
+        machine->actual_bytes = actual_bytes;
+        /* Resume from what the guest has now; recovery grows it back if it is below the
+         * maximum (a previous instance may have exited without deflating). */
+        machine->target_bytes = actual_bytes;
+        log_info("Machine %s: balloon ready at %s (%s of RAM %s), QMP %s (from %s).", machine->name,
+                 balloon_device_path(b), format_size(a, sizeof a, actual_bytes),
+                 machine->name, format_size(r, sizeof r, ram_bytes), machine->qmp_socket_source);
+        machine_set_state(machine, machine->config.knobs.enabled ? MACHINE_MANAGED : MACHINE_UNMANAGED,
+                          machine->config.knobs.enabled ? NULL : "Enabled=no");
+        machine_emit(machine, "ActualMemory", "TargetMemory", "MemorySize", NULL);
+        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+}
+
+static void on_balloon_actual(Balloon *b, uint64_t actual_bytes, void *userdata) {
+        Machine *machine = userdata;
+
+        if (actual_bytes == machine->actual_bytes)
+                return;
+        machine->actual_bytes = actual_bytes;
+        machine_emit(machine, "ActualMemory", NULL);
+        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+}
+
+static void on_balloon_stats(Balloon *b, const GuestStats *stats, void *userdata) {
+        Machine *machine = userdata;
+
+        machine->stats = *stats;
+        machine_emit(machine, "GuestAvailableMemory", NULL);
+        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+}
+
+static void on_balloon_error(Balloon *b, int error, const char *desc, void *userdata) {
+        Machine *machine = userdata;
+
+        machine_set_state(machine, error == -ENODEV ? MACHINE_UNMANAGED : MACHINE_FAILED, desc);
+}
+
+static const BalloonCallbacks balloon_callbacks = {
+        .on_ready = on_balloon_ready,
+        .on_actual = on_balloon_actual,
+        .on_stats = on_balloon_stats,
+        .on_error = on_balloon_error,
+};
+
+/* --- QMP callbacks ---------------------------------------------------------------------- */
+
+static void on_qmp_event(QmpClient *c, const char *event, json_object *data, void *userdata) {
+        Machine *machine = userdata;
+
+        if (streq(event, "SHUTDOWN"))
+                log_info("Machine %s: guest is shutting down.", machine->name);
+        balloon_handle_event(machine->balloon, event, data);
+}
+
+static void on_qmp_state(QmpClient *c, QmpState state, int error, const char *desc, void *userdata) {
+        Machine *machine = userdata;
+
+        switch (state) {
+        case QMP_READY: {
+                int r = balloon_attach(machine->balloon, machine->manager->config.stats_interval_sec);
+                if (r < 0)
+                        machine_set_state(machine, MACHINE_FAILED, "Failed to query the balloon device.");
+                break;
+        }
+        case QMP_CONNECTING:
+                if (machine->state != MACHINE_FAILED)
+                        machine_set_state(machine, MACHINE_CONNECTING, NULL);
+                break;
+        case QMP_WAITING_RETRY:
+        case QMP_DISCONNECTED:
+                balloon_detach(machine->balloon);
+                if (error < 0 || machine->state == MACHINE_MANAGED)
+                        machine_set_state(machine, MACHINE_FAILED,
+                                          desc ? desc : "QMP connection lost; reconnecting.");
+                break;
+        case QMP_CLOSED:
+                balloon_detach(machine->balloon);
+                break;
+        }
+}
+
+static const QmpCallbacks qmp_callbacks = {
+        .on_event = on_qmp_event,
+        .on_state = on_qmp_state,
+};
+
+static void on_scope_pressure(PsiWatch *w, PressureLevel event, PressureLevel level, int error, void *userdata) {
+        Machine *machine = userdata;
+
+        if (error < 0) {
+                log_debug("Machine %s: scope pressure file went away.", machine->name);
+                machine->psi = psi_watch_free(machine->psi);
+                machine->scope_level = PRESSURE_NONE;
+                return;
+        }
+        if (event != PRESSURE_NONE)
+                log_debug("Machine %s: %s pressure in its scope.", machine->name, pressure_level_to_string(event));
+        if (machine->scope_level != level) {
+                machine->scope_level = level;
+                machine_emit(machine, "ScopePressure", NULL);
+        }
+        manager_run_policy(machine->manager, PRESSURE_NONE, machine, event);
+}
+
+/* --- lifecycle ---------------------------------------------------------------------------- */
+
+int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm) {
+        Machine *machine;
+        int r;
+
+        machine = calloc(1, sizeof *machine);
+        if (!machine)
+                return -ENOMEM;
+        machine->manager = m;
+        machine->leader = dm->leader;
+        machine->state = MACHINE_CONNECTING;
+        guest_stats_init(&machine->stats);
+        machine->name = strdup(dm->name);
+        machine->unit = strdup(dm->unit);
+        machine->control_group = strdup(dm->control_group);
+        if (!machine->name || !machine->unit || !machine->control_group) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = sd_bus_path_encode("/org/autoballoon1/machine", dm->name, &machine->object_path);
+        if (r < 0)
+                goto fail;
+
+        r = machine_config_load(&m->config, dm->name, &machine->config);
+        if (r < 0) {
+                log_warning_errno(r, "Machine %s: failed to load its drop-ins, using defaults: %m", dm->name);
+                machine->config = (MachineConfig) { .knobs = m->config.defaults };
+        }
+        *ret = machine;
+        return 0;
+fail:
+        machine_free(machine);
+        return r;
+}
+
+int machine_start(Machine *machine) {
+        Manager *m = machine->manager;
+        int r;
+
+        if (machine->config.qmp_socket) {
+                machine->qmp_socket = strdup(machine->config.qmp_socket);
+                machine->qmp_socket_source = "drop-in";
+        } else {
+                r = qmp_socket_from_pid(machine->leader, &machine->qmp_socket);
+                if (r < 0) {
+                        _cleanup_free_ char *why = NULL;
+                        if (asprintf(&why, "No QMP unix socket found on the command line of PID %d (%s); "
+                                     "set QMPSocket= in %s/%s.conf.", (int) machine->leader,
+                                     r == -ENOENT ? "none, or only fd-passed monitors" : strerror(-r),
+                                     m->config.machines_directory, machine->name) < 0)
+                                return -ENOMEM;
+                        machine_set_state(machine, MACHINE_UNMANAGED, why);
+                        return 0;
+                }
+                machine->qmp_socket_source = "cmdline";
+        }
+
+        /* Scope pressure: that VM first. Missing PSI is not fatal: host pressure still works. */
+        if (m->cgroup2_mount) {
+                _cleanup_free_ char *p = NULL;
+                if (asprintf(&p, "%s%s/memory.pressure", m->cgroup2_mount, machine->control_group) < 0)
+                        return -ENOMEM;
+                r = psi_watch_new(&machine->psi, m->event, p, m->config.pressure, on_scope_pressure, machine);
+                if (r < 0)
+                        log_warning_errno(r, "Machine %s: cannot watch %s, scope pressure ignored: %m",
+                                          machine->name, p);
+        }
+
+        r = qmp_client_new(&machine->qmp, m->event, machine->qmp_socket, &qmp_callbacks, machine);
+        if (r < 0)
+                return r;
+        r = balloon_new(&machine->balloon, machine->qmp, &balloon_callbacks, machine);
+        if (r < 0)
+                return r;
+        return qmp_client_start(machine->qmp);
+}
+
+Machine *machine_free(Machine *machine) {
+        if (!machine)
+                return NULL;
+        /* QMP first: it cancels pending commands, whose callbacks still see a live balloon. */
+        qmp_client_free(machine->qmp);
+        balloon_free(machine->balloon);
+        psi_watch_free(machine->psi);
+        machine_config_done(&machine->config);
+        free(machine->name);
+        free(machine->unit);
+        free(machine->control_group);
+        free(machine->object_path);
+        free(machine->qmp_socket);
+        free(machine->state_reason);
+        free(machine);
+        return NULL;
+}

@@ -1,0 +1,66 @@
+/* One VM: its identity (machined, systemd1), its QMP connection, balloon, scope pressure. */
+#pragma once
+
+#include "balloon.h"
+#include "config.h"
+#include "manager.h"
+#include "policy.h"
+#include "psi.h"
+#include "qmp.h"
+
+typedef enum MachineState {
+        MACHINE_CONNECTING,   /* QMP connecting or balloon being set up */
+        MACHINE_MANAGED,      /* the daemon drives the balloon */
+        MACHINE_UNMANAGED,    /* seen, but not driven: no QMP socket, no balloon, Enabled=no */
+        MACHINE_FAILED,       /* QMP broke (peer died, garbage); reconnecting */
+        _MACHINE_STATE_MAX,
+} MachineState;
+
+const char *machine_state_to_string(MachineState s);
+
+struct Machine {
+        Manager *manager;
+        char *name;
+        char *unit;
+        char *control_group;          /* as systemd1 reports it (relative to the cgroup2 mount) */
+        char *object_path;
+        pid_t leader;
+        char *qmp_socket;
+        const char *qmp_socket_source; /* "drop-in" or "cmdline" */
+
+        MachineState state;
+        char *state_reason;
+
+        MachineConfig config;         /* effective knobs and QMPSocket= */
+
+        QmpClient *qmp;
+        Balloon *balloon;
+        PsiWatch *psi;
+        PressureLevel scope_level;
+
+        uint64_t ram_bytes;           /* configured RAM; 0 until the balloon is ready */
+        uint64_t actual_bytes;        /* as the guest reports it */
+        uint64_t target_bytes;        /* what we last asked for (or actual, until we move it) */
+        GuestStats stats;
+        PolicyVMState policy_state;
+
+        struct {
+                usec_t realtime_usec;  /* 0: never moved */
+                PolicyReason reason;
+                PressureLevel level;
+                uint64_t before_bytes, after_bytes;
+        } last_move;
+};
+
+int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm);
+Machine *machine_free(Machine *machine);
+/* Connect QMP, arm the scope's PSI triggers. */
+int machine_start(Machine *machine);
+/* Ask the balloon for target_bytes and log why. exit_cb: count completion for shutdown. */
+int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, PressureLevel level);
+bool machine_controllable(const Machine *machine);
+uint64_t machine_maximum(const Machine *machine);
+uint64_t machine_minimum(const Machine *machine);
+
+/* manager-bus.c: PropertiesChanged for the NULL-terminated property names. */
+int machine_bus_emit_changed(Machine *machine, char **props);

@@ -1,0 +1,118 @@
+/* autoballoond: arguments, configuration, the event loop, and sd_notify. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "log.h"
+#include "manager.h"
+
+static const char *arg_config = CONFIG_FILE_DEFAULT;
+
+static void help(void) {
+        printf("%s [OPTIONS...]\n\n"
+               "Drives the virtio-balloon of every VM registered with systemd-machined from\n"
+               "memory pressure (PSI): inflates under host pressure, gives memory back after it.\n\n"
+               "  -h --help              Show this help\n"
+               "     --version           Show the version\n"
+               "     --config=PATH       Configuration file (default: %s;\n"
+               "                         drop-ins in PATH.d/*.conf)\n"
+               "     --log-level=LEVEL   debug, info, notice, warning, err (default: info)\n\n"
+               "See autoballoond(8) and autoballoond.conf(5).\n",
+               program_invocation_short_name, CONFIG_FILE_DEFAULT);
+}
+
+static int parse_argv(int argc, char *argv[]) {
+        enum { ARG_VERSION = 0x100, ARG_CONFIG, ARG_LOG_LEVEL };
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "config", required_argument, NULL, ARG_CONFIG },
+                { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                {}
+        };
+        int c;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("autoballoond %s\n", PROJECT_VERSION);
+                        return 0;
+                case ARG_CONFIG:
+                        arg_config = optarg;
+                        break;
+                case ARG_LOG_LEVEL: {
+                        int l = log_parse_level(optarg);
+                        if (l < 0) {
+                                log_error("Invalid log level: %s", optarg);
+                                return -EINVAL;
+                        }
+                        log_set_max_level(l);
+                        break;
+                }
+                default:
+                        return -EINVAL;
+                }
+        if (optind < argc) {
+                log_error("%s takes no positional arguments.", program_invocation_short_name);
+                return -EINVAL;
+        }
+        return 1;
+}
+
+static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        log_info("Received %s, shutting down.", strsignal((int) si->ssi_signo));
+        manager_begin_exit(m);
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        sigset_t mask;
+        int r;
+
+        log_setup();
+        r = parse_argv(argc, argv);
+        if (r <= 0)
+                return r < 0 ? 2 : 0;
+
+        /* Block before any thread or fd exists; sd-event takes them through a signalfd. */
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+
+        r = manager_new(&m, arg_config);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up: %m");
+                return 1;
+        }
+        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
+        if (r >= 0)
+                r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m);
+        if (r < 0) {
+                log_error_errno(r, "Failed to install signal handlers: %m");
+                return 1;
+        }
+        r = manager_start(m);
+        if (r < 0)
+                return 1;
+
+        log_info("autoballoond %s running (config %s%s).", PROJECT_VERSION, arg_config,
+                 m->config.n_errors ? ", with errors: see above" : "");
+        sd_notify(false, "READY=1\nSTATUS=Watching for VMs...");
+        r = sd_event_loop(m->event);
+        if (r < 0) {
+                log_error_errno(r, "Event loop failed: %m");
+                return 1;
+        }
+        log_info("Exiting.");
+        return 0;
+}

@@ -1,0 +1,429 @@
+/* The Manager: machines from discovery, host pressure, and the one place that runs the policy. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <systemd/sd-daemon.h>
+
+#include "log.h"
+#include "machine.h"
+#include "manager.h"
+
+/* How long shutdown waits for the guests' balloon commands to be acknowledged. */
+#define EXIT_DEFLATE_TIMEOUT_USEC (5 * USEC_PER_SEC)
+
+static void notify_status(Manager *m) {
+        size_t managed = 0;
+
+        if (m->exiting)
+                return;
+        for (size_t i = 0; i < m->n_machines; i++)
+                managed += m->machines[i]->state == MACHINE_MANAGED;
+        sd_notifyf(false, "STATUS=%zu machines (%zu managed), host pressure %s, %" PRIu64 " balloon moves",
+                   m->n_machines, managed, pressure_level_to_string(m->host_level), m->n_moves);
+}
+
+Machine *manager_find_machine(Manager *m, const char *name) {
+        for (size_t i = 0; i < m->n_machines; i++)
+                if (streq(m->machines[i]->name, name))
+                        return m->machines[i];
+        return NULL;
+}
+
+static void remove_machine_at(Manager *m, size_t i) {
+        Machine *machine = m->machines[i];
+
+        log_info("Machine %s is gone.", machine->name);
+        m->machines[i] = m->machines[--m->n_machines];
+        manager_bus_emit_machine_removed(m, machine);
+        machine_free(machine);
+}
+
+/* --- policy ------------------------------------------------------------------------------- */
+
+static int on_policy_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        manager_run_policy(userdata, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        return 0;
+}
+
+static void arm_policy_timer(Manager *m, usec_t when) {
+        if (when == USEC_INFINITY) {
+                sd_event_source_set_enabled(m->policy_timer, SD_EVENT_OFF);
+                return;
+        }
+        if (!m->policy_timer) {
+                if (sd_event_add_time(m->event, &m->policy_timer, CLOCK_MONOTONIC, when, 0, on_policy_timer, m) < 0) {
+                        log_error("Failed to arm the policy timer; recovery waits for the next event.");
+                        return;
+                }
+                sd_event_source_set_description(m->policy_timer, "policy");
+        } else
+                sd_event_source_set_time(m->policy_timer, when);
+        sd_event_source_set_enabled(m->policy_timer, SD_EVENT_ONESHOT);
+}
+
+void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_machine, PressureLevel scope_event) {
+        _cleanup_free_ PolicyVM *vms = NULL;
+        usec_t now = now_usec(), when;
+
+        if (m->exiting)
+                return;
+        if (m->in_policy) {
+                /* A move that completes synchronously lands here; decide again afterwards. */
+                m->policy_again = true;
+                return;
+        }
+        if (host_event != PRESSURE_NONE || scope_event != PRESSURE_NONE)
+                m->last_pressure_usec = now;
+
+        vms = calloc(m->n_machines ?: 1, sizeof *vms);
+        if (!vms) {
+                log_oom();
+                return;
+        }
+        for (size_t i = 0; i < m->n_machines; i++) {
+                Machine *machine = m->machines[i];
+                vms[i] = (PolicyVM) {
+                        .knobs = &machine->config.knobs,
+                        .ram_bytes = machine->ram_bytes,
+                        .actual_bytes = machine->actual_bytes,
+                        .target_bytes = machine->target_bytes,
+                        .scope_event = machine == scope_machine ? scope_event : PRESSURE_NONE,
+                        .scope_level = machine->scope_level,
+                        .stats = machine->stats,
+                        .controllable = machine_controllable(machine),
+                        .state = machine->policy_state,
+                };
+        }
+        PolicyHost host = {
+                .event = host_event,
+                .level = m->host_level,
+                .last_pressure_usec = m->last_pressure_usec,
+        };
+        when = policy_decide(&host, vms, m->n_machines, now);
+
+        m->in_policy = true;
+        for (size_t i = 0; i < m->n_machines; i++) {
+                Machine *machine = m->machines[i];
+                machine->policy_state = vms[i].state;
+                if (vms[i].controllable && vms[i].new_target_bytes != machine->target_bytes)
+                        (void) machine_move(machine, vms[i].new_target_bytes, vms[i].reason,
+                                            machine == scope_machine && scope_event ? scope_event : m->host_level);
+        }
+        m->in_policy = false;
+
+        arm_policy_timer(m, when);
+        manager_update_stats_polling(m);
+        notify_status(m);
+
+        if (m->policy_again) {
+                m->policy_again = false;
+                manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        }
+}
+
+/* --- guest stats ----------------------------------------------------------------------------- */
+
+static int on_stats_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        for (size_t i = 0; i < m->n_machines; i++)
+                if (machine_controllable(m->machines[i]))
+                        (void) balloon_poll_stats(m->machines[i]->balloon);
+        sd_event_source_set_time_relative(s, m->config.stats_interval_sec * USEC_PER_SEC);
+        return 0;
+}
+
+/* Guest stats matter only while something is under pressure or some guest is below its
+ * maximum. Otherwise poll nothing: an idle host sees no wake-ups from us. */
+void manager_update_stats_polling(Manager *m) {
+        bool needed = m->host_level != PRESSURE_NONE;
+
+        for (size_t i = 0; !needed && i < m->n_machines; i++) {
+                Machine *machine = m->machines[i];
+                if (!machine_controllable(machine))
+                        continue;
+                needed = machine->scope_level != PRESSURE_NONE ||
+                        machine->target_bytes < machine_maximum(machine);
+        }
+        if (!needed || m->exiting) {
+                sd_event_source_set_enabled(m->stats_timer, SD_EVENT_OFF);
+                return;
+        }
+        if (!m->stats_timer) {
+                if (sd_event_add_time_relative(m->event, &m->stats_timer, CLOCK_MONOTONIC, 0, 0,
+                                               on_stats_timer, m) < 0)
+                        return;
+                sd_event_source_set_description(m->stats_timer, "guest-stats");
+        }
+        int enabled = SD_EVENT_OFF;
+        sd_event_source_get_enabled(m->stats_timer, &enabled);
+        if (enabled == SD_EVENT_OFF) {
+                /* poll at once: the first decision under pressure wants fresh numbers */
+                sd_event_source_set_time_relative(m->stats_timer, 0);
+                sd_event_source_set_enabled(m->stats_timer, SD_EVENT_ON);
+        }
+}
+
+/* --- host pressure ---------------------------------------------------------------------------- */
+
+static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel level, int error, void *userdata) {
+        Manager *m = userdata;
+
+        if (error < 0) {
+                log_error("Host pressure source %s went away; host pressure is no longer watched.",
+                          m->host_pressure_path);
+                m->host_psi = psi_watch_free(m->host_psi);
+                level = PRESSURE_NONE;
+        }
+        if (event != PRESSURE_NONE) {
+                m->n_host_events++;
+                log_debug("Host: %s pressure event (%s).", pressure_level_to_string(event), m->host_pressure_path);
+        }
+        if (level != m->host_level) {
+                log_info("Host memory pressure: %s → %s.", pressure_level_to_string(m->host_level),
+                         pressure_level_to_string(level));
+                m->host_level = level;
+                manager_bus_emit_host_changed(m);
+        }
+        manager_run_policy(m, event, NULL, PRESSURE_NONE);
+}
+
+/* HostPressureSource=: a pressure file, a cgroup2 directory (relative to the mount or
+ * absolute), or a unit name whose ControlGroup systemd1 knows (machine.slice). */
+static int resolve_host_pressure(Manager *m, char **ret) {
+        const char *src = m->config.host_pressure_source;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_free_ char *cg = NULL, *unit_path = NULL;
+        const char *dot = strrchr(src, '.');
+        int r;
+
+        if (src[0] == '/') {
+                size_t l = strlen(src);
+                if (l >= 9 && (streq(src + l - 9, "/pressure") || strstr(src, "/pressure/") ||
+                               (l >= 16 && streq(src + l - 16, "/memory.pressure"))))
+                        return (*ret = strdup(src)) ? 0 : -ENOMEM;
+                if (m->cgroup2_mount && strncmp(src, m->cgroup2_mount, strlen(m->cgroup2_mount)) == 0)
+                        return asprintf(ret, "%s/memory.pressure", src) < 0 ? -ENOMEM : 0;
+                return asprintf(ret, "%s%s/memory.pressure", m->cgroup2_mount ?: "", src) < 0 ? -ENOMEM : 0;
+        }
+        if (!dot || (!streq(dot, ".slice") && !streq(dot, ".scope") && !streq(dot, ".service")))
+                return log_error_errno(EINVAL, "HostPressureSource=%s is neither a path nor a unit name.", src);
+
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        r = sd_bus_call_method(m->bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                               "org.freedesktop.systemd1.Manager", "GetUnit", &error, &reply, "s", src);
+        if (r < 0)
+                return log_error_errno(r, "HostPressureSource=%s: systemd does not know this unit: %s",
+                                       src, error.message);
+        const char *path;
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r < 0)
+                return r;
+        const char *iface = streq(dot, ".slice") ? "org.freedesktop.systemd1.Slice" :
+                streq(dot, ".scope") ? "org.freedesktop.systemd1.Scope" : "org.freedesktop.systemd1.Service";
+        r = sd_bus_get_property_string(m->bus, "org.freedesktop.systemd1", path, iface, "ControlGroup", &error, &cg);
+        if (r < 0 || !cg[0])
+                return log_error_errno(r < 0 ? r : ENOENT, "HostPressureSource=%s has no cgroup: %s",
+                                       src, r < 0 ? error.message : "unit not active");
+        return asprintf(ret, "%s%s/memory.pressure", m->cgroup2_mount ?: "", cg) < 0 ? -ENOMEM : 0;
+}
+
+/* --- discovery callbacks -------------------------------------------------------------------- */
+
+static void on_machine_new(const DiscoveredMachine *dm, void *userdata) {
+        Manager *m = userdata;
+        Machine *machine, **mm;
+        int r;
+
+        machine = manager_find_machine(m, dm->name);
+        if (machine) {
+                if (machine->leader == dm->leader)
+                        return;   /* re-enumerated after a machined restart: nothing changed */
+                /* Same name, new VM (the old one went away while machined was down). */
+                for (size_t i = 0; i < m->n_machines; i++)
+                        if (m->machines[i] == machine)
+                                remove_machine_at(m, i);
+        }
+
+        r = machine_new(&machine, m, dm);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up machine %s: %m", dm->name);
+                return;
+        }
+        mm = realloc(m->machines, (m->n_machines + 1) * sizeof *mm);
+        if (!mm) {
+                machine_free(machine);
+                log_oom();
+                return;
+        }
+        m->machines = mm;
+        m->machines[m->n_machines++] = machine;
+        log_info("Machine %s appeared: unit %s, cgroup %s, leader PID %d.",
+                 machine->name, machine->unit, machine->control_group, (int) machine->leader);
+        r = machine_start(machine);
+        if (r < 0)
+                log_error_errno(r, "Failed to start managing machine %s: %m", machine->name);
+        manager_bus_emit_machine_added(m, machine);
+        notify_status(m);
+}
+
+static void on_machine_removed(const char *name, void *userdata) {
+        Manager *m = userdata;
+
+        for (size_t i = 0; i < m->n_machines; i++)
+                if (streq(m->machines[i]->name, name)) {
+                        remove_machine_at(m, i);
+                        break;
+                }
+        notify_status(m);
+        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
+}
+
+static void on_machines_synced(char **names, size_t n, void *userdata) {
+        Manager *m = userdata;
+
+        for (size_t i = m->n_machines; i-- > 0;) {
+                bool found = false;
+                for (size_t j = 0; j < n && !found; j++)
+                        found = streq(names[j], m->machines[i]->name);
+                if (!found)
+                        remove_machine_at(m, i);
+        }
+}
+
+static const DiscoveryCallbacks discovery_callbacks = {
+        .on_machine_new = on_machine_new,
+        .on_machine_removed = on_machine_removed,
+        .on_machines_synced = on_machines_synced,
+};
+
+/* --- lifecycle ------------------------------------------------------------------------------- */
+
+int manager_new(Manager **ret, const char *config_path) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        int r;
+
+        m = calloc(1, sizeof *m);
+        if (!m)
+                return -ENOMEM;
+        config_init(&m->config);
+        m->config_path = strdup(config_path);
+        if (!m->config_path)
+                return -ENOMEM;
+        r = config_load(&m->config, config_path);
+        if (r < 0)
+                return r;
+
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                return r;
+        r = cgroup2_mount_point(&m->cgroup2_mount);
+        if (r < 0)
+                log_warning_errno(r, "No cgroup2 mount found; per-VM scope pressure is disabled: %m");
+
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+int manager_start(Manager *m) {
+        int r;
+
+        r = sd_bus_open_system(&m->bus);
+        if (r < 0)
+                return log_error_errno(r, "Failed to connect to the system bus: %m");
+        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return r;
+        r = manager_bus_setup(m);
+        if (r < 0)
+                return r;
+
+        r = resolve_host_pressure(m, &m->host_pressure_path);
+        if (r >= 0)
+                r = psi_watch_new(&m->host_psi, m->event, m->host_pressure_path, m->config.pressure,
+                                  on_host_pressure, m);
+        if (r < 0)
+                log_error_errno(r, "Cannot watch host pressure (%s): %m. Only per-VM scope pressure will act.",
+                                m->host_pressure_path ?: m->config.host_pressure_source);
+        else
+                log_info("Watching host memory pressure at %s.", m->host_pressure_path);
+
+        r = discovery_new(&m->discovery, m->bus, m->event, &discovery_callbacks, m);
+        if (r < 0)
+                return r;
+        r = discovery_start(m->discovery);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_request_name(m->bus, "org.autoballoon1", 0);
+        if (r < 0)
+                return log_error_errno(r, "Failed to acquire bus name org.autoballoon1: %m "
+                                       "(is dbus/org.autoballoon1.conf installed in the bus's policy directory?)");
+        return 0;
+}
+
+static int on_exit_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        log_warning("%u guest(s) did not confirm deflation within %llu s; exiting anyway.",
+                    m->exit_pending, (unsigned long long) (EXIT_DEFLATE_TIMEOUT_USEC / USEC_PER_SEC));
+        sd_event_exit(m->event, 0);
+        return 0;
+}
+
+void manager_exit_progress(Manager *m) {
+        if (m->exit_pending > 0 && --m->exit_pending == 0) {
+                log_info("Every guest is back at its maximum.");
+                sd_event_exit(m->event, 0);
+        }
+}
+
+void manager_begin_exit(Manager *m) {
+        if (m->exiting) {
+                sd_event_exit(m->event, 0);   /* second signal: leave now */
+                return;
+        }
+        m->exiting = true;
+        sd_notify(false, "STOPPING=1\nSTATUS=Returning guests to their maximum...");
+        sd_event_source_set_enabled(m->policy_timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(m->stats_timer, SD_EVENT_OFF);
+
+        if (m->config.deflate_on_exit)
+                for (size_t i = 0; i < m->n_machines; i++) {
+                        Machine *machine = m->machines[i];
+                        uint64_t max = machine_maximum(machine);
+                        if (!machine->balloon || !balloon_is_ready(machine->balloon) ||
+                            machine->target_bytes >= max)
+                                continue;
+                        if (machine_move(machine, max, POLICY_REASON_BOUNDS, PRESSURE_NONE) >= 0)
+                                m->exit_pending++;
+                }
+        if (m->exit_pending == 0) {
+                sd_event_exit(m->event, 0);
+                return;
+        }
+        log_info("Deflating %u guest(s) to their maximum before exit.", m->exit_pending);
+        if (sd_event_add_time_relative(m->event, &m->exit_timer, CLOCK_MONOTONIC, EXIT_DEFLATE_TIMEOUT_USEC, 0,
+                                       on_exit_timeout, m) < 0)
+                sd_event_exit(m->event, 0);
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+        for (size_t i = 0; i < m->n_machines; i++)
+                machine_free(m->machines[i]);
+        free(m->machines);
+        discovery_free(m->discovery);
+        psi_watch_free(m->host_psi);
+        sd_event_source_disable_unref(m->policy_timer);
+        sd_event_source_disable_unref(m->stats_timer);
+        sd_event_source_disable_unref(m->exit_timer);
+        sd_bus_flush_close_unref(m->bus);
+        sd_event_unref(m->event);
+        config_done(&m->config);
+        free(m->config_path);
+        free(m->cgroup2_mount);
+        free(m->host_pressure_path);
+        free(m);
+        return NULL;
+}

@@ -1,0 +1,62 @@
+/* The Manager owns all state: machines, host pressure, bus, config. */
+#pragma once
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "discovery.h"
+#include "psi.h"
+
+typedef struct Machine Machine;
+
+typedef struct Manager {
+        sd_event *event;
+        sd_bus *bus;
+        char *config_path;
+        Config config;
+        char *cgroup2_mount;                /* where ControlGroup paths are rooted */
+        Discovery *discovery;
+
+        Machine **machines;
+        size_t n_machines;
+
+        PsiWatch *host_psi;
+        char *host_pressure_path;           /* the resolved pressure file */
+        PressureLevel host_level;
+        usec_t last_pressure_usec;          /* last host or scope event, for the policy's cool-down */
+
+        sd_event_source *policy_timer;      /* armed only when the policy asks for a wake-up */
+        sd_event_source *stats_timer;       /* guest-stats polling, only while something moves */
+        bool in_policy;                     /* re-entrancy guard: a move can complete synchronously */
+        bool policy_again;
+
+        /* shutdown: deflate every guest to its maximum, then exit */
+        bool exiting;
+        unsigned exit_pending;
+        sd_event_source *exit_timer;
+
+        /* counters for benchmarks and status */
+        uint64_t n_moves;
+        uint64_t n_host_events;
+} Manager;
+
+int manager_new(Manager **ret, const char *config_path);
+Manager *manager_free(Manager *m);
+static inline void manager_freep(Manager **m) { if (*m) manager_free(*m); }
+int manager_start(Manager *m);
+/* SIGTERM: return guests to their maximum (DeflateOnExit=), then leave the loop. */
+void manager_begin_exit(Manager *m);
+
+Machine *manager_find_machine(Manager *m, const char *name);
+/* Re-run the policy now. host_event / scope_event: the trigger that fired (or NONE). */
+void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_machine, PressureLevel scope_event);
+/* Arm or disarm guest-stats polling after a state change. */
+void manager_update_stats_polling(Manager *m);
+void manager_exit_progress(Manager *m);
+
+/* manager-bus.c */
+int manager_bus_setup(Manager *m);
+void manager_bus_emit_machine_added(Manager *m, Machine *machine);
+void manager_bus_emit_machine_removed(Manager *m, Machine *machine);
+void manager_bus_emit_host_changed(Manager *m);
