@@ -148,6 +148,14 @@ stop() {
         kill_and_rmdir "$CG" || rc=1
         M=$(cat "$S/memcg.path" 2>/dev/null || true)
         case $M in */"$NAME") kill_and_rmdir "$M" || rc=1;; esac
+        # zram swap devices a stall helper of this instance made (marker files zramN)
+        for z in "$S"/zram*; do
+                [ -e "$z" ] || continue
+                id=${z##*/zram}
+                swapoff "/dev/zram$id" 2>/dev/null || true
+                echo "$id" > /sys/class/zram-control/hot_remove || rc=1
+                rm -f "$z"
+        done
         # `script` exits when its child does; only kill it if it is still ours
         SC=$(cat "$S/script.pid" 2>/dev/null || true)
         if [ -n "$SC" ] && grep -qF "$S/console.log" "/proc/$SC/cmdline" 2>/dev/null; then

@@ -77,13 +77,16 @@ def _write(path, value):
 
 
 class Zram:
-    """A private zram swap device; removed again in close()."""
+    """A private zram swap device; removed again in close(). A marker file in marker_dir
+    (zramN) lets machined-env.sh stop remove it if we crash."""
 
-    def __init__(self, size):
+    def __init__(self, size, marker_dir):
         self.dev = None
         with open("/sys/class/zram-control/hot_add") as f:
             self.id = int(f.read())
         self.dev = "/dev/zram%d" % self.id
+        self.marker = os.path.join(marker_dir, "zram%d" % self.id)
+        open(self.marker, "w").close()
         try:
             _write("/sys/block/zram%d/disksize" % self.id, size)
             subprocess.run(["mkswap", self.dev], check=True, capture_output=True)
@@ -102,6 +105,7 @@ class Zram:
                 break
             except OSError:  # EBUSY right after swapoff
                 time.sleep(0.1)
+        os.unlink(self.marker)
         self.dev = None
 
 
@@ -130,7 +134,7 @@ class Stall:
             os.makedirs(self.memcg)
             _write(self.memcg + "/memory.limit_in_bytes", self.limit)
             if self.mode == "anon":
-                self.zram = Zram(8 * self.limit)
+                self.zram = Zram(8 * self.limit, self.scratch)
                 _write(self.memcg + "/memory.memsw.limit_in_bytes", 8 * self.limit)
             cmd = ["/usr/bin/python3", SELF, "--worker", "--mode", self.mode,
                    "--seconds", str(self.seconds), "--limit", str(self.limit),
