@@ -15,7 +15,10 @@ typedef struct BalloonCallbacks {
         void (*on_actual)(Balloon *b, uint64_t actual_bytes, void *userdata);
         /* Fresh guest statistics (qom-get guest-stats with a newer last-update). */
         void (*on_stats)(Balloon *b, const GuestStats *stats, void *userdata);
-        /* The VM has no balloon device, or a balloon command failed; desc says what. */
+        /* Attaching failed: the VM has no balloon device (-ENODEV), or an attach command
+         * failed or timed out; desc says what, with the socket path. The balloon is not
+         * ready afterwards. A failed stats poll is only logged (the balloon stays usable);
+         * connection loss is not reported here either: the QMP client's on_state says it. */
         void (*on_error)(Balloon *b, int error, const char *desc, void *userdata);
 } BalloonCallbacks;
 
@@ -33,14 +36,24 @@ void balloon_detach(Balloon *b);
 void balloon_handle_event(Balloon *b, const char *event, json_object *data);
 
 bool balloon_is_ready(const Balloon *b);
-/* `balloon` to target_bytes. cb (may be NULL) gets the QMP result. */
+/* `balloon` to target_bytes. cb (may be NULL) gets the QMP result, also -ECONNRESET when the
+ * connection drops first; it is not called after balloon_free(). Returns -ENOTCONN when not
+ * ready, -ERANGE for 0 or more than the VM's RAM (QEMU would clamp silently). */
 int balloon_set_target(Balloon *b, uint64_t target_bytes,
                        void (*cb)(Balloon *b, int error, const char *desc, void *userdata),
                        void *userdata);
-/* qom-get guest-stats now; result through on_stats. */
+/* qom-get guest-stats now; result through on_stats, and only when QEMU's last-update moved
+ * (polling faster than the guest's interval reports nothing). One poll in flight at a time. */
 int balloon_poll_stats(Balloon *b);
 /* Device QOM path found by attach, e.g. "/machine/peripheral/balloon0"; NULL before. */
 const char *balloon_device_path(const Balloon *b);
 
-/* Pure, for unit tests: parse a qom-get guest-stats return value. */
+/* Last known actual size and configured RAM; UINT64_MAX until ready. */
+uint64_t balloon_actual(const Balloon *b);
+uint64_t balloon_ram(const Balloon *b);
+
+/* Pure, for unit tests: parse a qom-get guest-stats return value. Each stat that is missing,
+ * -1 or 2^64-1 (QEMU's "not reported") becomes UINT64_MAX. valid is true when QEMU has
+ * received a report (last-update > 0) with at least one stat. updated_usec is left 0 (the
+ * caller maps last-update to its clock). -EBADMSG for a malformed value. */
 int balloon_parse_guest_stats(json_object *ret, GuestStats *stats);

@@ -3,6 +3,7 @@
  * It knows nothing about balloons (see balloon.h). */
 #pragma once
 
+#include <assert.h>
 #include <json-c/json.h>
 #include <systemd/sd-event.h>
 
@@ -10,6 +11,11 @@
 
 /* The largest QMP message we accept; QEMU's replies for our commands are a few KiB. */
 #define QMP_MESSAGE_MAX_BYTES (1024 * 1024)
+
+static inline void json_object_putp(json_object **o) {
+        if (*o)
+                json_object_put(*o);
+}
 
 /* --- framing: pure, for unit tests and fuzzing --------------------------------------- */
 
@@ -24,6 +30,22 @@ QmpParser *qmp_parser_free(QmpParser *p);
 int qmp_parser_feed(QmpParser *p, const char *data, size_t len,
                     void (*cb)(json_object *msg, void *userdata), void *userdata);
 void qmp_parser_reset(QmpParser *p);
+/* Why the last qmp_parser_feed() failed ("unexpected character", "message too large"...). */
+const char *qmp_parser_error(const QmpParser *p);
+
+/* What a parsed message is. Replies carry "return" or "error"; an "id" is checked by the client. */
+typedef enum QmpMessageType {
+        QMP_MESSAGE_GREETING,   /* {"QMP": {"version": ..., "capabilities": [...]}} */
+        QMP_MESSAGE_RETURN,     /* {"return": ..., "id": ...} */
+        QMP_MESSAGE_ERROR,      /* {"error": {"class": ..., "desc": ...}, "id": ...} */
+        QMP_MESSAGE_EVENT,      /* {"event": "NAME", "data": {...}, "timestamp": {...}} */
+        _QMP_MESSAGE_INVALID = -EBADMSG,
+} QmpMessageType;
+
+QmpMessageType qmp_message_classify(json_object *msg);
+/* Fields of a QMP error object, with fallbacks for a malformed one; never NULL. */
+const char *qmp_error_class(json_object *error);
+const char *qmp_error_desc(json_object *error);
 
 /* --- client --------------------------------------------------------------------------- */
 
@@ -39,15 +61,20 @@ typedef enum QmpState {
 
 const char *qmp_state_to_string(QmpState s);
 
-/* error: 0 and reply = the "return" value on success; on failure reply = NULL and error is
- * -EIO for a QMP {"error": ...} (desc names it), -ECONNRESET when the connection went away
- * before the reply, -ETIMEDOUT when no reply came within the command timeout,
- * -ECANCELED when the client was closed. */
+/* error: 0 and reply = the "return" value on success. On failure error is
+ * -EIO for a QMP {"error": ...} (desc is "command: Class: desc"; reply is the error object,
+ * so qmp_error_class(reply) tells DeviceNotActive from GenericError), -ECONNRESET when the
+ * connection went away before the reply, -ETIMEDOUT when no reply came within the command
+ * timeout (the connection is kept; a late reply is dropped), -ECANCELED when the client was
+ * closed or freed; reply is NULL for all but -EIO. reply and desc are valid during the call
+ * only. */
 typedef void (*qmp_reply_cb_t)(QmpClient *c, int error, json_object *reply, const char *desc,
                                void *userdata);
 typedef void (*qmp_event_cb_t)(QmpClient *c, const char *event, json_object *data, void *userdata);
 /* Called on every state change; error says why we left READY/CONNECTING (negative errno,
- * with a human message in desc, e.g. "malformed JSON from peer"). */
+ * with a human message in desc, e.g. "malformed JSON from /run/x.qmp: ..."). Pending
+ * commands have already failed with -ECONNRESET when WAITING_RETRY is reported. Not called
+ * from qmp_client_free(). It is safe to free the client from any callback. */
 typedef void (*qmp_state_cb_t)(QmpClient *c, QmpState state, int error, const char *desc,
                                void *userdata);
 
@@ -75,3 +102,9 @@ const char *qmp_client_path(const QmpClient *c);
  * cb may be NULL (fire and forget). */
 int qmp_client_execute(QmpClient *c, const char *command, json_object *arguments,
                        qmp_reply_cb_t cb, void *userdata);
+/* The same, returning the command's id for qmp_client_cancel(). */
+int qmp_client_execute_full(QmpClient *c, const char *command, json_object *arguments,
+                            qmp_reply_cb_t cb, void *userdata, uint64_t *ret_id);
+/* Forget the callback of a command in flight (its owner is going away); the reply is still
+ * consumed when it arrives. Returns false if no such command is pending. */
+bool qmp_client_cancel(QmpClient *c, uint64_t id);
