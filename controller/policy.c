@@ -188,6 +188,12 @@ static uint64_t permille_of(uint64_t bytes, uint32_t permille) {
         return bytes / 1000 * permille + bytes % 1000 * permille / 1000;
 }
 
+/* bytes * percent / 100, exact for round sizes and without overflow. */
+static uint64_t percent_of(uint64_t bytes, uint32_t percent) {
+        percent = MIN(percent, 100U);
+        return bytes / 100 * percent + bytes % 100 * percent / 100;
+}
+
 static uint64_t sub_sat(uint64_t a, uint64_t b) {
         return a > b ? a - b : 0;
 }
@@ -203,12 +209,12 @@ uint64_t policy_vm_maximum(const PolicyVM *vm) {
 
 uint64_t policy_vm_minimum(const PolicyVM *vm) {
         uint64_t min = vm->knobs->minimum_bytes ? vm->knobs->minimum_bytes
-                                                : vm->ram_bytes / 100 * MIN(vm->knobs->minimum_percent, 100U);
+                                                : percent_of(vm->ram_bytes, vm->knobs->minimum_percent);
         return MIN(min, policy_vm_maximum(vm));
 }
 
 static uint64_t vm_reserve(const PolicyVM *vm) {
-        return MAX(vm->knobs->reserve_bytes, vm->ram_bytes / 100 * MIN(vm->knobs->reserve_percent, 100U));
+        return MAX(vm->knobs->reserve_bytes, percent_of(vm->ram_bytes, vm->knobs->reserve_percent));
 }
 
 static bool stats_fresh(const PolicyVM *vm, usec_t now) {
@@ -459,7 +465,6 @@ static void host_event_share(PolicyVM *vms, size_t n_vms, PressureLevel level, u
 usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) {
         bool host_event = level_valid_event(host->event);
         bool host_quiet = !host_event && host->level == PRESSURE_NONE;
-        bool any_pressured_waiting = false;
         usec_t next = USEC_INFINITY;
 
         if (host_event)
@@ -490,16 +495,8 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
         }
 
         /* Recovery. A guest is quiet when neither the host nor its scope is under pressure; it
-         * grows after the cool-down, one step per interval. Guests under pressure of their own
-         * skip the cool-down and go first: the others wait while any of them is still short. */
-        for (size_t i = 0; i < n_vms; i++) {
-                PolicyVM *vm = vms + i;
-                if (vm_managed(vm) && vm->knobs->preset == POLICY_PRESET_DEFAULT && vm->guest_pressure &&
-                    host_quiet && vm->scope_level == PRESSURE_NONE && !level_valid_event(vm->scope_event) &&
-                    vm->new_target_bytes < policy_vm_maximum(vm))
-                        any_pressured_waiting = true;
-        }
-
+         * grows after the cool-down, one step per interval. A guest under pressure of its own
+         * skips the cool-down: it is the one about to need the memory, so it goes first. */
         for (size_t i = 0; i < n_vms; i++) {
                 PolicyVM *vm = vms + i;
                 const PolicyKnobs *k = vm->knobs;
@@ -524,13 +521,12 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 if (st->last_move_usec != 0)
                         at = MAX(at, st->last_move_usec + k->recovery_interval_usec);
 
-                bool waits = any_pressured_waiting && !vm->guest_pressure;
-                if (at <= now && !waits && vm->reason == POLICY_REASON_NONE) {
+                if (at <= now && vm->reason == POLICY_REASON_NONE) {
                         uint64_t step = MAX(permille_of(vm->ram_bytes, k->recovery_permille), MOVE_GRANULE_BYTES);
                         vm_move(vm, MIN(max, vm->new_target_bytes + step), POLICY_REASON_RECOVERY, PRESSURE_NONE, now);
                         at = now + k->recovery_interval_usec;
                 } else if (at <= now)
-                        /* Moved for another reason this call, or waiting for guests in need. */
+                        /* Moved for another reason this call: the next step one interval on. */
                         at = now + k->recovery_interval_usec;
 
                 if (vm->new_target_bytes < max)

@@ -1,0 +1,705 @@
+/* The policy's promises, checked on hand-made cases and on >= 100,000 random snapshots. */
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <cmocka.h>
+
+#include "policy.h"
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static uint64_t rng_state;
+
+static uint64_t rnd(void) {
+        /* xorshift64*: deterministic, so a failure replays with the same POLICY_TEST_SEED. */
+        rng_state ^= rng_state >> 12;
+        rng_state ^= rng_state << 25;
+        rng_state ^= rng_state >> 27;
+        return rng_state * 2685821657736338717ULL;
+}
+
+static uint64_t rnd_range(uint64_t lo, uint64_t hi) {  /* inclusive */
+        return hi <= lo ? lo : lo + rnd() % (hi - lo + 1);
+}
+
+static bool rnd_chance(unsigned percent) {
+        return rnd() % 100 < percent;
+}
+
+static usec_t sub_now(usec_t now, usec_t d) {
+        return now > d ? now - d : 1;
+}
+
+static void seed_rng(void) {
+        const char *e = getenv("POLICY_TEST_SEED");
+        rng_state = e ? strtoull(e, NULL, 0) : 0x9e3779b97f4a7c15ULL;
+        if (rng_state == 0)
+                rng_state = 1;
+}
+
+static void vm_init(PolicyVM *vm, const PolicyKnobs *k, uint64_t ram_bytes) {
+        *vm = (PolicyVM) {
+                .knobs = k,
+                .ram_bytes = ram_bytes,
+                .actual_bytes = ram_bytes,
+                .target_bytes = ram_bytes,
+                .controllable = true,
+        };
+        guest_stats_init(&vm->stats);
+}
+
+static void vm_stats(PolicyVM *vm, usec_t now, uint64_t available_bytes) {
+        vm->stats.valid = true;
+        vm->stats.updated_usec = now;
+        vm->stats.total_bytes = vm->ram_bytes;
+        vm->stats.available_bytes = available_bytes;
+        vm->stats.free_bytes = available_bytes / 2;
+        vm->stats.caches_bytes = available_bytes / 2;
+}
+
+/* The daemon's side of a call: apply the decision. */
+static void vm_apply(PolicyVM *vm) {
+        vm->target_bytes = vm->new_target_bytes;
+        vm->actual_bytes = vm->new_target_bytes;
+}
+
+/* ---- tables and strings ----------------------------------------------------------------- */
+
+static uint64_t knob_value(const PolicyKnobs *k, const KnobInfo *ki) {
+        const char *p = (const char *) k + ki->offset;
+        switch (ki->type) {
+        case KNOB_BOOL:
+                return *(const bool *) p;
+        case KNOB_SIZE:
+        case KNOB_USEC:
+                return *(const uint64_t *) p;
+        case KNOB_PRESET:
+                return (uint64_t) *(const PolicyPreset *) p;
+        default:
+                return *(const uint32_t *) p;
+        }
+}
+
+static void test_knob_table(void **state) {
+        PolicyKnobs k;
+
+        policy_knobs_init_default(&k);
+        assert_true(policy_knobs_count >= 20);
+        for (size_t i = 0; i < policy_knobs_count; i++) {
+                const KnobInfo *ki = &policy_knobs[i];
+
+                assert_non_null(ki->name);
+                assert_non_null(ki->doc);
+                assert_true(ki->offset < sizeof(PolicyKnobs));
+                assert_true(ki->min <= ki->max);
+                assert_ptr_equal(policy_knob_find(ki->name), ki);
+                for (size_t j = 0; j < i; j++)
+                        assert_false(streq(policy_knobs[j].name, ki->name));
+                uint64_t v = knob_value(&k, ki);
+                if (v < ki->min || v > ki->max)
+                        fail_msg("default of %s (%" PRIu64 ") outside [%" PRIu64 ", %" PRIu64 "]",
+                                 ki->name, v, ki->min, ki->max);
+        }
+        assert_null(policy_knob_find("NoSuchKnob"));
+        assert_null(policy_knob_find(NULL));
+        assert_non_null(policy_knob_find("MinimumMemory"));
+        assert_non_null(policy_knob_find("MaximumMemory"));
+        assert_non_null(policy_knob_find("Weight"));
+        assert_non_null(policy_knob_find("Preset"));
+        assert_non_null(policy_knob_find("Enabled"));
+        assert_non_null(policy_knob_find("HoldOffSec"));
+        assert_non_null(policy_knob_find("RecoveryDelaySec"));
+        assert_non_null(policy_knob_find("CriticalStep"));
+}
+
+static void test_strings(void **state) {
+        for (int i = 0; i < _PRESSURE_LEVEL_MAX; i++)
+                assert_int_equal(pressure_level_from_string(pressure_level_to_string(i)), i);
+        for (int i = 0; i < _POLICY_PRESET_MAX; i++)
+                assert_int_equal(policy_preset_from_string(policy_preset_to_string(i)), i);
+        for (int i = 0; i < _POLICY_REASON_MAX; i++)
+                assert_non_null(policy_reason_to_string(i));
+        assert_string_equal(policy_preset_to_string(POLICY_PRESET_SEED), "seed");
+        assert_string_equal(pressure_level_to_string(PRESSURE_CRITICAL), "critical");
+        assert_int_equal(pressure_level_from_string("severe"), _PRESSURE_LEVEL_INVALID);
+        assert_int_equal(policy_preset_from_string(NULL), _POLICY_PRESET_INVALID);
+        assert_null(pressure_level_to_string(_PRESSURE_LEVEL_MAX));
+        assert_null(policy_reason_to_string(_POLICY_REASON_MAX));
+}
+
+static void test_bounds_defaults(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 4 * GIB);
+        assert_int_equal(policy_vm_maximum(&vm), 4 * GIB);
+        assert_int_equal(policy_vm_minimum(&vm), 1 * GIB);
+        k.maximum_bytes = 8 * GIB;   /* above RAM: the balloon cannot give more than RAM */
+        assert_int_equal(policy_vm_maximum(&vm), 4 * GIB);
+        k.maximum_bytes = 3 * GIB;
+        k.minimum_bytes = 3500 * MIB;   /* above maximum: maximum wins */
+        assert_int_equal(policy_vm_minimum(&vm), 3 * GIB);
+}
+
+/* ---- behaviour on hand-made cases ------------------------------------------------------- */
+
+static void test_seed_exact_steps(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        k.preset = POLICY_PRESET_SEED;
+        vm_init(&vm, &k, 2 * GIB);
+        vm_stats(&vm, now, 1 * GIB);
+
+        for (PressureLevel l = PRESSURE_LOW; l <= PRESSURE_CRITICAL; l++)
+                for (int i = 0; i < 5; i++) {
+                        uint64_t before = vm.target_bytes;
+                        host.event = host.level = l;
+                        now += USEC_PER_SEC;
+                        assert_int_equal(policy_decide(&host, &vm, 1, now), USEC_INFINITY);
+                        assert_int_equal(before - vm.new_target_bytes, (uint64_t) 1 << (l - 1) << 20);
+                        assert_int_equal(vm.reason, POLICY_REASON_HOST_PRESSURE);
+                        vm_apply(&vm);
+                }
+
+        /* Nothing else: no recovery, however long it stays quiet. */
+        host.event = host.level = PRESSURE_NONE;
+        for (int i = 0; i < 10; i++) {
+                now += 600 * USEC_PER_SEC;
+                assert_int_equal(policy_decide(&host, &vm, 1, now), USEC_INFINITY);
+                assert_int_equal(vm.new_target_bytes, vm.target_bytes);
+        }
+
+        /* At the minimum it stops: a step that would cross it is not taken at all. */
+        vm.target_bytes = vm.actual_bytes = policy_vm_minimum(&vm) + 3 * MIB;
+        host.event = host.level = PRESSURE_CRITICAL;
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_int_equal(vm.new_target_bytes, vm.target_bytes);
+        host.event = PRESSURE_MEDIUM;
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_int_equal(vm.new_target_bytes, vm.target_bytes - 2 * MIB);
+}
+
+static void test_default_scales_and_escalates(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm[2];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm[0], &k, 4 * GIB);
+        vm_init(&vm[1], &k, 16 * GIB);
+        /* Both mostly idle: the same share of RAM available, so both give a full step. */
+        vm_stats(&vm[0], now, 3 * GIB);
+        vm_stats(&vm[1], now, 12 * GIB);
+
+        host.event = host.level = PRESSURE_LOW;
+        policy_decide(&host, vm, 2, now);
+        uint64_t step0 = 4 * GIB - vm[0].new_target_bytes, step1 = 16 * GIB - vm[1].new_target_bytes;
+        assert_true(step0 >= 40 * MIB && step0 <= 41 * MIB);   /* 1 % of 4 GiB, granule-rounded */
+        assert_true(step1 >= 4 * step0 - 4 * MIB && step1 <= 4 * step0 + 4 * MIB);
+        assert_int_equal(vm[0].reason, POLICY_REASON_HOST_PRESSURE);
+        assert_int_equal(vm[0].reason_level, PRESSURE_LOW);
+
+        /* A second event in a row: the last step was not enough, so it doubles. */
+        for (int i = 0; i < 2; i++) {
+                vm_apply(&vm[i]);
+                vm_stats(&vm[i], now + USEC_PER_SEC, vm[i].actual_bytes - (i ? 4 : 1) * GIB);
+        }
+        now += USEC_PER_SEC;
+        uint64_t before = vm[0].target_bytes;
+        policy_decide(&host, vm, 2, now);
+        uint64_t second = before - vm[0].new_target_bytes;
+        assert_true(second >= 2 * step0 - 2 * MIB && second <= 2 * step0 + MIB);
+
+        /* After relief (a call at level NONE), the next event starts small again. */
+        for (int i = 0; i < 2; i++)
+                vm_apply(&vm[i]);
+        host.event = host.level = PRESSURE_NONE;
+        policy_decide(&host, vm, 2, now += USEC_PER_SEC);
+        host.event = host.level = PRESSURE_LOW;
+        before = vm[0].target_bytes;
+        policy_decide(&host, vm, 2, now += USEC_PER_SEC);
+        assert_true(before - vm[0].new_target_bytes <= step0);
+}
+
+static void test_working_set_and_victims(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm[3];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        for (int i = 0; i < 3; i++)
+                vm_init(&vm[i], &k, 4 * GIB);
+        vm_stats(&vm[0], now, 3 * GIB);        /* idle: the donor */
+        vm_stats(&vm[1], now, 150 * MIB);      /* at its working set already */
+        vm_stats(&vm[2], now, 2 * GIB);        /* spare, but growing fast: its own pressure */
+
+        /* Teach the policy vm[2]'s trend: one sample, then 500 MiB more used. */
+        policy_decide(&host, vm, 3, now);
+        vm_stats(&vm[2], now + 2 * USEC_PER_SEC, 1536 * MIB);
+        vm_stats(&vm[0], now + 2 * USEC_PER_SEC, 3 * GIB);
+        vm_stats(&vm[1], now + 2 * USEC_PER_SEC, 150 * MIB);
+        now += 2 * USEC_PER_SEC;
+
+        host.event = host.level = PRESSURE_MEDIUM;
+        policy_decide(&host, vm, 3, now);
+        assert_true(vm[0].new_target_bytes < vm[0].target_bytes);
+        assert_int_equal(vm[1].new_target_bytes, vm[1].target_bytes);   /* reserve 204.8 MiB > 150 */
+        assert_true(vm[2].guest_pressure);
+        assert_int_equal(vm[2].new_target_bytes, vm[2].target_bytes);   /* last victim */
+
+        /* Critical, and nobody else can give: then the last victim gives, above its floor. */
+        vm_stats(&vm[0], now, 100 * MIB);
+        host.event = host.level = PRESSURE_CRITICAL;
+        policy_decide(&host, vm, 3, now += USEC_PER_SEC);
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
+        assert_true(vm[2].new_target_bytes < vm[2].target_bytes);
+        assert_true(vm[2].new_target_bytes >= vm[2].floor_bytes);
+}
+
+static void test_no_stats_conservative(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = { .event = PRESSURE_CRITICAL, .level = PRESSURE_CRITICAL };
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 4 * GIB);
+        for (int i = 0; i < 200; i++) {
+                uint64_t before = vm.target_bytes;
+                policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+                /* At most a first low step, whatever the level and however many in a row. */
+                assert_true(before - vm.new_target_bytes <= 4 * GIB / 100);
+                assert_true(vm.new_target_bytes >= policy_vm_minimum(&vm));
+                vm_apply(&vm);
+        }
+        assert_int_equal(vm.target_bytes, policy_vm_minimum(&vm));
+
+        /* Stale stats are no stats. */
+        vm_init(&vm, &k, 4 * GIB);
+        vm_stats(&vm, now - 10 * 60 * USEC_PER_SEC, 3 * GIB);
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_true(vm.target_bytes - vm.new_target_bytes <= 4 * GIB / 100);
+}
+
+static void test_scope_pressure_that_vm(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm[2];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        for (int i = 0; i < 2; i++) {
+                vm_init(&vm[i], &k, 4 * GIB);
+                vm_stats(&vm[i], now, 3 * GIB);
+        }
+        vm[1].scope_event = vm[1].scope_level = PRESSURE_MEDIUM;
+        policy_decide(&host, vm, 2, now);
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
+        assert_true(vm[1].new_target_bytes < vm[1].target_bytes);
+        assert_int_equal(vm[1].reason, POLICY_REASON_SCOPE_PRESSURE);
+        assert_int_equal(host.last_pressure_usec, 0);
+}
+
+static void test_self_deflate_hold_off(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 4 * GIB);
+        vm.target_bytes = vm.actual_bytes = 2 * GIB;
+        vm_stats(&vm, now, 1 * GIB);
+        host.level = PRESSURE_LOW;   /* pressure still current: no recovery muddles the picture */
+        policy_decide(&host, &vm, 1, now);
+
+        vm.actual_bytes = 2 * GIB + 256 * MIB;    /* the guest's shrinker gave itself 256 MiB */
+        vm_stats(&vm, now + USEC_PER_SEC, 1 * GIB);
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_int_equal(vm.new_target_bytes, vm.actual_bytes);
+        assert_int_equal(vm.reason, POLICY_REASON_ADOPT_SELF_DEFLATE);
+        vm_apply(&vm);
+
+        /* Low and medium events within the hold-off leave it alone ... */
+        for (PressureLevel l = PRESSURE_LOW; l <= PRESSURE_MEDIUM; l++) {
+                host.event = host.level = l;
+                policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+                assert_int_equal(vm.new_target_bytes, vm.target_bytes);
+        }
+        /* ... critical does not. */
+        host.event = host.level = PRESSURE_CRITICAL;
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_true(vm.new_target_bytes < vm.target_bytes);
+        vm_apply(&vm);
+
+        /* After the hold-off, medium inflates again. */
+        host.event = host.level = PRESSURE_MEDIUM;
+        vm_stats(&vm, now + k.hold_off_usec, 1 * GIB);
+        policy_decide(&host, &vm, 1, now += k.hold_off_usec);
+        assert_true(vm.new_target_bytes < vm.target_bytes);
+}
+
+/* Drives recovery with the returned timer as the daemon would (counting calls, not sleeping). */
+static void test_recovery(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm[3];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC, t, relief;
+
+        policy_knobs_init_default(&k);
+        for (int i = 0; i < 3; i++) {
+                vm_init(&vm[i], &k, 4 * GIB);
+                vm[i].target_bytes = vm[i].actual_bytes = 1 * GIB;
+                vm_stats(&vm[i], now, 512 * MIB);
+        }
+        vm_stats(&vm[1], now, 50 * MIB);   /* below half its reserve: in need */
+
+        host.event = host.level = PRESSURE_LOW;
+        assert_int_equal(policy_decide(&host, vm, 3, now), USEC_INFINITY);   /* pressure: no timer */
+        for (int i = 0; i < 3; i++)
+                vm_apply(&vm[i]);
+
+        host.event = host.level = PRESSURE_NONE;
+        relief = now += USEC_PER_SEC;
+        t = policy_decide(&host, vm, 3, now);
+        /* The guest in need goes first, without waiting for the cool-down. */
+        assert_int_equal(vm[1].reason, POLICY_REASON_RECOVERY);
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
+        assert_true(t > now && t <= now + k.recovery_interval_usec);
+
+        unsigned calls = 0;
+        usec_t vm1_full = 0;
+        while (t != USEC_INFINITY) {
+                assert_true(t > now);
+                now = t;
+                for (int i = 0; i < 3; i++) {
+                        vm_apply(&vm[i]);
+                        vm_stats(&vm[i], now, i == 1 ? 50 * MIB : 512 * MIB);
+                }
+                t = policy_decide(&host, vm, 3, now);
+                if (!vm1_full && vm[1].new_target_bytes == 4 * GIB)
+                        vm1_full = now;
+                /* The others never grow before the cool-down. */
+                if (vm[0].new_target_bytes > vm[0].target_bytes)
+                        assert_true(now >= relief - USEC_PER_SEC + k.recovery_delay_usec);
+                assert_true(++calls < 1000);
+        }
+        for (int i = 0; i < 3; i++) {
+                vm_apply(&vm[i]);
+                assert_int_equal(vm[i].target_bytes, 4 * GIB);
+        }
+        /* 3 GiB back at 2.5 % of 4 GiB per 2 s is 30 steps: about a minute after the cool-down,
+         * and the guest in need was full a cool-down earlier. */
+        assert_true(now <= relief + k.recovery_delay_usec + 31 * k.recovery_interval_usec);
+        assert_true(vm1_full <= relief + 31 * k.recovery_interval_usec);
+        assert_true(calls <= 70);
+
+        /* Pressure back mid-recovery: the very call that sees it stops growth, and no timer. */
+        vm[0].target_bytes = vm[0].actual_bytes = 2 * GIB;
+        host.level = PRESSURE_NONE;
+        t = policy_decide(&host, vm, 3, now += 100 * USEC_PER_SEC);
+        assert_int_equal(vm[0].reason, POLICY_REASON_RECOVERY);
+        vm_apply(&vm[0]);
+        host.level = PRESSURE_LOW;
+        assert_int_equal(policy_decide(&host, vm, 3, now += USEC_PER_SEC), USEC_INFINITY);
+        assert_true(vm[0].new_target_bytes <= vm[0].target_bytes);
+        vm[0].scope_level = PRESSURE_LOW;   /* and a VM's own scope pressure stops its own growth */
+        host.level = PRESSURE_NONE;
+        assert_int_equal(policy_decide(&host, vm, 3, now += 100 * USEC_PER_SEC), USEC_INFINITY);
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
+}
+
+/* ---- randomized properties -------------------------------------------------------------- */
+
+#define N_KNOB_SETS 4
+#define VMS_MAX 8
+#define TRAJECTORIES 30000
+#define CALLS_PER_TRAJECTORY 4
+#define IDLE_CASES 100000
+
+static unsigned cases_checked, inflations_checked, seed_moves_checked, floor_checked, recoveries_checked;
+
+static void random_knobs(PolicyKnobs *k) {
+        policy_knobs_init_default(k);
+        if (rnd_chance(30))
+                return;   /* the defaults, as most machines run */
+        k->preset = rnd_chance(25) ? POLICY_PRESET_SEED : POLICY_PRESET_DEFAULT;
+        k->enabled = !rnd_chance(5);
+        k->minimum_bytes = rnd_chance(50) ? 0 : rnd_range(0, 8 * GIB);
+        k->maximum_bytes = rnd_chance(50) ? 0 : rnd_range(0, 64 * GIB);
+        k->minimum_percent = rnd_range(0, 100);
+        k->weight = rnd_range(1, 10000);
+        for (int l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++) {
+                k->step_permille[l] = rnd_range(0, 300);
+                if (rnd_chance(50))
+                        k->seed_step_bytes[l] = rnd_range(0, 16 * MIB);
+        }
+        k->step_escalation_max = rnd_range(1, 16);
+        k->reserve_bytes = rnd_range(0, 1 * GIB);
+        k->reserve_percent = rnd_range(0, 30);
+        k->recovery_delay_usec = rnd_range(0, 120 * USEC_PER_SEC);
+        k->recovery_permille = rnd_range(1, 300);
+        k->recovery_interval_usec = rnd_range(USEC_PER_MSEC, 10 * USEC_PER_SEC);
+        k->hold_off_usec = rnd_range(0, 300 * USEC_PER_SEC);
+        k->stats_max_age_usec = rnd_range(USEC_PER_SEC, 60 * USEC_PER_SEC);
+        k->guest_major_fault_rate = rnd_range(1, 10000);
+        k->available_drop_permille = rnd_range(1, 100);
+}
+
+static PressureLevel random_level(unsigned none_percent) {
+        return rnd_chance(none_percent) ? PRESSURE_NONE : (PressureLevel) rnd_range(PRESSURE_LOW, PRESSURE_CRITICAL);
+}
+
+static void counter_step(uint64_t *c, uint64_t max_step) {
+        if (*c == UINT64_MAX || rnd_chance(10))
+                *c = rnd_chance(20) ? UINT64_MAX : rnd_range(0, 1000);   /* not reported / reset */
+        else if (rnd_chance(50))
+                *c += rnd_range(0, max_step);
+}
+
+static void random_stats(PolicyVM *vm, usec_t now) {
+        GuestStats *s = &vm->stats;
+
+        if (rnd_chance(10)) {
+                guest_stats_init(s);
+                return;
+        }
+        if (!s->valid || rnd_chance(70)) {
+                s->valid = true;
+                s->updated_usec = rnd_chance(15) ? sub_now(now, rnd_range(0, 300 * USEC_PER_SEC)) : now;
+                s->available_bytes = rnd_chance(5) ? UINT64_MAX : rnd_range(0, vm->actual_bytes);
+                s->free_bytes = s->available_bytes == UINT64_MAX ? UINT64_MAX : s->available_bytes / 3;
+                s->caches_bytes = s->free_bytes;
+                counter_step(&s->major_faults, 100000);
+                counter_step(&s->swap_in_bytes, 64 * MIB);
+                counter_step(&s->oom_kills, 2);
+                counter_step(&s->alloc_stalls, 100);
+                counter_step(&s->direct_scan, 10000);
+        }
+}
+
+static bool stats_fresh_independent(const PolicyVM *vm, usec_t now) {
+        const GuestStats *s = &vm->stats;
+        return s->valid && s->available_bytes != UINT64_MAX &&
+               (s->updated_usec >= now || now - s->updated_usec <= vm->knobs->stats_max_age_usec);
+}
+
+static uint64_t bound_min(const PolicyVM *vm) {
+        const PolicyKnobs *k = vm->knobs;
+        uint64_t max = MIN(k->maximum_bytes ? k->maximum_bytes : vm->ram_bytes, vm->ram_bytes);
+        uint64_t min = k->minimum_bytes ? k->minimum_bytes
+                                        : vm->ram_bytes / 100 * k->minimum_percent + vm->ram_bytes % 100 * k->minimum_percent / 100;
+        return MIN(min, max);
+}
+
+static uint64_t bound_max(const PolicyVM *vm) {
+        const PolicyKnobs *k = vm->knobs;
+        return MIN(k->maximum_bytes ? k->maximum_bytes : vm->ram_bytes, vm->ram_bytes);
+}
+
+/* Checks one VM's decision against the promises, from the inputs as they were before the call. */
+static void check_decision(const PolicyHost *host, const PolicyVM *pre, const PolicyVM *vm, usec_t now) {
+        const PolicyKnobs *k = vm->knobs;
+        uint64_t min = bound_min(pre), max = bound_max(pre);
+        bool managed = pre->controllable && k->enabled && pre->ram_bytes > 0;
+        PressureLevel level = MAX(pre->scope_event, host->event);
+        bool fresh = stats_fresh_independent(pre, now);
+
+        cases_checked++;
+        if (!managed) {
+                assert_int_equal(vm->new_target_bytes, pre->target_bytes);
+                return;
+        }
+
+        /* 1. Bounds. */
+        if (vm->new_target_bytes < min || vm->new_target_bytes > max)
+                fail_msg("target %" PRIu64 " outside [%" PRIu64 ", %" PRIu64 "]", vm->new_target_bytes, min, max);
+
+        /* The point a move starts from: the target, or the guest's own size when it deflated
+         * itself (the policy adopts that first), within the bounds. */
+        bool adopted = pre->state.last_actual_bytes != 0 && pre->actual_bytes > pre->state.last_actual_bytes &&
+                       pre->actual_bytes > pre->target_bytes + MIB;
+        uint64_t base = CLAMP(adopted ? pre->actual_bytes : pre->target_bytes, min, max);
+
+        /* The seed moves on every event it has room for: exactly its step, never nothing. */
+        if (k->preset == POLICY_PRESET_SEED && level > PRESSURE_NONE && k->seed_step_bytes[level] > 0 &&
+            base >= min + k->seed_step_bytes[level])
+                assert_int_equal(vm->new_target_bytes, base - k->seed_step_bytes[level]);
+
+        if (vm->new_target_bytes < base) {
+                uint64_t drop = base - vm->new_target_bytes;
+
+                /* No inflation without an event. */
+                assert_true(level > PRESSURE_NONE);
+
+                inflations_checked++;
+                if (k->preset == POLICY_PRESET_SEED) {
+                        /* 4. The seed moves exactly its step. */
+                        seed_moves_checked++;
+                        assert_int_equal(drop, k->seed_step_bytes[level]);
+                        return;
+                }
+
+                /* 3. No move above the level's step (escalation included). */
+                uint64_t ram = pre->ram_bytes;
+                uint64_t level_step = ram / 1000 * k->step_permille[level] + ram % 1000 * k->step_permille[level] / 1000;
+                if (drop > level_step * k->step_escalation_max)
+                        fail_msg("drop %" PRIu64 " above step %" PRIu64 " x %u", drop, level_step, k->step_escalation_max);
+                if (!fresh) {
+                        uint64_t low = ram / 1000 * k->step_permille[PRESSURE_LOW] + ram % 1000 * k->step_permille[PRESSURE_LOW] / 1000;
+                        assert_true(drop <= MIN(level_step, low));
+                } else {
+                        /* 2. Never into the working set (plus its reserve). */
+                        floor_checked++;
+                        uint64_t used = pre->actual_bytes > pre->stats.available_bytes
+                                                ? pre->actual_bytes - pre->stats.available_bytes : 0;
+                        uint64_t reserve = MAX(k->reserve_bytes, ram / 100 * k->reserve_percent + ram % 100 * k->reserve_percent / 100);
+                        if (vm->new_target_bytes < MIN(used + reserve, max))
+                                fail_msg("target %" PRIu64 " below working set %" PRIu64 " + reserve %" PRIu64,
+                                         vm->new_target_bytes, used, reserve);
+                }
+                /* Hold-off after a self-deflate: only critical pressure inflates. */
+                if (level < PRESSURE_CRITICAL)
+                        assert_true(adopted ? false : now >= pre->state.hold_off_until_usec);
+        } else if (vm->new_target_bytes > base) {
+                /* Growth is recovery: only with neither host nor scope pressure, one step at a time. */
+                recoveries_checked++;
+                assert_int_equal(vm->reason, POLICY_REASON_RECOVERY);
+                assert_int_equal(k->preset, POLICY_PRESET_DEFAULT);
+                assert_int_equal(host->event, PRESSURE_NONE);
+                assert_int_equal(host->level, PRESSURE_NONE);
+                assert_int_equal(pre->scope_level, PRESSURE_NONE);
+                assert_int_equal(pre->scope_event, PRESSURE_NONE);
+                uint64_t step = MAX(pre->ram_bytes / 1000 * k->recovery_permille, MIB);
+                assert_true(vm->new_target_bytes - base <= step + MIB);
+        }
+}
+
+static void test_random_properties(void **state) {
+        static PolicyKnobs sets[N_KNOB_SETS];
+        PolicyVM vm[VMS_MAX], pre[VMS_MAX];
+
+        seed_rng();
+        for (unsigned tr = 0; tr < TRAJECTORIES; tr++) {
+                PolicyHost host = {};
+                usec_t now = rnd_range(1, 1000000) * USEC_PER_SEC;
+                size_t n = rnd_range(1, VMS_MAX);
+
+                for (int i = 0; i < N_KNOB_SETS; i++)
+                        random_knobs(&sets[i]);
+                for (size_t i = 0; i < n; i++) {
+                        vm_init(&vm[i], &sets[rnd() % N_KNOB_SETS], rnd_chance(3) ? 0 : rnd_range(64 * MIB, 64 * GIB));
+                        vm[i].target_bytes = rnd_range(0, vm[i].ram_bytes);
+                        vm[i].actual_bytes = rnd_range(0, vm[i].ram_bytes);
+                }
+                if (rnd_chance(50))
+                        host.last_pressure_usec = sub_now(now, rnd_range(0, 200 * USEC_PER_SEC));
+
+                for (unsigned c = 0; c < CALLS_PER_TRAJECTORY; c++) {
+                        host.event = random_level(50);
+                        host.level = host.event != PRESSURE_NONE ? MAX(host.event, random_level(50)) : random_level(50);
+                        for (size_t i = 0; i < n; i++) {
+                                vm[i].controllable = !rnd_chance(5);
+                                vm[i].scope_event = random_level(80);
+                                vm[i].scope_level = vm[i].scope_event != PRESSURE_NONE ? vm[i].scope_event : random_level(80);
+                                random_stats(&vm[i], now);
+                                pre[i] = vm[i];
+                        }
+                        PolicyHost host_pre = host;
+                        usec_t next = policy_decide(&host, vm, n, now);
+                        assert_true(next == USEC_INFINITY || next > now);
+                        for (size_t i = 0; i < n; i++)
+                                check_decision(&host_pre, &pre[i], &vm[i], now);
+
+                        /* The daemon applies; the guest follows part of the way, or deflates itself. */
+                        now += rnd_chance(30) ? rnd_range(0, USEC_PER_SEC) : rnd_range(0, 60 * USEC_PER_SEC);
+                        if (rnd_chance(20) && next != USEC_INFINITY)
+                                now = MAX(now, next);
+                        for (size_t i = 0; i < n; i++) {
+                                vm[i].target_bytes = vm[i].new_target_bytes;
+                                if (rnd_chance(15))
+                                        vm[i].actual_bytes = MIN(vm[i].ram_bytes, vm[i].actual_bytes + rnd_range(0, 512 * MIB));
+                                else if (rnd_chance(70))
+                                        vm[i].actual_bytes = vm[i].target_bytes;
+                        }
+                }
+        }
+        print_message("policy properties: %u decisions checked: %u inflations (%u seed, %u against the "
+                      "working set), %u recovery steps\n",
+                      cases_checked, inflations_checked, seed_moves_checked, floor_checked, recoveries_checked);
+        assert_true(inflations_checked > 10000 && seed_moves_checked > 1000 && floor_checked > 5000);
+        assert_true(cases_checked >= 100000);
+}
+
+/* No pressure and every VM at its maximum: no timer, no move, whatever else the snapshot says. */
+static void test_idle_no_timer(void **state) {
+        static PolicyKnobs sets[N_KNOB_SETS];
+        PolicyVM vm[VMS_MAX];
+        unsigned cases = 0;
+
+        seed_rng();
+        for (unsigned c = 0; c < IDLE_CASES / 4; c++) {
+                PolicyHost host = {};
+                usec_t now = rnd_range(1, 1000000) * USEC_PER_SEC;
+                size_t n = rnd_range(1, VMS_MAX);
+
+                for (int i = 0; i < N_KNOB_SETS; i++)
+                        random_knobs(&sets[i]);
+                if (rnd_chance(70))
+                        host.last_pressure_usec = sub_now(now, rnd_range(0, 200 * USEC_PER_SEC));
+                for (size_t i = 0; i < n; i++) {
+                        vm_init(&vm[i], &sets[rnd() % N_KNOB_SETS], rnd_range(64 * MIB, 64 * GIB));
+                        vm[i].target_bytes = bound_max(&vm[i]);
+                        vm[i].actual_bytes = rnd_chance(50) ? vm[i].target_bytes : rnd_range(0, vm[i].target_bytes);
+                        vm[i].controllable = !rnd_chance(5);
+                        /* Leftovers of past episodes: recent events, hold-offs, a guest in need. */
+                        vm[i].state.last_event_usec = rnd_chance(50) ? sub_now(now, rnd_range(0, 100 * USEC_PER_SEC)) : 0;
+                        vm[i].state.last_move_usec = rnd_chance(50) ? sub_now(now, rnd_range(0, 10 * USEC_PER_SEC)) : 0;
+                        vm[i].state.hold_off_until_usec = rnd_chance(30) ? now + rnd_range(0, 100 * USEC_PER_SEC) : 0;
+                        vm[i].state.guest_pressure_usec = rnd_chance(30) ? sub_now(now, rnd_range(0, 10 * USEC_PER_SEC)) : 0;
+                        vm[i].state.consecutive_events = rnd_range(0, 5);
+                        vm[i].state.last_actual_bytes = rnd_chance(50) ? 0 : vm[i].actual_bytes;
+                }
+                /* A few quiet calls in a row, as guest-stats updates arrive. */
+                for (int call = 0; call < 4; call++) {
+                        for (size_t i = 0; i < n; i++)
+                                random_stats(&vm[i], now);
+                        usec_t next = policy_decide(&host, vm, n, now);
+                        if (next != USEC_INFINITY)
+                                fail_msg("idle snapshot armed a timer in %" PRIu64 " us", next - now);
+                        for (size_t i = 0; i < n; i++)
+                                assert_int_equal(vm[i].new_target_bytes, vm[i].target_bytes);
+                        cases++;
+                        now += rnd_range(0, 60 * USEC_PER_SEC);
+                }
+        }
+        print_message("idle snapshots: %u, no timer armed\n", cases);
+        assert_true(cases >= IDLE_CASES);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_knob_table),
+                cmocka_unit_test(test_strings),
+                cmocka_unit_test(test_bounds_defaults),
+                cmocka_unit_test(test_seed_exact_steps),
+                cmocka_unit_test(test_default_scales_and_escalates),
+                cmocka_unit_test(test_working_set_and_victims),
+                cmocka_unit_test(test_no_stats_conservative),
+                cmocka_unit_test(test_scope_pressure_that_vm),
+                cmocka_unit_test(test_self_deflate_hold_off),
+                cmocka_unit_test(test_recovery),
+                cmocka_unit_test(test_random_properties),
+                cmocka_unit_test(test_idle_no_timer),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
