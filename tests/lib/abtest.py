@@ -422,15 +422,22 @@ class Env:
         machine.slice, so parallel runs and other tests' stalls don't count."""
         os.makedirs(self.file("machines.d"), exist_ok=True)
         hp = host_pressure or "/sys/fs/cgroup/%s/machine.slice/memory.pressure" % self.name
-        text = ("[Manager]\nHostPressureSource=%s\nMachinesDirectory=%s\nStatsIntervalSec=2\n"
-                "DeflateOnExit=yes\n\n[Pressure]\nLow=some 100ms 2s\nMedium=some 200ms 2s\n"
-                "Critical=full 200ms 2s\n%s" % (hp, self.file("machines.d"), extra))
+        text = ("[Manager]\nHostPressureSource=%s\nMachinesDirectory=%s\n"
+                "RuntimeMachinesDirectory=%s\nStatsIntervalSec=2\nDeflateOnExit=yes\n\n"
+                "[Pressure]\nLow=some 100ms 2s\nMedium=some 200ms 2s\nCritical=full 200ms 2s\n%s"
+                % (hp, self.file("machines.d"), self.file("machines.run.d"), extra))
         path = self.file("autoballoond.conf")
         with open(path, "w") as f:
             f.write(text)
         return path
 
-    def start_daemon(self, config=None, wait=True, timeout=5.0):
+    def machine_dropin(self, name, text):
+        """A per-machine drop-in (MachinesDirectory/NAME.conf), e.g. "[Machine]\nQMPSocket=..."."""
+        os.makedirs(self.file("machines.d"), exist_ok=True)
+        with open(self.file("machines.d/%s.conf" % name), "w") as f:
+            f.write(text)
+
+    def start_daemon(self, config=None, wait=True, timeout=5.0, args=("--log-level=debug",)):
         """autoballoond --config=FILE inside the namespace (stderr to autoballoond.log), with
         the default system bus address as on a real host. Waits until it owns its name."""
         exe = os.path.join(BUILDDIR, "controller/autoballoond")
@@ -440,7 +447,7 @@ class Env:
         env = {k: v for k, v in os.environ.items() if k != "DBUS_SYSTEM_BUS_ADDRESS"}
         env.setdefault("SYSTEMD_LOG_LEVEL", "debug")
         self.daemon_log = self.file("autoballoond.log")
-        self.daemon = self.spawn([exe, "--config=" + config], name="autoballoond",
+        self.daemon = self.spawn([exe, "--config=" + config, *args], name="autoballoond",
                                  stdout=self.daemon_log, stderr=self.daemon_log, env=env)
         if wait:
             self.wait_for(lambda: self.daemon_check() and self.call(
@@ -468,6 +475,13 @@ class Env:
         rc = d.stop(signal.SIGTERM, timeout)
         log("daemon stopped, exit code %s" % rc)
         return rc
+
+    def bad_qmp(self, socket_path, mode="garbage"):
+        """A misbehaving QMP peer (bad-qmp.py) on socket_path, in the namespace."""
+        p = self.spawn(["/usr/bin/python3", os.path.join(LIB, "bad-qmp.py"), socket_path, mode],
+                       name="bad-qmp", stderr=self.file("bad-qmp.log"))
+        self.wait_for(lambda: os.path.exists(socket_path), 5, "bad QMP socket")
+        return p
 
     # ---- the daemon's API ---------------------------------------------------------------------
     def machine_path(self, name):

@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""QMP failures: a QMP peer killed mid-run, a peer sending garbage, one that hangs up. The
+daemon logs each, the machine's State says so (with a StateReason), it reconnects when the
+peer is back, keeps serving the other machines, and does not crash."""
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
+import abtest  # noqa: E402
+from abtest import check, log  # noqa: E402
+
+BROKEN = ("failed", "connecting")
+
+
+def separate_qmp_vm(env, name, server_cmd=None, mode=None):
+    """A VM whose QMP server is not its leader: leader `sleep`, socket named by a drop-in, so
+    the peer can die or misbehave while machined still lists the VM."""
+    sock = env.file("%s.qmp" % name)
+    env.machine_dropin(name, "[Machine]\nQMPSocket=%s\n" % sock)
+    if mode:
+        server = env.bad_qmp(sock, mode)
+    else:
+        server = env.spawn(env.fake_qmp_cmd(name, sock, env.file("%s.qmp-record.log" % name)),
+                           name="qmp-" + name, stderr=env.file("%s.qmp.log" % name))
+        env.wait_for(lambda: os.path.exists(sock), 5, "QMP socket %s" % sock)
+    vm = env.start_vm(name, leader_cmd=["sleep", "600"])
+    vm.qmp_socket, vm.server = sock, server
+    return vm
+
+
+def state(env, name):
+    p = env.machine_path(name)
+    return env.ab_get(p, "State"), env.ab_get(p, "StateReason")
+
+
+def still_serving(env, healthy):
+    env.daemon_check()
+    m = env.ab_machines()
+    check(healthy in m and m[healthy][0] == "managed", "healthy VM not managed: %s" % m)
+    env.ab_get(env.machine_path(healthy), "ActualMemory")
+
+
+def test(env):
+    env.start_daemon()
+    healthy = env.start_vm("healthy")
+    peer = separate_qmp_vm(env, "peer")
+    for name in ("healthy", "peer"):
+        env.wait_property(env.machine_path(name), "State", "managed", timeout=5)
+
+    # 1. the QMP peer is killed mid-run; the VM itself (its scope) lives on
+    t = time.monotonic()
+    peer.server.stop(signal.SIGKILL)
+    st = env.wait_property(env.machine_path("peer"), "State", lambda v: v in BROKEN, timeout=2)
+    reason = env.ab_get(env.machine_path("peer"), "StateReason")
+    log("peer killed: State %s after %.2f s, StateReason %r" % (st, time.monotonic() - t, reason))
+    check(reason, "no StateReason for a dead QMP peer")
+    still_serving(env, "healthy")
+    # it comes back on the same socket: the daemon reconnects
+    peer.server = env.spawn(env.fake_qmp_cmd("peer", peer.qmp_socket, env.file("peer.qmp-record2.log")),
+                            name="qmp-peer2", stderr=env.file("peer.qmp2.log"))
+    t = time.monotonic()
+    env.wait_property(env.machine_path("peer"), "State", "managed", timeout=10)
+    log("peer back: managed again after %.2f s" % (time.monotonic() - t))
+
+    # 2. peers that send garbage or hang up mid-greeting
+    for mode in ("garbage", "close"):
+        name = "bad-" + mode
+        t = time.monotonic()
+        separate_qmp_vm(env, name, mode=mode)
+        env.wait_signal("MachineAdded", lambda s: s[4][0] == name, timeout=2, since=t)
+        st = env.wait_property(env.machine_path(name), "State", lambda v: v in BROKEN, timeout=3)
+        time.sleep(1)  # let it go through a few reconnects with the same peer
+        st, reason = state(env, name)
+        log("%s: State %s, StateReason %r" % (name, st, reason))
+        check(st in BROKEN and reason, "%s: State %r, StateReason %r" % (name, st, reason))
+        still_serving(env, "healthy")
+
+    # 3. the leader (QEMU) itself killed: machined drops the VM, the daemon follows
+    t = time.monotonic()
+    healthy.proc.stop(signal.SIGKILL)
+    env.wait_for(lambda: "healthy" not in env.ab_machines(), 3, "healthy removed after its leader died")
+    log("leader killed: removed after %.2f s" % (time.monotonic() - t))
+    env.wait_property(env.machine_path("peer"), "State", "managed", timeout=1)
+
+    log_text = env.daemon_log_text()
+    for name in ("peer", "bad-garbage", "bad-close"):
+        check(name in log_text, "the daemon log does not mention %s" % name)
+    rc = env.stop_daemon()
+    check(rc == 0, "daemon exit code %s on SIGTERM" % rc)
+
+
+abtest.main(test, "daemon-qmp-failure")

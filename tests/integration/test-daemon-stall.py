@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""Scope pressure: a real memory stall in one VM's scope makes the daemon send that VM a
+`balloon` with a lower target (the fake QMP device's record shows it); the fake's
+BALLOON_CHANGE then shows up as ActualMemory on D-Bus, with PropertiesChanged."""
+import json
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
+import abtest  # noqa: E402
+from abtest import check, log  # noqa: E402
+
+MIB = 1 << 20
+STALL_SECONDS = 10
+
+
+def balloon_targets(vm):
+    """Values of the `balloon` commands the fake received, in order."""
+    out = []
+    for line in vm.records().splitlines():
+        m = re.search(r'\{.*\}', line)
+        if not m:
+            continue
+        try:
+            msg = json.loads(m.group(0))
+        except ValueError:
+            continue
+        if msg.get("execute") == "balloon":
+            out.append(int(msg["arguments"]["value"]))
+    return out
+
+
+def test(env):
+    # host pressure from a quiet cgroup, so only the VM's own scope pressure can act
+    quiet = "/sys/fs/cgroup/%s/system.slice/memory.pressure" % env.name
+    env.start_daemon(env.write_config(host_pressure=quiet))
+    vm = env.start_vm("vm1", memory="512M")
+    idle = env.start_vm("idle", memory="512M")
+    path = env.machine_path(vm.name)
+    env.wait_property(path, "State", "managed", timeout=5)
+    env.wait_property(env.machine_path(idle.name), "State", "managed", timeout=5)
+    before = env.ab_get(path, "ActualMemory")
+    check(before == 512 * MIB, "ActualMemory before the stall is %d" % before)
+    check(balloon_targets(vm) == [], "balloon before any pressure: %s" % balloon_targets(vm))
+
+    cg = env.ab_get(path, "ControlGroup")
+    t = time.monotonic()
+    stall = env.stall(cg, seconds=STALL_SECONDS)
+    sent = env.wait_for(lambda: balloon_targets(vm), STALL_SECONDS + 4, "a balloon command to %s" % vm.name)
+    log("first balloon to %s after %.2f s of stall: %s MiB" % (vm.name, time.monotonic() - t,
+                                                                 [v // MIB for v in sent]))
+    check(sent[0] < 512 * MIB, "balloon target %d is not below 512 MiB" % sent[0])
+    target = env.wait_property(path, "TargetMemory", lambda v: v < 512 * MIB, timeout=2)
+    # BALLOON_CHANGE from the fake -> ActualMemory, announced with PropertiesChanged
+    actual = env.wait_property(path, "ActualMemory", lambda v: v < 512 * MIB, timeout=3)
+    changes = env.wait_for(lambda: [c for _, c in env.properties_changed(path, "ActualMemory", since=t)
+                                    if c.get("ActualMemory", 512 * MIB) < 512 * MIB],
+                           2, "PropertiesChanged(ActualMemory)")
+    log("TargetMemory %d MiB, ActualMemory %d MiB, PropertiesChanged: %s" %
+        (target // MIB, actual // MIB, changes[:3]))
+    check(env.ab_get(path, "ScopePressure") != "", "ScopePressure is empty")
+    r = stall.wait()
+    log("stall:", r)
+    check(balloon_targets(idle) == [], "the idle VM was ballooned by another VM's scope pressure: %s"
+          % balloon_targets(idle))
+    check("vm1" in env.daemon_log_text(), "the daemon did not log the move")
+
+    rc = env.stop_daemon()
+    check(rc == 0, "daemon exit code %s on SIGTERM" % rc)
+    # DeflateOnExit=yes: the guest gets its memory back
+    final = balloon_targets(vm)
+    log("balloon commands to %s: %s MiB" % (vm.name, [v // MIB for v in final]))
+    check(final[-1] == 512 * MIB, "not deflated to 512 MiB on exit: last target %d" % final[-1])
+
+
+abtest.main(test, "daemon-stall")
