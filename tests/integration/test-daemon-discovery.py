@@ -65,6 +65,13 @@ def test(env):
     check(list(env.ab_machines()) == ["pre"], "machines now: %s" % env.ab_machines())
     env.wait_property(env.machine_path("pre"), "State", "managed", timeout=1)
 
+    # a VM with no QMP socket on its command line and no drop-in: listed, saying why
+    env.start_vm("noqmp", leader_cmd=["sleep", "600"])
+    st = env.wait_property(env.machine_path("noqmp"), "State", "unmanaged", timeout=APPEAR_SECONDS)
+    reason = env.ab_get(env.machine_path("noqmp"), "StateReason")
+    log("noqmp: %s, %r" % (st, reason))
+    check(reason, "no StateReason for an unmanaged VM")
+
     rc = env.stop_daemon()
     check(rc == 0, "daemon exit code %s on SIGTERM" % rc)
 

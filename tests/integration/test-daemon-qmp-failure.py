@@ -44,6 +44,9 @@ def still_serving(env, healthy):
 
 def test(env):
     env.start_daemon()
+    # a peer that accepts and never greets: only the greeting timeout (10 s) can tell
+    hang_t = time.monotonic()
+    separate_qmp_vm(env, "bad-hang", mode="hang")
     healthy = env.start_vm("healthy")
     peer = separate_qmp_vm(env, "peer")
     for name in ("healthy", "peer"):
@@ -84,8 +87,14 @@ def test(env):
     log("leader killed: removed after %.2f s" % (time.monotonic() - t))
     env.wait_property(env.machine_path("peer"), "State", "managed", timeout=1)
 
+    st = env.wait_property(env.machine_path("bad-hang"), "State", "failed",
+                           timeout=max(1, 13 - (time.monotonic() - hang_t)))
+    log("bad-hang: State %s after %.1f s, StateReason %r" % (st, time.monotonic() - hang_t,
+                                                           state(env, "bad-hang")[1]))
+    check(state(env, "bad-hang")[1], "no StateReason for a peer that never greets")
+
     log_text = env.daemon_log_text()
-    for name in ("peer", "bad-garbage", "bad-close"):
+    for name in ("peer", "bad-garbage", "bad-close", "bad-hang"):
         check(name in log_text, "the daemon log does not mention %s" % name)
     rc = env.stop_daemon()
     check(rc == 0, "daemon exit code %s on SIGTERM" % rc)
