@@ -37,6 +37,7 @@ static const char *const policy_reason_table[_POLICY_REASON_MAX] = {
         [POLICY_REASON_RECOVERY] = "recovery",
         [POLICY_REASON_BOUNDS] = "bounds",
         [POLICY_REASON_ADOPT_SELF_DEFLATE] = "adopt-self-deflate",
+        [POLICY_REASON_MANUAL] = "manual",
 };
 
 const char *pressure_level_to_string(PressureLevel l) {

@@ -125,6 +125,7 @@ typedef enum PolicyReason {
         POLICY_REASON_RECOVERY,
         POLICY_REASON_BOUNDS,             /* target moved only to respect Minimum/Maximum */
         POLICY_REASON_ADOPT_SELF_DEFLATE,
+        POLICY_REASON_MANUAL,             /* ResizeMachine(): an operator set the target */
         _POLICY_REASON_MAX,
 } PolicyReason;
 
