@@ -67,7 +67,25 @@ def test(env):
     env.wait_property(env.machine_path("peer"), "State", "managed", timeout=10)
     log("peer back: managed again after %.2f s" % (time.monotonic() - t))
 
-    # 2. peers that send garbage or hang up mid-greeting
+    # 2. a running VM's monitor sends garbage, then hangs up: the VM stays, the daemon notes
+    # it (failed + reason, PropertiesChanged) and reconnects to the same monitor
+    ctl = env.file("ctl.control")
+    env.start_vm("ctl", extra=["--fake-control=" + ctl])
+    cpath = env.machine_path("ctl")
+    env.wait_property(cpath, "State", "managed", timeout=5)
+    for command in ("garbage", "hangup"):
+        t = time.monotonic()
+        check(env.fake_control(ctl, command) == "ok", "fake control %s refused" % command)
+        env.wait_for(lambda: any(c.get("State") in BROKEN for _, c in env.properties_changed(cpath, "State", since=t)),
+                     2, "State failed/connecting after %s" % command)
+        env.wait_property(cpath, "State", "managed", timeout=5)
+        seen = [c for _, c in env.properties_changed(cpath, since=t)]
+        reasons = [c["StateReason"] for c in seen if c.get("StateReason")]
+        log("ctl %s: %s; managed again after %.2f s" % (command, seen, time.monotonic() - t))
+        check(reasons, "no StateReason announced after %s: %s" % (command, seen))
+        still_serving(env, "healthy")
+
+    # 3. peers that send garbage or hang up mid-greeting
     for mode in ("garbage", "close"):
         name = "bad-" + mode
         t = time.monotonic()
@@ -80,7 +98,7 @@ def test(env):
         check(st in BROKEN and reason, "%s: State %r, StateReason %r" % (name, st, reason))
         still_serving(env, "healthy")
 
-    # 3. the leader (QEMU) itself killed: machined drops the VM, the daemon follows
+    # 4. the leader (QEMU) itself killed: machined drops the VM, the daemon follows
     t = time.monotonic()
     healthy.proc.stop(signal.SIGKILL)
     env.wait_for(lambda: "healthy" not in env.ab_machines(), 3, "healthy removed after its leader died")

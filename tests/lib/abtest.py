@@ -18,6 +18,7 @@ import atexit
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -271,14 +272,17 @@ class Env:
         return os.path.join(self.state, name)
 
     # ---- processes in the namespace -------------------------------------------------------
-    def spawn(self, cmd, name=None, stdout=None, stderr=None, env=None):
-        """Start cmd inside the namespace; returns a Proc with host and namespace PIDs."""
+    def spawn(self, cmd, name=None, stdout=None, stderr=None, env=None, memcg=None):
+        """Start cmd inside the namespace; returns a Proc with host and namespace PIDs.
+        memcg: a v1 memory cgroup directory to join first (the namespace has no v1 mount)."""
         name = name or os.path.basename(cmd[0])
         out = open(stdout, "ab") if isinstance(stdout, str) else stdout
         err = open(stderr, "ab") if isinstance(stderr, str) else stderr
         popen = subprocess.Popen(["nsenter", "-t", str(self.pid1), "-p", "-m", "-u", "--", *cmd],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                 env=env or os.environ, start_new_session=True)
+                                 env=env or os.environ, start_new_session=True,
+                                 preexec_fn=(lambda: _stall._write(memcg + "/cgroup.procs", os.getpid()))
+                                 if memcg else None)
         for f, given in ((out, stdout), (err, stderr)):
             if f is not given:
                 f.close()
@@ -475,6 +479,20 @@ class Env:
         rc = d.stop(signal.SIGTERM, timeout)
         log("daemon stopped, exit code %s" % rc)
         return rc
+
+    def fake_control(self, control_socket, command, timeout=5.0):
+        """One line to a fake QMP device's --fake-control socket; returns its answer line."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(timeout)
+            c.connect(control_socket)
+            c.sendall(command.encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        return answer.decode().strip()
 
     def bad_qmp(self, socket_path, mode="garbage"):
         """A misbehaving QMP peer (bad-qmp.py) on socket_path, in the namespace."""
