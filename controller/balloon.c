@@ -244,8 +244,10 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                 return 0;
 
         case BALLOON_OP_QUERY:
+                /* The guest's driver has not bound yet (still booting): -EAGAIN, the owner
+                 * attaches again later. */
                 if (error == -EIO && streq(qmp_error_class(reply), "DeviceNotActive"))
-                        return fail(b, -ENODEV, "virtio-balloon device %s is not active: %s",
+                        return fail(b, -EAGAIN, "virtio-balloon device %s is not active yet: %s",
                                     b->device_path, desc);
                 if (error < 0)
                         return fail(b, error, "Failed to query the balloon of %s: %s", qmp_path, desc);

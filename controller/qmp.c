@@ -325,12 +325,15 @@ static void disconnect(QmpClient *c, int error, const char *desc) {
         c->backoff_usec = MIN(c->backoff_usec * 2, c->backoff_max_usec);
 
         if (!c->retry_source) {
+                /* Explicit accuracy: sd-event's default of 250 ms would swamp a 100 ms backoff. */
                 r = sd_event_add_time_relative(c->event, &c->retry_source, CLOCK_MONOTONIC, delay,
-                                               0, on_retry, c);
+                                               delay / 10, on_retry, c);
                 if (r < 0)
                         log_error_errno(r, "QMP %s: failed to arm reconnect timer: %m", c->path);
         } else {
                 r = sd_event_source_set_time_relative(c->retry_source, delay);
+                if (r >= 0)
+                        r = sd_event_source_set_time_accuracy(c->retry_source, delay / 10);
                 if (r >= 0)
                         r = sd_event_source_set_enabled(c->retry_source, SD_EVENT_ONESHOT);
                 if (r < 0)
@@ -729,7 +732,7 @@ static int arm_timeout(QmpClient *c) {
         }
         if (!c->timeout_source) {
                 r = sd_event_add_time(c->event, &c->timeout_source, CLOCK_MONOTONIC, deadline,
-                                      10 * USEC_PER_MSEC, on_timeout, c);
+                                      c->command_timeout_usec / 100, on_timeout, c);
                 if (r < 0)
                         return log_error_errno(r, "QMP %s: failed to arm command timeout: %m", c->path);
                 return 0;
