@@ -44,6 +44,18 @@ def rss_bytes(pid):
     return 0
 
 
+def rss_swap_bytes(pid):
+    """VmRSS + VmSwap: what the host spends on a process, wherever the pages are."""
+    total = 0
+    try:
+        for line in open("/proc/%d/status" % pid):
+            if line.startswith(("VmRSS:", "VmSwap:")):
+                total += int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return total
+
+
 class HostMemcg:
     """A child of the env's v1 memory cgroup with memory.limit_in_bytes = limit: the "host
     RAM" the guests and a host workload share. With swap (a private zram device), going
