@@ -36,7 +36,9 @@ def test(env):
     # host pressure from a quiet cgroup, so only the VM's own scope pressure can act
     quiet = "/sys/fs/cgroup/%s/system.slice/memory.pressure" % env.name
     env.start_daemon(env.write_config(host_pressure=quiet))
-    vm = env.start_vm("vm1", memory="512M")
+    # a guest that moves its balloon at 100 MiB/s, so BALLOON_CHANGE comes in steps
+    ctl = env.file("vm1.control")
+    vm = env.start_vm("vm1", memory="512M", extra=["--fake-balloon-speed=100M", "--fake-control=" + ctl])
     idle = env.start_vm("idle", memory="512M")
     path = env.machine_path(vm.name)
     env.wait_property(path, "State", "managed", timeout=5)
@@ -63,6 +65,20 @@ def test(env):
     check(env.ab_get(path, "ScopePressure") != "", "ScopePressure is empty")
     r = stall.wait()
     log("stall:", r)
+    actuals = [c["ActualMemory"] // MIB for _, c in env.properties_changed(path, "ActualMemory", since=t)]
+    log("ActualMemory announced %d times during the stall: %s MiB" % (len(actuals), actuals))
+    check(len(set(actuals)) >= 2, "ActualMemory did not follow the balloon's steps: %s" % actuals)
+
+    # the guest moves its balloon by itself (deflate-on-oom): BALLOON_CHANGE alone must
+    # reach ActualMemory
+    t = time.monotonic()
+    check(env.fake_control(ctl, "actual 500M") == "ok", "fake control refused 'actual'")
+    env.wait_for(lambda: any(c.get("ActualMemory") == 500 * MIB
+                             for _, c in env.properties_changed(path, "ActualMemory", since=t)),
+                 1, "PropertiesChanged(ActualMemory=500 MiB) after a BALLOON_CHANGE")
+    check(env.ab_get(path, "ActualMemory") == 500 * MIB, "ActualMemory is not 500 MiB")
+    log("guest self-deflate to 500 MiB seen after %.3f s; TargetMemory now %d MiB" %
+        (time.monotonic() - t, env.ab_get(path, "TargetMemory") // MIB))
     check(balloon_targets(idle) == [], "the idle VM was ballooned by another VM's scope pressure: %s"
           % balloon_targets(idle))
     check("vm1" in env.daemon_log_text(), "the daemon did not log the move")

@@ -197,7 +197,7 @@ class Env:
         self.daemon = None
         self.stalls = []
         self.triggers = []
-        self.signals = []  # (monotonic time, path, interface, member, args)
+        self.signals = []  # (monotonic time dispatched, path, interface, member, args); see pump()
         self.vars = {}
         self.bus = None
         self.failed = False
@@ -354,6 +354,7 @@ class Env:
 
     def properties_changed(self, path, prop=None, since=0.0):
         """[(time, {prop: value})] of PropertiesChanged on path (optionally naming prop)."""
+        self.pump()  # signals queued while the test was blocked elsewhere
         out = []
         for t, p, iface, member, args in self.signals:
             if p == path and member == "PropertiesChanged" and t >= since:
