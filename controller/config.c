@@ -1,9 +1,11 @@
 /* Configuration files in systemd's INI dialect, parsed with inih. */
 #include <dirent.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <sys/stat.h>
 
 #include "config.h"
 #include "log.h"
@@ -21,6 +23,7 @@ void config_init(Config *c) {
                 .host_pressure_source = strdup("/proc/pressure/memory"),
                 .machines_directory = strdup(MACHINES_DIR_DEFAULT),
                 .runtime_machines_directory = strdup(RUNTIME_MACHINES_DIR_DEFAULT),
+                .runtime_config_directory = strdup(RUNTIME_CONFIG_DIR_DEFAULT),
                 .stats_interval_sec = 2,
                 .deflate_on_exit = true,
         };
@@ -33,6 +36,7 @@ void config_done(Config *c) {
         free(c->host_pressure_source);
         free(c->machines_directory);
         free(c->runtime_machines_directory);
+        free(c->runtime_config_directory);
         *c = (Config) {};
 }
 
@@ -233,6 +237,8 @@ static int handler(void *user, const char *section, const char *name, const char
                         r = value[0] == '/' ? set_string(&c->machines_directory, value) : -EINVAL;
                 else if (streq(name, "RuntimeMachinesDirectory"))
                         r = value[0] == '/' ? set_string(&c->runtime_machines_directory, value) : -EINVAL;
+                else if (streq(name, "RuntimeConfigDirectory"))
+                        r = value[0] == '/' ? set_string(&c->runtime_config_directory, value) : -EINVAL;
                 else if (streq(name, "StatsIntervalSec")) {
                         usec_t u;
                         r = parse_duration(value, &u);
@@ -334,11 +340,25 @@ static int filter_conf(const struct dirent *d) {
         return d->d_name[0] != '.' && l > 5 && streq(d->d_name + l - 5, ".conf");
 }
 
+static int parse_dir(ParseState *s, const char *dir) {
+        struct dirent **list = NULL;
+        int n, r = 0;
+
+        n = scandir(dir, &list, filter_conf, alphasort);
+        for (int i = 0; i < n; i++) {
+                _cleanup_free_ char *p = NULL;
+                if (r >= 0)
+                        r = asprintf(&p, "%s/%s", dir, list[i]->d_name) < 0 ? -ENOMEM : parse_file(s, p);
+                free(list[i]);
+        }
+        free(list);
+        return r;
+}
+
 int config_load(Config *c, const char *path) {
         ParseState s = { .config = c, .knobs = &c->defaults };
         _cleanup_free_ char *dir = NULL;
-        struct dirent **list = NULL;
-        int n, r;
+        int r;
 
         r = parse_file(&s, path);
         if (r < 0)
@@ -346,14 +366,11 @@ int config_load(Config *c, const char *path) {
 
         if (asprintf(&dir, "%s.d", path) < 0)
                 return -ENOMEM;
-        n = scandir(dir, &list, filter_conf, alphasort);
-        for (int i = 0; i < n; i++) {
-                _cleanup_free_ char *p = NULL;
-                if (r >= 0 && asprintf(&p, "%s/%s", dir, list[i]->d_name) >= 0)
-                        r = parse_file(&s, p);
-                free(list[i]);
-        }
-        free(list);
+        r = parse_dir(&s, dir);
+        /* The runtime directory can only be named by the files above; it comes last, so that
+         * a runtime SetDefaultProperties() wins until the next boot. */
+        if (r >= 0 && c->runtime_config_directory && !streq(c->runtime_config_directory, dir))
+                r = parse_dir(&s, c->runtime_config_directory);
         c->n_errors += s.n_errors;
         return r < 0 ? r : 0;
 }
@@ -389,4 +406,262 @@ int machine_config_load(const Config *c, const char *name, MachineConfig *ret) {
         }
         *ret = mc;
         return 0;
+}
+
+/* --- persistence ------------------------------------------------------------------------ */
+
+int config_machine_dropin_path(const Config *c, const char *name, bool runtime, char **ret) {
+        const char *dir = runtime ? c->runtime_machines_directory : c->machines_directory;
+
+        if (!dir || strchr(name, '/') || name[0] == '.' || name[0] == '\0')
+                return -EINVAL;
+        return asprintf(ret, "%s/%s.conf", dir, name) < 0 ? -ENOMEM : 0;
+}
+
+int config_defaults_dropin_path(const Config *c, const char *config_path, bool runtime, char **ret) {
+        int r;
+
+        if (runtime)
+                r = c->runtime_config_directory ?
+                        asprintf(ret, "%s/" SET_PROPERTY_DROPIN, c->runtime_config_directory) : -1;
+        else
+                r = asprintf(ret, "%s.d/" SET_PROPERTY_DROPIN, config_path);
+        return r < 0 ? -ENOMEM : 0;
+}
+
+static bool strv_contains(char *const *l, const char *s) {
+        for (; l && *l; l++)
+                if (streq(*l, s))
+                        return true;
+        return false;
+}
+
+/* "[Name]" → Name, as inih reads it; NULL for anything else. */
+static char *section_name(const char *line, size_t len) {
+        size_t i = strspn(line, " \t");
+        const char *end;
+
+        if (i >= len || line[i] != '[')
+                return NULL;
+        end = memchr(line + i, ']', len - i);
+        return end ? strndup(line + i + 1, (size_t) (end - line - i - 1)) : NULL;
+}
+
+/* The key of a "Key=Value" (or inih's "Key: Value") line, trimmed, into buf; false for a
+ * comment, a blank or a continuation line. */
+static bool line_key(const char *line, size_t len, char *buf, size_t buflen) {
+        size_t i = 0, k;
+
+        if (len == 0 || line[0] == ' ' || line[0] == '\t' || line[0] == ';' || line[0] == '#')
+                return false;
+        while (i < len && line[i] != '=' && line[i] != ':')
+                i++;
+        if (i == len)
+                return false;
+        k = i;
+        while (k > 0 && (line[k - 1] == ' ' || line[k - 1] == '\t'))
+                k--;
+        if (k == 0 || k >= buflen)
+                return false;
+        memcpy(buf, line, k);
+        buf[k] = '\0';
+        return true;
+}
+
+int config_dropin_rewrite(const char *text, const char *section, char *const *keys, char *const *values,
+                          char **ret) {
+        _cleanup_free_ char *out = NULL;
+        size_t out_len = 0;
+        FILE *f;
+        bool in_section = false, dropping = false, any_set = false;
+
+        f = open_memstream(&out, &out_len);
+        if (!f)
+                return -ENOMEM;
+
+        if (!text)
+                fputs(SET_PROPERTY_HEADER " (SetMachineProperties(), SetDefaultProperties()).\n"
+                      "# It keeps comments and other keys when it updates this file.\n", f);
+        for (const char *p = text; p && *p;) {
+                const char *nl = strchr(p, '\n');
+                size_t len = nl ? (size_t) (nl - p) : strlen(p);
+                _cleanup_free_ char *name = section_name(p, len);
+                char key[256];
+
+                if (name) {
+                        in_section = streq(name, section);
+                        dropping = false;
+                } else if (dropping && len > 0 && (p[0] == ' ' || p[0] == '\t'))
+                        goto next;   /* continuation of a dropped value */
+                else {
+                        dropping = in_section && line_key(p, len, key, sizeof key) && strv_contains(keys, key);
+                        if (dropping)
+                                goto next;
+                }
+                fwrite(p, 1, len, f);
+                fputc('\n', f);
+        next:
+                p += len + (nl ? 1 : 0);
+        }
+
+        for (size_t i = 0; keys && keys[i]; i++)
+                any_set = any_set || values[i];
+        if (any_set) {
+                if (!in_section)
+                        fprintf(f, "%s[%s]\n", text && *text ? "\n" : "", section);
+                for (size_t i = 0; keys[i]; i++)
+                        if (values[i])
+                                fprintf(f, "%s=%s\n", keys[i], values[i]);
+        }
+        if (fclose(f) != 0)
+                return -ENOMEM;
+        *ret = TAKE_PTR(out);
+        return 0;
+}
+
+static int mkdir_parents(const char *path) {
+        _cleanup_free_ char *dir = strdup(path);
+
+        if (!dir)
+                return -ENOMEM;
+        for (char *p = strchr(dir + 1, '/'); p; p = strchr(p + 1, '/')) {
+                *p = '\0';
+                if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+                        return -errno;
+                *p = '/';
+        }
+        return 0;
+}
+
+static int write_file_atomic(const char *path, const char *text) {
+        _cleanup_free_ char *tmp = NULL, *dir = NULL;
+        _cleanup_close_ int fd = -1, dfd = -1;
+        const char *slash = strrchr(path, '/');
+        size_t len = strlen(text);
+        int r;
+
+        if (!slash)
+                return -EINVAL;
+        dir = strndup(path, (size_t) (slash - path));
+        /* a dot file: never read as a drop-in, even if we die before the rename */
+        if (!dir || asprintf(&tmp, "%s/.%s.XXXXXX", dir, slash + 1) < 0)
+                return -ENOMEM;
+        r = mkdir_parents(path);
+        if (r < 0)
+                return r;
+        fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fchmod(fd, 0644) < 0)
+                goto fail;
+        for (size_t done = 0; done < len;) {
+                ssize_t n = write(fd, text + done, len - done);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        goto fail;
+                }
+                done += (size_t) n;
+        }
+        if (fsync(fd) < 0 || rename(tmp, path) < 0)
+                goto fail;
+        /* the rename itself must survive a crash too */
+        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0)
+                (void) fsync(dfd);
+        return 0;
+fail:
+        r = -errno;
+        (void) unlink(tmp);
+        return r;
+}
+
+int config_dropin_update(const char *path, const char *section, char *const *keys, char *const *values) {
+        _cleanup_free_ char *old = NULL, *text = NULL;
+        bool any_set = false;
+        int r;
+
+        r = read_full_file(path, &old, NULL);
+        if (r < 0 && r != -ENOENT)
+                return r;
+        for (size_t i = 0; keys[i]; i++)
+                any_set = any_set || values[i];
+        if (!old && !any_set)
+                return 0;
+        r = config_dropin_rewrite(old, section, keys, values, &text);
+        if (r < 0)
+                return r;
+        if (old && streq(old, text))
+                return 0;
+        return write_file_atomic(path, text);
+}
+
+int config_dropin_save_knobs(const char *path, const char *section, const PolicyKnobs *knobs, uint64_t mask) {
+        char *keys[64 + 1] = {}, *values[64 + 1] = {};
+        size_t n = 0;
+        int r = 0;
+
+        for (size_t i = 0; i < policy_knobs_count && r >= 0; i++) {
+                if (!(mask & (UINT64_C(1) << i)))
+                        continue;
+                keys[n] = (char *) policy_knobs[i].name;
+                if (knobs)
+                        r = knob_format(&policy_knobs[i], knobs, &values[n]);
+                n++;
+        }
+        if (r >= 0)
+                r = config_dropin_update(path, section, keys, values);
+        for (size_t i = 0; i < n; i++)
+                free(values[i]);
+        return r;
+}
+
+size_t knob_size(const KnobInfo *k) {
+        switch (k->type) {
+        case KNOB_BOOL:
+                return sizeof(bool);
+        case KNOB_PRESET:
+                return sizeof(PolicyPreset);
+        case KNOB_SIZE:
+        case KNOB_USEC:
+                return sizeof(uint64_t);
+        default:
+                return sizeof(uint32_t);
+        }
+}
+
+bool knob_equal(const KnobInfo *k, const PolicyKnobs *a, const PolicyKnobs *b) {
+        return memcmp(knob_cptr(k, a), knob_cptr(k, b), knob_size(k)) == 0;
+}
+
+/* Unlinks path if set-property created it; 1 if it did. */
+static int remove_if_ours(const char *path) {
+        _cleanup_free_ char *text = NULL;
+
+        if (read_full_file(path, &text, NULL) < 0 || strncmp(text, SET_PROPERTY_HEADER, strlen(SET_PROPERTY_HEADER)) != 0)
+                return 0;
+        if (unlink(path) < 0)
+                return log_warning_errno(errno, "Failed to remove the runtime drop-in %s: %m", path);
+        log_debug("Removed %s: runtime settings of an earlier instance.", path);
+        return 1;
+}
+
+int config_remove_runtime_dropins(const Config *c) {
+        _cleanup_free_ char *defaults = NULL;
+        struct dirent **list = NULL;
+        int n;
+
+        if (c->runtime_machines_directory) {
+                n = scandir(c->runtime_machines_directory, &list, filter_conf, alphasort);
+                for (int i = 0; i < n; i++) {
+                        _cleanup_free_ char *p = NULL;
+                        if (asprintf(&p, "%s/%s", c->runtime_machines_directory, list[i]->d_name) >= 0)
+                                (void) remove_if_ours(p);
+                        free(list[i]);
+                }
+                free(list);
+        }
+        if (config_defaults_dropin_path(c, "", true, &defaults) < 0)
+                return -ENOMEM;
+        return remove_if_ours(defaults) > 0;
 }

@@ -7,11 +7,17 @@
 #define CONFIG_FILE_DEFAULT SYSCONFDIR "/autoballoon/autoballoond.conf"
 #define MACHINES_DIR_DEFAULT SYSCONFDIR "/autoballoon/machines.d"
 #define RUNTIME_MACHINES_DIR_DEFAULT RUNSTATEDIR "/autoballoon/machines.d"
+#define RUNTIME_CONFIG_DIR_DEFAULT RUNSTATEDIR "/autoballoon/autoballoond.conf.d"
+/* The drop-in SetDefaultProperties() writes into autoballoond.conf.d/ (or the runtime dir):
+ * "50-" so that an administrator's 60-*.conf still has the last word, as with systemd's
+ * set-property drop-ins. */
+#define SET_PROPERTY_DROPIN "50-set-property.conf"
 
 typedef struct Config {
         char *host_pressure_source;        /* file path, cgroup2 directory, or a unit (machine.slice) */
         char *machines_directory;          /* persistent per-machine drop-ins */
         char *runtime_machines_directory;  /* runtime ones, consulted after the persistent ones */
+        char *runtime_config_directory;    /* runtime drop-ins for the main config, read after PATH.d/ */
         unsigned stats_interval_sec;       /* guest-stats polling while anything is in motion */
         bool deflate_on_exit;
         PsiTriggerSpec pressure[_PRESSURE_LEVEL_MAX];
@@ -21,7 +27,8 @@ typedef struct Config {
 
 void config_init(Config *c);
 void config_done(Config *c);
-/* Loads path (missing is fine) and then path.d/NAME.conf in lexical order. Bad lines are logged
+/* Loads path (missing is fine), then path.d/NAME.conf in lexical order, then
+ * RuntimeConfigDirectory/NAME.conf. Bad lines are logged
  * with file and line and skipped; the rest still loads. Returns 0 or negative errno for
  * errors that stop loading (unreadable file). */
 int config_load(Config *c, const char *path);
@@ -50,3 +57,35 @@ static inline void *knob_ptr(const KnobInfo *k, PolicyKnobs *knobs) {
 static inline const void *knob_cptr(const KnobInfo *k, const PolicyKnobs *knobs) {
         return (const uint8_t *) knobs + k->offset;
 }
+
+/* --- persistence: SetMachineProperties() / SetDefaultProperties() ------------------------ */
+
+/* The first line of every drop-in set-property creates: how the daemon tells its own runtime
+ * drop-ins from those written by hand. */
+#define SET_PROPERTY_HEADER "# Written by autoballoond for set-property"
+
+/* The size of a knob's field in PolicyKnobs, and whether two knob sets agree on it. */
+size_t knob_size(const KnobInfo *k);
+bool knob_equal(const KnobInfo *k, const PolicyKnobs *a, const PolicyKnobs *b);
+
+/* <MachinesDirectory>/NAME.conf, or <RuntimeMachinesDirectory>/NAME.conf when runtime. */
+int config_machine_dropin_path(const Config *c, const char *name, bool runtime, char **ret);
+/* <config_path>.d/50-set-property.conf, or <RuntimeConfigDirectory>/50-set-property.conf. */
+int config_defaults_dropin_path(const Config *c, const char *config_path, bool runtime, char **ret);
+
+/* Pure: text (NULL: a new file) with every key of keys[] removed from [section], and then
+ * KEY=values[i] appended to [section] for each non-NULL values[i]. Comments, other keys and
+ * other sections are kept as they are. */
+int config_dropin_rewrite(const char *text, const char *section, char *const *keys, char *const *values,
+                          char **ret);
+/* Applies config_dropin_rewrite() to the file at path, atomically: temp file in the same
+ * directory, fsync, rename, fsync of the directory (created if missing). Removing keys from
+ * a missing file creates nothing. */
+int config_dropin_update(const char *path, const char *section, char *const *keys, char *const *values);
+/* The knobs whose bit is set in mask (bit i: policy_knobs[i]), written as a config file
+ * would say them; knobs NULL removes those keys instead. */
+int config_dropin_save_knobs(const char *path, const char *section, const PolicyKnobs *knobs, uint64_t mask);
+/* Runtime settings last until the daemon restarts: at start, remove the runtime drop-ins
+ * set-property created (they start with SET_PROPERTY_HEADER), never files written by hand.
+ * Returns 1 if the runtime defaults drop-in was among them (the config needs loading again). */
+int config_remove_runtime_dropins(const Config *c);

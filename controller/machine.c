@@ -132,6 +132,52 @@ int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, P
 
 /* --- balloon callbacks ------------------------------------------------------------------ */
 
+int machine_resize(Machine *machine, uint64_t target_bytes) {
+        int r;
+
+        r = machine_move(machine, target_bytes, POLICY_REASON_MANUAL, PRESSURE_NONE);
+        if (r < 0)
+                return r;
+        /* As if the policy had made this move after an event: no recovery step before the
+         * cool-down, so the operator's size holds for RecoveryDelaySec at least. */
+        machine->policy_state.last_move_usec = machine->policy_state.last_event_usec = now_usec();
+        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        return 0;
+}
+
+void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t knobs_set) {
+        char *changed[64 + 3];
+        size_t n = 0;
+        bool bounds = false, was_enabled = machine->config.knobs.enabled;
+
+        for (size_t i = 0; i < policy_knobs_count && n < 64; i++) {
+                const KnobInfo *k = &policy_knobs[i];
+                if (knob_equal(k, knobs, &machine->config.knobs))
+                        continue;
+                changed[n++] = (char *) k->name;
+                bounds = bounds || streq(k->name, "MinimumMemory") || streq(k->name, "MaximumMemory") ||
+                         streq(k->name, "MinimumMemoryPercent");
+        }
+        machine->config.knobs = *knobs;
+        machine->config.knobs_set = knobs_set;
+        if (n == 0)
+                return;
+        if (bounds) {
+                changed[n++] = (char *) "EffectiveMinimumMemory";
+                changed[n++] = (char *) "EffectiveMaximumMemory";
+        }
+        changed[n] = NULL;
+        (void) machine_bus_emit_changed(machine, changed);
+
+        if (knobs->enabled != was_enabled && machine->balloon && balloon_is_ready(machine->balloon)) {
+                if (!knobs->enabled && machine->state == MACHINE_MANAGED)
+                        machine_set_state(machine, MACHINE_UNMANAGED, "Enabled=no");
+                else if (knobs->enabled && machine->state == MACHINE_UNMANAGED)
+                        machine_set_state(machine, MACHINE_MANAGED, NULL);
+        }
+        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+}
+
 static void on_balloon_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes, void *userdata) {
         Machine *machine = userdata;
         char a[FORMAT_SIZE_MAX], r[FORMAT_SIZE_MAX];

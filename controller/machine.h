@@ -64,3 +64,11 @@ uint64_t machine_minimum(const Machine *machine);
 
 /* manager-bus.c: PropertiesChanged for the NULL-terminated property names. */
 int machine_bus_emit_changed(Machine *machine, char **props);
+/* New knobs (set-property, a reload, new defaults): PropertiesChanged for those that changed,
+ * Enabled= moves the machine between managed and unmanaged, and the policy runs again.
+ * knobs_set: bit i, policy_knobs[i] comes from a drop-in or set-property, not the defaults. */
+void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t knobs_set);
+/* ResizeMachine(): move the balloon to target_bytes by hand. The policy carries on from there
+ * as after a move of its own, recovery waiting RecoveryDelaySec. -ENOTCONN: no balloon. */
+int machine_resize(Machine *machine, uint64_t target_bytes);
+

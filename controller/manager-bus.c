@@ -1,8 +1,13 @@
 /* org.autoballoon1: the Manager object and one Machine object per VM. Only vtables and their
- * handlers live here; the state is in manager.c and machine.c. */
+ * handlers live here; the state is in manager.c and machine.c, persistence in config.c.
+ * The documented API is dbus/org.autoballoon1.*.xml; a test compares it with what this
+ * file registers. */
+#include <inttypes.h>
 #include <stdio.h>
 
+#include "auth.h"
 #include "config.h"
+#include "knob-bus.h"
 #include "log.h"
 #include "machine.h"
 #include "manager.h"
@@ -12,47 +17,200 @@
 #define BUS_MACHINE_PREFIX "/org/autoballoon1/machine"
 #define BUS_MACHINE_IFACE "org.autoballoon1.Machine"
 #define BUS_ERROR_NO_SUCH_MACHINE "org.autoballoon1.Error.NoSuchMachine"
+#define BUS_ERROR_NO_BALLOON "org.autoballoon1.Error.NoBalloon"
+
+static inline const char *strempty(const char *s) {
+        return s ?: "";
+}
+
+/* --- knobs: reading, checking, applying --------------------------------------------------- */
+
+/* a(sv) of knob assignments onto knobs. Stops at the first bad one (knobs then half-written:
+ * callers pass a copy). */
+static int bus_read_knob_assignments(sd_bus_message *m, PolicyKnobs *knobs, uint64_t *ret_mask,
+                                     sd_bus_error *error) {
+        uint64_t mask = 0;
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "(sv)");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_enter_container(m, 'r', "sv")) > 0) {
+                const char *name, *contents;
+                const KnobInfo *k;
+
+                r = sd_bus_message_read(m, "s", &name);
+                if (r < 0)
+                        return r;
+                k = policy_knob_find(name);
+                if (!k)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Unknown property %s: not a policy knob (see org.autoballoon1(5)).",
+                                                 name);
+                r = sd_bus_message_peek_type(m, NULL, &contents);
+                if (r < 0)
+                        return r;
+                if (!streq(contents, knob_bus_signature(k))) {
+                        _cleanup_free_ char *range = NULL;
+                        if (knob_bus_describe_range(k, &range) < 0)
+                                return -ENOMEM;
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Wrong type '%s' for %s: expected %s.", contents, name, range);
+                }
+                r = sd_bus_message_enter_container(m, 'v', contents);
+                if (r < 0)
+                        return r;
+                r = knob_bus_read(m, k, knobs, error);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+                mask |= knob_bit(k);
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        *ret_mask = mask;
+        return 0;
+}
+
+/* The checks between knobs: the floor below the ceiling, both within the VM's RAM (ram_bytes
+ * 0: not known yet, or the defaults). Only when the call touches a bound: a hand-written
+ * drop-in that disagrees must not block unrelated changes. */
+static int check_bounds(const PolicyKnobs *k, uint64_t mask, uint64_t ram_bytes, sd_bus_error *error) {
+        const KnobInfo *kmin = policy_knob_find("MinimumMemory"), *kmax = policy_knob_find("MaximumMemory");
+        char a[FORMAT_SIZE_MAX], b[FORMAT_SIZE_MAX];
+        uint64_t max;
+
+        if (!(mask & (knob_bit(kmin) | knob_bit(kmax))))
+                return 0;
+        if (ram_bytes > 0) {
+                if (k->minimum_bytes > ram_bytes)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Invalid value %" PRIu64 " for MinimumMemory: above the machine's "
+                                                 "configured RAM; expected a size in bytes (t) from 0 to %" PRIu64 " (%s).",
+                                                 k->minimum_bytes, ram_bytes, format_size(a, sizeof a, ram_bytes));
+                if (k->maximum_bytes > ram_bytes)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Invalid value %" PRIu64 " for MaximumMemory: above the machine's "
+                                                 "configured RAM; expected a size in bytes (t) from 0 to %" PRIu64 " (%s), "
+                                                 "0 meaning all of it.",
+                                                 k->maximum_bytes, ram_bytes, format_size(a, sizeof a, ram_bytes));
+        }
+        max = k->maximum_bytes ?: ram_bytes;
+        if (k->minimum_bytes > 0 && max > 0 && k->minimum_bytes > max)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid value %" PRIu64 " (%s) for MinimumMemory: above MaximumMemory "
+                                         "(%" PRIu64 ", %s); expected MinimumMemory from 0 to %" PRIu64 ".",
+                                         k->minimum_bytes, format_size(a, sizeof a, k->minimum_bytes), max,
+                                         format_size(b, sizeof b, max), max);
+        return 0;
+}
+
+/* "Weight=200 Enabled=no" for the log. */
+static char *format_assignments(const PolicyKnobs *knobs, uint64_t mask) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        const char *sep = "";
+
+        if (!f)
+                return NULL;
+        for (size_t i = 0; i < policy_knobs_count; i++) {
+                _cleanup_free_ char *v = NULL;
+                if ((mask & knob_bit(&policy_knobs[i])) && knob_format(&policy_knobs[i], knobs, &v) >= 0) {
+                        fprintf(f, "%s%s=%s", sep, policy_knobs[i].name, v);
+                        sep = " ";
+                }
+        }
+        fclose(f);
+        return buf;
+}
+
+/* Write the drop-in, then apply: a file that cannot be written changes nothing. A persistent
+ * change also takes the same keys out of the runtime drop-in, which is read later and would
+ * otherwise win at the next reload. */
+static int save_knobs(const char *path, const char *runtime_path, const char *section, const PolicyKnobs *knobs,
+                      uint64_t mask, bool runtime, sd_bus_error *error) {
+        int r;
+
+        r = config_dropin_save_knobs(runtime ? runtime_path : path, section, knobs, mask);
+        if (r < 0) {
+                log_error_errno(r, "Failed to write %s: %m", runtime ? runtime_path : path);
+                return sd_bus_error_set_errnof(error, r, "Failed to write %s: %m", runtime ? runtime_path : path);
+        }
+        if (!runtime) {
+                r = config_dropin_save_knobs(runtime_path, section, NULL, mask);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to remove the same settings from %s, which overrides %s "
+                                          "until the next boot: %m", runtime_path, path);
+        }
+        return 0;
+}
+
+static int machine_set_knobs(sd_bus_message *message, Machine *machine, const PolicyKnobs *knobs, uint64_t mask,
+                             bool runtime, sd_bus_error *error) {
+        Manager *m = machine->manager;
+        _cleanup_free_ char *path = NULL, *runtime_path = NULL, *what = NULL;
+        int r;
+
+        r = check_bounds(knobs, mask, machine->ram_bytes, error);
+        if (r < 0 || mask == 0)
+                return r;
+        r = config_machine_dropin_path(&m->config, machine->name, false, &path);
+        if (r >= 0)
+                r = config_machine_dropin_path(&m->config, machine->name, true, &runtime_path);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "No drop-in path for machine %s: %m", machine->name);
+        r = save_knobs(path, runtime_path, "Machine", knobs, mask, runtime, error);
+        if (r < 0)
+                return r;
+
+        what = format_assignments(knobs, mask);
+        log_info("Machine %s: %s set by %s%s.", machine->name, strempty(what),
+                 strempty(sd_bus_message_get_sender(message)), runtime ? " (runtime)" : "");
+        machine_apply_knobs(machine, knobs, machine->config.knobs_set | mask);
+        return 0;
+}
+
+static int manager_set_default_knobs(sd_bus_message *message, Manager *m, const PolicyKnobs *knobs, uint64_t mask,
+                                     bool runtime, sd_bus_error *error) {
+        _cleanup_free_ char *path = NULL, *runtime_path = NULL, *what = NULL;
+        int r;
+
+        r = check_bounds(knobs, mask, 0, error);
+        if (r < 0 || mask == 0)
+                return r;
+        r = config_defaults_dropin_path(&m->config, m->config_path, false, &path);
+        if (r >= 0)
+                r = config_defaults_dropin_path(&m->config, m->config_path, true, &runtime_path);
+        if (r < 0)
+                return r;
+        r = save_knobs(path, runtime_path, "Defaults", knobs, mask, runtime, error);
+        if (r < 0)
+                return r;
+
+        what = format_assignments(knobs, mask);
+        log_info("Defaults: %s set by %s%s.", strempty(what), strempty(sd_bus_message_get_sender(message)),
+                 runtime ? " (runtime)" : "");
+        manager_apply_defaults(m, knobs);
+        return 0;
+}
 
 /* --- knob properties, generated from policy_knobs[] -------------------------------------- */
-
-static char knob_signature(const KnobInfo *k) {
-        switch (k->type) {
-        case KNOB_BOOL:
-                return 'b';
-        case KNOB_SIZE:
-        case KNOB_USEC:
-                return 't';
-        case KNOB_PRESET:
-                return 's';
-        default:
-                return 'u';
-        }
-}
-
-int bus_append_knob(sd_bus_message *reply, const KnobInfo *k, const PolicyKnobs *knobs);
-int bus_append_knob(sd_bus_message *reply, const KnobInfo *k, const PolicyKnobs *knobs) {
-        const void *p = knob_cptr(k, knobs);
-
-        switch (knob_signature(k)) {
-        case 'b': {
-                int b = *(const bool *) p;
-                return sd_bus_message_append_basic(reply, 'b', &b);
-        }
-        case 't':
-                return sd_bus_message_append_basic(reply, 't', p);
-        case 's':
-                return sd_bus_message_append(reply, "s", policy_preset_to_string(*(const PolicyPreset *) p));
-        default:
-                return sd_bus_message_append_basic(reply, 'u', p);
-        }
-}
 
 static int property_get_machine_knob(sd_bus *bus, const char *path, const char *interface, const char *property,
                                      sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Machine *machine = userdata;
         const KnobInfo *k = policy_knob_find(property);
 
-        return k ? bus_append_knob(reply, k, &machine->config.knobs) : -ENOENT;
+        return k ? knob_bus_append(reply, k, &machine->config.knobs) : -ENOENT;
 }
 
 static int property_get_default_knob(sd_bus *bus, const char *path, const char *interface, const char *property,
@@ -60,7 +218,45 @@ static int property_get_default_knob(sd_bus *bus, const char *path, const char *
         Manager *m = userdata;
         const KnobInfo *k = policy_knob_find(property);
 
-        return k ? bus_append_knob(reply, k, &m->config.defaults) : -ENOENT;
+        return k ? knob_bus_append(reply, k, &m->config.defaults) : -ENOENT;
+}
+
+/* busctl set-property: a runtime change of one knob. sd-bus replies as soon as a setter
+ * returns, so polkit is asked synchronously here (methods ask asynchronously). */
+static int property_set_machine_knob(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *value, void *userdata, sd_bus_error *error) {
+        Machine *machine = userdata;
+        const KnobInfo *k = policy_knob_find(property);
+        PolicyKnobs knobs = machine->config.knobs;
+        int r;
+
+        if (!k)
+                return -ENOENT;
+        r = auth_check_sync(sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
+        if (r < 0)
+                return r;
+        r = knob_bus_read(value, k, &knobs, error);
+        if (r < 0)
+                return r;
+        return machine_set_knobs(sd_bus_get_current_message(bus), machine, &knobs, knob_bit(k), true, error);
+}
+
+static int property_set_default_knob(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *value, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const KnobInfo *k = policy_knob_find(property);
+        PolicyKnobs knobs = m->config.defaults;
+        int r;
+
+        if (!k)
+                return -ENOENT;
+        r = auth_check_sync(sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
+        if (r < 0)
+                return r;
+        r = knob_bus_read(value, k, &knobs, error);
+        if (r < 0)
+                return r;
+        return manager_set_default_knobs(sd_bus_get_current_message(bus), m, &knobs, knob_bit(k), true, error);
 }
 
 /* --- Machine ------------------------------------------------------------------------------- */
@@ -124,11 +320,29 @@ static const sd_bus_vtable machine_vtable_fixed[] = {
         SD_BUS_PROPERTY("LastMove", "(tsstt)", property_get_last_move, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 };
 
-static const sd_bus_vtable manager_vtable_fixed_end[] = { SD_BUS_VTABLE_END };
+/* --- Manager ------------------------------------------------------------------------------- */
 
 static int property_get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         return sd_bus_message_append(reply, "s", PROJECT_VERSION);
+}
+
+/* The kernel's running averages, read when asked: they change all the time, so no signal. */
+static int property_get_host_average(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        PsiAverages a = {};
+
+        if (m->host_pressure_path)
+                (void) psi_read_averages(m->host_pressure_path, &a);
+        return sd_bus_message_append(reply, "d",
+                                     streq(property, "HostPressureSomeAvg10") ? a.some_avg10 :
+                                     streq(property, "HostPressureSomeAvg60") ? a.some_avg60 :
+                                     streq(property, "HostPressureFullAvg10") ? a.full_avg10 : a.full_avg60);
+}
+
+static int reply_no_such_machine(sd_bus_error *error, const char *name) {
+        return sd_bus_error_setf(error, BUS_ERROR_NO_SUCH_MACHINE, "No machine '%s' known.", name);
 }
 
 static int method_list_machines(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -166,39 +380,155 @@ static int method_get_machine(sd_bus_message *message, void *userdata, sd_bus_er
                 return r;
         machine = manager_find_machine(m, name);
         if (!machine)
-                return sd_bus_error_setf(error, BUS_ERROR_NO_SUCH_MACHINE, "No machine '%s' known.", name);
+                return reply_no_such_machine(error, name);
         return sd_bus_reply_method_return(message, "o", machine->object_path);
+}
+
+static int method_set_machine_properties(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *name;
+        Machine *machine;
+        PolicyKnobs knobs;
+        uint64_t mask;
+        int runtime, r;
+
+        r = auth_check_async(&m->auth, message, AUTH_ACTION_MANAGE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* 0: polkit asked, the call comes back */
+        r = sd_bus_message_read(message, "sb", &name, &runtime);
+        if (r < 0)
+                return r;
+        machine = manager_find_machine(m, name);
+        if (!machine)
+                return reply_no_such_machine(error, name);
+
+        knobs = machine->config.knobs;
+        r = bus_read_knob_assignments(message, &knobs, &mask, error);
+        if (r < 0)
+                return r;
+        r = machine_set_knobs(message, machine, &knobs, mask, runtime, error);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+static int method_set_default_properties(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        PolicyKnobs knobs;
+        uint64_t mask;
+        int runtime, r;
+
+        r = auth_check_async(&m->auth, message, AUTH_ACTION_MANAGE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        r = sd_bus_message_read(message, "b", &runtime);
+        if (r < 0)
+                return r;
+        knobs = m->config.defaults;
+        r = bus_read_knob_assignments(message, &knobs, &mask, error);
+        if (r < 0)
+                return r;
+        r = manager_set_default_knobs(message, m, &knobs, mask, runtime, error);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+static int method_resize_machine(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        char a[FORMAT_SIZE_MAX], b[FORMAT_SIZE_MAX], c[FORMAT_SIZE_MAX];
+        Manager *m = userdata;
+        uint64_t bytes, min, max;
+        const char *name;
+        Machine *machine;
+        int r;
+
+        r = auth_check_async(&m->auth, message, AUTH_ACTION_MANAGE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        r = sd_bus_message_read(message, "st", &name, &bytes);
+        if (r < 0)
+                return r;
+        machine = manager_find_machine(m, name);
+        if (!machine)
+                return reply_no_such_machine(error, name);
+        if (!machine->balloon || !balloon_is_ready(machine->balloon) || machine->ram_bytes == 0)
+                return sd_bus_error_setf(error, BUS_ERROR_NO_BALLOON,
+                                         "Machine %s has no balloon under control (state %s%s%s).", name,
+                                         machine_state_to_string(machine->state),
+                                         machine->state_reason ? ": " : "", strempty(machine->state_reason));
+
+        min = machine_minimum(machine);
+        max = machine_maximum(machine);
+        if (bytes < min || bytes > max)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid size %" PRIu64 " (%s) for machine %s: expected a size in bytes (t) "
+                                         "from %" PRIu64 " (%s, EffectiveMinimumMemory) to %" PRIu64 " (%s, "
+                                         "EffectiveMaximumMemory).", bytes, format_size(a, sizeof a, bytes), name,
+                                         min, format_size(b, sizeof b, min), max, format_size(c, sizeof c, max));
+        if (bytes != machine->target_bytes) {
+                log_info("Machine %s: resized to %s by %s.", name, format_size(a, sizeof a, bytes),
+                         strempty(sd_bus_message_get_sender(message)));
+                r = machine_resize(machine, bytes);
+                if (r < 0)
+                        return sd_bus_error_set_errnof(error, r, "Failed to resize machine %s: %m", name);
+        }
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+static int method_reload(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        int r;
+
+        r = auth_check_async(&m->auth, message, AUTH_ACTION_MANAGE, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        log_info("Reload requested by %s.", strempty(sd_bus_message_get_sender(message)));
+        r = manager_reload(m);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Failed to reload %s: %m", m->config_path);
+        return sd_bus_reply_method_return(message, NULL);
 }
 
 static const sd_bus_vtable manager_vtable_fixed[] = {
         SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("HostPressureSource", "s", property_get_string, offsetof(Manager, host_pressure_path), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("HostPressure", "s", property_get_level, offsetof(Manager, host_level), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("HostPressureSomeAvg10", "d", property_get_host_average, 0, 0),
+        SD_BUS_PROPERTY("HostPressureSomeAvg60", "d", property_get_host_average, 0, 0),
+        SD_BUS_PROPERTY("HostPressureFullAvg10", "d", property_get_host_average, 0, 0),
+        SD_BUS_PROPERTY("HostPressureFullAvg60", "d", property_get_host_average, 0, 0),
         SD_BUS_METHOD_WITH_ARGS("ListMachines", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(sso)", machines),
                                 method_list_machines, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("GetMachine", SD_BUS_ARGS("s", name), SD_BUS_RESULT("o", machine),
                                 method_get_machine, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SetMachineProperties", SD_BUS_ARGS("s", name, "b", runtime, "a(sv)", properties),
+                                SD_BUS_NO_RESULT, method_set_machine_properties, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SetDefaultProperties", SD_BUS_ARGS("b", runtime, "a(sv)", properties),
+                                SD_BUS_NO_RESULT, method_set_default_properties, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ResizeMachine", SD_BUS_ARGS("s", name, "t", bytes),
+                                SD_BUS_NO_RESULT, method_resize_machine, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("Reload", NULL, NULL, method_reload, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("MachineAdded", SD_BUS_ARGS("s", name, "o", machine), 0),
         SD_BUS_SIGNAL_WITH_ARGS("MachineRemoved", SD_BUS_ARGS("s", name, "o", machine), 0),
 };
 
-/* START + fixed + one property per knob + END. */
-static sd_bus_vtable *build_vtable(const sd_bus_vtable *fixed, size_t n_fixed, sd_bus_property_get_t knob_getter) {
-        size_t n = 0;
+/* START + fixed + one writable property per knob + END. */
+static sd_bus_vtable *build_vtable(const sd_bus_vtable *fixed, size_t n_fixed, sd_bus_property_get_t getter,
+                                   sd_bus_property_set_t setter) {
         sd_bus_vtable *vt = calloc(n_fixed + policy_knobs_count + 2, sizeof *vt);
+        size_t n = 0;
 
         if (!vt)
                 return NULL;
         vt[n++] = (sd_bus_vtable) SD_BUS_VTABLE_START(0);
         for (size_t i = 0; i < n_fixed; i++)
                 vt[n++] = fixed[i];
-        for (size_t i = 0; i < policy_knobs_count; i++) {
-                static char sigs[64][2];
-                sigs[i][0] = knob_signature(&policy_knobs[i]);
-                vt[n++] = (sd_bus_vtable) SD_BUS_PROPERTY(policy_knobs[i].name, sigs[i], knob_getter, 0,
-                                                          SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE);
-        }
-        vt[n++] = manager_vtable_fixed_end[0];
+        for (size_t i = 0; i < policy_knobs_count; i++)
+                vt[n++] = (sd_bus_vtable) SD_BUS_WRITABLE_PROPERTY(policy_knobs[i].name,
+                                                                   knob_bus_signature(&policy_knobs[i]), getter, setter, 0,
+                                                                   SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE |
+                                                                   SD_BUS_VTABLE_UNPRIVILEGED);
+        vt[n++] = (sd_bus_vtable) SD_BUS_VTABLE_END;
         return vt;
 }
 
@@ -237,15 +567,16 @@ static int machine_enumerate(sd_bus *bus, const char *path, void *userdata, char
 }
 
 int manager_bus_setup(Manager *m) {
+        /* built once from policy_knobs[], which never changes: kept for the process' life */
         static sd_bus_vtable *manager_vtable = NULL, *machine_vtable = NULL;
         int r;
 
         if (!manager_vtable)
                 manager_vtable = build_vtable(manager_vtable_fixed, ELEMENTSOF(manager_vtable_fixed),
-                                              property_get_default_knob);
+                                              property_get_default_knob, property_set_default_knob);
         if (!machine_vtable)
                 machine_vtable = build_vtable(machine_vtable_fixed, ELEMENTSOF(machine_vtable_fixed),
-                                              property_get_machine_knob);
+                                              property_get_machine_knob, property_set_machine_knob);
         if (!manager_vtable || !machine_vtable)
                 return -ENOMEM;
 
@@ -285,4 +616,9 @@ void manager_bus_emit_machine_removed(Manager *m, Machine *machine) {
 void manager_bus_emit_host_changed(Manager *m) {
         if (m->bus)
                 (void) sd_bus_emit_properties_changed(m->bus, BUS_PATH, BUS_MANAGER_IFACE, "HostPressure", NULL);
+}
+
+void manager_bus_emit_defaults_changed(Manager *m, char **props) {
+        if (m->bus && props[0])
+                (void) sd_bus_emit_properties_changed_strv(m->bus, BUS_PATH, BUS_MANAGER_IFACE, props);
 }

@@ -1,5 +1,6 @@
 /* The Manager: machines from discovery, host pressure, and the one place that runs the policy. */
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <systemd/sd-daemon.h>
 
@@ -296,6 +297,105 @@ static const DiscoveryCallbacks discovery_callbacks = {
         .on_machines_synced = on_machines_synced,
 };
 
+/* --- configuration ---------------------------------------------------------------------------- */
+
+static void manager_set_defaults(Manager *m, const PolicyKnobs *defaults) {
+        char *changed[64 + 1];
+        size_t n = 0;
+
+        for (size_t i = 0; i < policy_knobs_count && n < 64; i++)
+                if (!knob_equal(&policy_knobs[i], defaults, &m->config.defaults))
+                        changed[n++] = (char *) policy_knobs[i].name;
+        changed[n] = NULL;
+        m->config.defaults = *defaults;
+        if (n > 0)
+                manager_bus_emit_defaults_changed(m, changed);
+}
+
+void manager_apply_defaults(Manager *m, const PolicyKnobs *defaults) {
+        manager_set_defaults(m, defaults);
+        for (size_t i = 0; i < m->n_machines; i++) {
+                Machine *machine = m->machines[i];
+                PolicyKnobs k = machine->config.knobs;
+
+                for (size_t j = 0; j < policy_knobs_count; j++) {
+                        const KnobInfo *info = &policy_knobs[j];
+                        if (!(machine->config.knobs_set & (UINT64_C(1) << j)))
+                                memcpy(knob_ptr(info, &k), knob_cptr(info, defaults), knob_size(info));
+                }
+                machine_apply_knobs(machine, &k, machine->config.knobs_set);
+        }
+}
+
+static void swap_str(char **a, char **b) {
+        char *t = *a;
+        *a = *b;
+        *b = t;
+}
+
+static bool trigger_spec_equal(const PsiTriggerSpec *a, const PsiTriggerSpec *b) {
+        return a->full == b->full && a->stall_usec == b->stall_usec && a->window_usec == b->window_usec;
+}
+
+int manager_reload(Manager *m) {
+        Config c;
+        int r;
+
+        config_init(&c);
+        r = config_load(&c, m->config_path);
+        if (r < 0) {
+                config_done(&c);
+                return log_error_errno(r, "Failed to reload %s, keeping the configuration in use: %m",
+                                       m->config_path);
+        }
+
+        /* What is bound to open files stays as it is until a restart. */
+        bool same_psi = streq(c.host_pressure_source, m->config.host_pressure_source);
+        for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
+                same_psi = same_psi && trigger_spec_equal(&c.pressure[l], &m->config.pressure[l]);
+        if (!same_psi)
+                log_notice("HostPressureSource= and [Pressure] changes take effect when autoballoond restarts.");
+
+        swap_str(&m->config.machines_directory, &c.machines_directory);
+        swap_str(&m->config.runtime_machines_directory, &c.runtime_machines_directory);
+        swap_str(&m->config.runtime_config_directory, &c.runtime_config_directory);
+        m->config.stats_interval_sec = c.stats_interval_sec;
+        m->config.deflate_on_exit = c.deflate_on_exit;
+        m->config.n_errors = c.n_errors;
+        manager_set_defaults(m, &c.defaults);
+
+        for (size_t i = 0; i < m->n_machines; i++) {
+                Machine *machine = m->machines[i];
+                MachineConfig mc;
+
+                r = machine_config_load(&m->config, machine->name, &mc);
+                if (r < 0) {
+                        log_warning_errno(r, "Machine %s: failed to reload its drop-ins, keeping its settings: %m",
+                                          machine->name);
+                        continue;
+                }
+                if (!streq_ptr(mc.qmp_socket, machine->config.qmp_socket))
+                        log_notice("Machine %s: the new QMPSocket= takes effect when the machine is registered again.",
+                                   machine->name);
+                swap_str(&mc.qmp_socket, &machine->config.qmp_socket);
+                machine_apply_knobs(machine, &mc.knobs, mc.knobs_set);
+                machine_config_done(&mc);
+        }
+        log_info("Reloaded %s%s.", m->config_path, c.n_errors ? " with errors: see above" : "");
+        config_done(&c);
+        return 0;
+}
+
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+
+        sd_notify(false, "RELOADING=1");
+        (void) manager_reload(m);
+        sd_notify(false, "READY=1");
+        notify_status(m);
+        return 0;
+}
+
 /* --- lifecycle ------------------------------------------------------------------------------- */
 
 int manager_new(Manager **ret, const char *config_path) {
@@ -312,6 +412,14 @@ int manager_new(Manager **ret, const char *config_path) {
         r = config_load(&m->config, config_path);
         if (r < 0)
                 return r;
+        /* Runtime set-property settings of an earlier instance end with it. */
+        if (config_remove_runtime_dropins(&m->config) > 0) {
+                config_done(&m->config);
+                config_init(&m->config);
+                r = config_load(&m->config, config_path);
+                if (r < 0)
+                        return r;
+        }
 
         r = sd_event_default(&m->event);
         if (r < 0)
@@ -333,6 +441,14 @@ int manager_start(Manager *m) {
         r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0)
                 return r;
+
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGHUP);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        r = sd_event_add_signal(m->event, NULL, SIGHUP, on_sighup, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to install the SIGHUP handler: %m");
         r = manager_bus_setup(m);
         if (r < 0)
                 return r;
@@ -420,6 +536,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->exit_timer);
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
+        auth_registry_free(m->auth);
         config_done(&m->config);
         free(m->config_path);
         free(m->cgroup2_mount);

@@ -4,6 +4,7 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "auth.h"
 #include "config.h"
 #include "discovery.h"
 #include "psi.h"
@@ -13,6 +14,7 @@ typedef struct Machine Machine;
 typedef struct Manager {
         sd_event *event;
         sd_bus *bus;
+        AuthRegistry *auth;                 /* polkit queries in flight for method calls */
         char *config_path;
         Config config;
         char *cgroup2_mount;                /* where ControlGroup paths are rooted */
@@ -54,9 +56,15 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
 /* Arm or disarm guest-stats polling after a state change. */
 void manager_update_stats_polling(Manager *m);
 void manager_exit_progress(Manager *m);
+/* New defaults (SetDefaultProperties(), set-property on the Manager): PropertiesChanged, and
+ * every machine takes them for the knobs no drop-in of its own sets. */
+void manager_apply_defaults(Manager *m, const PolicyKnobs *defaults);
+/* Reload() and SIGHUP: the main config, its drop-ins and every machine's drop-ins again. */
+int manager_reload(Manager *m);
 
 /* manager-bus.c */
 int manager_bus_setup(Manager *m);
 void manager_bus_emit_machine_added(Manager *m, Machine *machine);
 void manager_bus_emit_machine_removed(Manager *m, Machine *machine);
 void manager_bus_emit_host_changed(Manager *m);
+void manager_bus_emit_defaults_changed(Manager *m, char **props);

@@ -1,0 +1,207 @@
+/* Authorization of writes: uid 0 passes, anyone else needs polkit's org.autoballoon1.manage,
+ * asked over D-Bus (CheckAuthorization with a system-bus-name subject). No polkit on the bus
+ * means no: only root may change anything then. */
+#include <stdio.h>
+
+#include "auth.h"
+#include "log.h"
+#include "util.h"
+
+#define POLKIT_NAME "org.freedesktop.PolicyKit1"
+#define POLKIT_PATH "/org/freedesktop/PolicyKit1/Authority"
+#define POLKIT_IFACE "org.freedesktop.PolicyKit1.Authority"
+/* CheckAuthorizationFlags: AllowUserInteraction */
+#define POLKIT_ALLOW_USER_INTERACTION 1U
+/* A blocking check stalls the whole daemon; polkitd answers a non-interactive query in
+ * milliseconds, so a slow one is a broken one. */
+#define POLKIT_SYNC_TIMEOUT_USEC (5 * USEC_PER_SEC)
+/* ... while an interactive one waits for a human typing a password */
+#define POLKIT_INTERACTIVE_TIMEOUT_USEC (5 * 60 * USEC_PER_SEC)
+
+typedef struct AuthQuery {
+        sd_bus_message *request;  /* the call being authorised; dispatched again on the answer */
+        sd_bus_slot *slot;        /* the CheckAuthorization call in flight, NULL once answered */
+        int result;               /* 1 allowed, 0 denied, -EBADR needs interaction, <0 polkit failed */
+        char *detail;             /* why polkit failed, for the error message */
+        struct AuthQuery *next;
+} AuthQuery;
+
+struct AuthRegistry {
+        AuthQuery *queries;
+};
+
+static AuthQuery *auth_query_free(AuthQuery *q) {
+        if (!q)
+                return NULL;
+        sd_bus_slot_unref(q->slot);
+        sd_bus_message_unref(q->request);
+        free(q->detail);
+        free(q);
+        return NULL;
+}
+
+AuthRegistry *auth_registry_free(AuthRegistry *reg) {
+        if (!reg)
+                return NULL;
+        while (reg->queries) {
+                AuthQuery *q = reg->queries;
+                reg->queries = q->next;
+                auth_query_free(q);
+        }
+        free(reg);
+        return NULL;
+}
+
+static int sender_is_root(sd_bus_message *m) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        uid_t uid;
+        int r;
+
+        /* On dbus-daemon this asks the bus (GetConnectionCredentials): the peer cannot lie. */
+        r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
+        if (r < 0)
+                return r;
+        r = sd_bus_creds_get_euid(creds, &uid);
+        if (r < 0)
+                return r;
+        return uid == 0;
+}
+
+static int polkit_message(sd_bus_message *m, const char *action, bool interactive, sd_bus_message **ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL;
+        const char *sender = sd_bus_message_get_sender(m);
+        int r;
+
+        if (!sender)
+                return -EBADMSG;
+        r = sd_bus_message_new_method_call(sd_bus_message_get_bus(m), &call, POLKIT_NAME, POLKIT_PATH,
+                                           POLKIT_IFACE, "CheckAuthorization");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(call, "(sa{sv})sa{ss}us", "system-bus-name", 1, "name", "s", sender, action,
+                                  0, interactive ? POLKIT_ALLOW_USER_INTERACTION : 0, "");
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(call);
+        return 0;
+}
+
+/* 1 authorised, 0 not, -EBADR a challenge (interaction needed), other <0: no usable answer. */
+static int polkit_parse_reply(sd_bus_message *reply, char **ret_detail) {
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+        int authorized, challenge, r;
+
+        if (e) {
+                if (ret_detail)
+                        *ret_detail = strdup(e->message ?: e->name);
+                return sd_bus_error_get_errno(e) ? -sd_bus_error_get_errno(e) : -EIO;
+        }
+        r = sd_bus_message_enter_container(reply, 'r', "bba{ss}");
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "bb", &authorized, &challenge);
+        if (r < 0)
+                return r;
+        if (authorized)
+                return 1;
+        return challenge ? -EBADR : 0;
+}
+
+static int deny(sd_bus_message *m, const char *action, int result, const char *detail, sd_bus_error *error) {
+        const char *member = sd_bus_message_get_member(m);
+
+        if (result == -EBADR)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
+                                         "%s needs interactive authorization for %s.", member, action);
+        if (result < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                         "Access denied: %s needs root or the polkit action %s, and polkit "
+                                         "could not be asked (%s).", member, action, detail ?: strerror(-result));
+        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                 "Access denied: %s needs root or the polkit action %s.", member, action);
+}
+
+int auth_check_sync(sd_bus_message *m, const char *action, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = sender_is_root(m);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot tell who is calling: %m");
+        if (r > 0)
+                return 1;
+
+        r = polkit_message(m, action, false, &call);
+        if (r < 0)
+                return sd_bus_error_set_errno(error, r);
+        r = sd_bus_call(sd_bus_message_get_bus(m), call, POLKIT_SYNC_TIMEOUT_USEC, &e, &reply);
+        if (r < 0)
+                return deny(m, action, r, e.message, error);
+        r = polkit_parse_reply(reply, NULL);
+        return r > 0 ? 1 : deny(m, action, r, NULL, error);
+}
+
+static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        AuthQuery *q = userdata;
+        int r;
+
+        q->slot = sd_bus_slot_unref(q->slot);
+        q->result = polkit_parse_reply(reply, &q->detail);
+        if (q->result < 0 && q->result != -EBADR)
+                log_debug("polkit could not decide for %s from %s: %s", sd_bus_message_get_member(q->request),
+                          sd_bus_message_get_sender(q->request), q->detail ?: strerror(-q->result));
+        /* Run the call again: the handler finds this answer. */
+        r = sd_bus_enqueue_for_read(sd_bus_message_get_bus(q->request), q->request);
+        if (r < 0)
+                log_error_errno(r, "Failed to dispatch %s again after polkit answered: %m",
+                                sd_bus_message_get_member(q->request));
+        return 0;
+}
+
+int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL;
+        AuthQuery *q, **qq;
+        int r;
+
+        r = sender_is_root(m);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot tell who is calling: %m");
+        if (r > 0)
+                return 1;
+
+        for (qq = *reg ? &(*reg)->queries : NULL; qq && *qq; qq = &(*qq)->next) {
+                q = *qq;
+                if (q->request != m)
+                        continue;
+                if (q->slot)
+                        return 0;  /* still waiting */
+                *qq = q->next;
+                r = q->result > 0 ? 1 : deny(m, action, q->result, q->detail, error);
+                auth_query_free(q);
+                return r;
+        }
+
+        if (!*reg) {
+                *reg = calloc(1, sizeof **reg);
+                if (!*reg)
+                        return -ENOMEM;
+        }
+        q = calloc(1, sizeof *q);
+        if (!q)
+                return -ENOMEM;
+        r = polkit_message(m, action, sd_bus_message_get_allow_interactive_authorization(m) > 0, &call);
+        if (r >= 0)
+                /* interactive authentication may take as long as a human does */
+                r = sd_bus_call_async(sd_bus_message_get_bus(m), &q->slot, call, on_polkit_reply, q,
+                                      sd_bus_message_get_allow_interactive_authorization(m) > 0 ?
+                                      POLKIT_INTERACTIVE_TIMEOUT_USEC : POLKIT_SYNC_TIMEOUT_USEC);
+        if (r < 0) {
+                /* no polkit to ask at all: a plain refusal */
+                free(q);
+                return deny(m, action, r, NULL, error);
+        }
+        q->request = sd_bus_message_ref(m);
+        q->next = (*reg)->queries;
+        (*reg)->queries = q;
+        return 0;
+}

@@ -1,0 +1,26 @@
+/* Policy knobs on D-Bus: their types, reading and writing them in messages, their ranges in
+ * the bus's units. The daemon and autoballoonctl share it, so both sides agree. */
+#pragma once
+
+#include <systemd/sd-bus.h>
+
+#include "policy.h"
+
+/* b for booleans, t for sizes (bytes) and durations (µs), s for the preset, u otherwise
+ * (integers, percent, permille). */
+char knob_bus_type(const KnobInfo *k);
+/* The same as a one-character signature string. */
+const char *knob_bus_signature(const KnobInfo *k);
+
+/* Appends the knob's value as its basic type. */
+int knob_bus_append(sd_bus_message *m, const KnobInfo *k, const PolicyKnobs *knobs);
+/* Reads the knob's basic type (the message positioned at it), checks the range, stores it.
+ * A bad value leaves knobs untouched and sets InvalidArgs naming the knob and its range. */
+int knob_bus_read(sd_bus_message *m, const KnobInfo *k, PolicyKnobs *knobs, sd_bus_error *error);
+/* The allowed range in D-Bus units: "an integer (u) from 1 to 10000". */
+int knob_bus_describe_range(const KnobInfo *k, char **ret);
+
+/* Bit i of a knob mask stands for policy_knobs[i]. */
+static inline uint64_t knob_bit(const KnobInfo *k) {
+        return UINT64_C(1) << (k - policy_knobs);
+}
