@@ -244,8 +244,11 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                 return 0;
 
         case BALLOON_OP_QUERY:
-                /* The guest's driver has not bound yet (still booting): -EAGAIN, the owner
-                 * attaches again later. */
+                /* QEMU activates the balloon when the device is realized, not when the guest
+                 * driver binds (7.2 answers query-balloon with no guest running at all). A
+                 * device in QOM but not active is mid hot-(un)plug, or a second balloon QEMU
+                 * refused: -EAGAIN, the owner attaches again later. A guest without a driver
+                 * shows differently: balloon succeeds and actual never moves. */
                 if (error == -EIO && streq(qmp_error_class(reply), "DeviceNotActive"))
                         return fail(b, -EAGAIN, "virtio-balloon device %s is not active yet: %s",
                                     b->device_path, desc);

@@ -342,7 +342,7 @@ static void disconnect(QmpClient *c, int error, const char *desc) {
 
         /* Leave READY before failing commands, so that a callback retrying at once gets
          * -ENOTCONN instead of queueing into a dead socket. */
-        _cleanup_(qmp_client_unrefp) QmpClient *ref = qmp_client_ref(c);
+        _unused_ _cleanup_(qmp_client_unrefp) QmpClient *ref = qmp_client_ref(c);
         c->state = QMP_WAITING_RETRY;
         fail_pending(c, -ECONNRESET, desc);
         if (c->state != QMP_WAITING_RETRY)
@@ -864,7 +864,7 @@ void qmp_client_close(QmpClient *c) {
         if (!c || c->state == QMP_CLOSED)
                 return;
 
-        _cleanup_(qmp_client_unrefp) QmpClient *ref = qmp_client_ref(c);
+        _unused_ _cleanup_(qmp_client_unrefp) QmpClient *ref = qmp_client_ref(c);
         c->state = QMP_CLOSED;
         c->io_source = sd_event_source_disable_unref(c->io_source);
         c->retry_source = sd_event_source_disable_unref(c->retry_source);
