@@ -32,7 +32,11 @@ def check_machine(env, vm):
 
 def test(env):
     pre = env.start_vm("pre")            # registered before the daemon starts
-    env.start_daemon()
+    # the host pressure source given as a unit: resolved through systemd1's ControlGroup
+    env.start_daemon(env.write_config(host_pressure="machine.slice"))
+    src = env.get(abtest.AB, abtest.AB_PATH, abtest.AB_MANAGER, "HostPressureSource")
+    want = "/sys/fs/cgroup/%s/machine.slice/memory.pressure" % env.name
+    check(src == want, "HostPressureSource=machine.slice resolved to %r, not %r" % (src, want))
     check_machine(env, pre)
     machines = env.ab_machines()
     check(".host" not in machines, "the host is listed as a machine: %s" % machines)
@@ -64,6 +68,20 @@ def test(env):
     log("%s removed after %.3f s" % (vm.name, gone - t))
     check(list(env.ab_machines()) == ["pre"], "machines now: %s" % env.ab_machines())
     env.wait_property(env.machine_path("pre"), "State", "managed", timeout=1)
+
+    # QMP on -chardev + -mon mode=control (libvirt's way), after an HMP monitor that must be
+    # skipped
+    hmp, qmp = env.file("chardev.hmp"), env.file("chardev.qmp")
+    cmd = env.fake_qmp_cmd("chardev", qmp, env.file("chardev.qmp-record.log"))
+    cmd = [cmd[0], "-chardev", "socket,id=hmp0,path=%s,server=on,wait=off" % hmp,
+           "-mon", "chardev=hmp0,mode=readline",
+           "-chardev", "socket,id=charmonitor,path=%s,server=on,wait=off" % qmp,
+           "-mon", "chardev=charmonitor,id=monitor,mode=control"] + cmd[3:]
+    vm = env.start_vm("chardev", leader_cmd=cmd)
+    env.wait_for(lambda: os.path.exists(qmp), 5, "QMP socket of the -chardev VM")
+    vm.qmp_socket = qmp
+    env.wait_for(lambda: "chardev" in env.ab_machines(), APPEAR_SECONDS, "chardev VM on org.autoballoon1")
+    check_machine(env, vm)
 
     # a VM with no QMP socket on its command line and no drop-in: listed, saying why
     env.start_vm("noqmp", leader_cmd=["sleep", "600"])
