@@ -38,6 +38,7 @@ static const char *const policy_reason_table[_POLICY_REASON_MAX] = {
         [POLICY_REASON_BOUNDS] = "bounds",
         [POLICY_REASON_ADOPT_SELF_DEFLATE] = "adopt-self-deflate",
         [POLICY_REASON_MANUAL] = "manual",
+        [POLICY_REASON_GUEST_PRESSURE] = "guest-pressure",
 };
 
 const char *pressure_level_to_string(PressureLevel l) {
@@ -98,6 +99,13 @@ void policy_knobs_init_default(PolicyKnobs *k) {
                 .guest_major_fault_rate = 500,
                 /* 2 % of RAM of new use between two samples: a workload growing, not noise. */
                 .available_drop_permille = 20,
+                /* Five minutes: longer than the gap between bursts of most interactive and
+                 * batch loads, short enough that a guest done with a job gives its memory back
+                 * within one episode of pressure. */
+                .working_set_window_usec = 300 * USEC_PER_SEC,
+                /* 10 % of RAM per 2 s: a guest in need outruns its own shrinker-driven
+                 * deflate (rate limited in the guest) by an order of magnitude. */
+                .guest_pressure_permille = 100,
         };
 }
 
@@ -153,6 +161,10 @@ const KnobInfo policy_knobs[] = {
              "Major faults per second above which a guest counts as under pressure of its own"),
         KNOB("GuestAvailableDrop", KNOB_PERMILLE, available_drop_permille, 1, 1000,
              "Growth of the guest's own use between two samples, as a share of RAM, that counts as pressure"),
+        KNOB("GuestPressureStep", KNOB_PERMILLE, guest_pressure_permille, 0, 1000,
+             "Memory given back per interval to a guest under pressure of its own, unless host pressure is critical"),
+        KNOB("WorkingSetWindowSec", KNOB_USEC, working_set_window_usec, 0, USEC_KNOB_MAX,
+             "The working set never inflated into is the guest's peak use over this window"),
 };
 
 const size_t policy_knobs_count = ELEMENTSOF(policy_knobs);
@@ -234,6 +246,9 @@ uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
         /* actual - available is what the guest uses itself whether or not the driver negotiated
          * deflate-on-oom (with it, balloon pages stay in MemTotal but are not available). */
         uint64_t used = sub_sat(vm->actual_bytes, vm->stats.available_bytes);
+        /* A spiky guest between two spikes looks idle; its working set is what it used lately. */
+        if (vm->state.used_peak_usec != 0 && now - vm->state.used_peak_usec <= vm->knobs->working_set_window_usec)
+                used = MAX(used, vm->state.used_peak_bytes);
         uint64_t floor = used + vm_reserve(vm);
         return MAX(min, MIN(floor, max));
 }
@@ -298,6 +313,12 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
                 if (counter_grew(s->major_faults, st->last_major_faults) &&
                     (s->major_faults - st->last_major_faults) * USEC_PER_SEC / dt_usec >= k->guest_major_fault_rate)
                         pressure = true;
+        }
+
+        if (used >= st->used_peak_bytes || st->used_peak_usec == 0 ||
+            now - st->used_peak_usec > k->working_set_window_usec) {
+                st->used_peak_bytes = used;
+                st->used_peak_usec = now;
         }
 
         if (s->updated_usec != st->last_stats_usec) {
@@ -394,9 +415,13 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
                 vm_move(vm, CLAMP(vm->target_bytes, min, max), POLICY_REASON_BOUNDS, PRESSURE_NONE, now);
 }
 
-/* A VM whose scope fired this call was served by its own event, not by the host's. */
-static bool scope_handled(const PolicyVM *vm) {
-        return level_valid_event(vm->scope_event);
+/* A VM whose scope fired this call is served by its own event, not by the host's: always for
+ * the seed, and for the default preset when the host itself is quiet. */
+static bool scope_handled(const PolicyVM *vm, const PolicyHost *host) {
+        if (!level_valid_event(vm->scope_event))
+                return false;
+        return vm->knobs->preset == POLICY_PRESET_SEED ||
+               (!level_valid_event(host->event) && host->level == PRESSURE_NONE);
 }
 
 static bool vm_held_off(const PolicyVM *vm, PressureLevel level, usec_t now) {
@@ -417,7 +442,7 @@ static void seed_event(PolicyVM *vm, PressureLevel level, PolicyReason reason, u
  * (relative to its size) and by its weight, normalised so the best donor gives a full step.
  * Guests showing pressure of their own are skipped, and taken from only at critical level when
  * nobody else had anything to give. */
-static void host_event_share(PolicyVM *vms, size_t n_vms, PressureLevel level, usec_t now) {
+static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, usec_t now) {
         for (int pass = 0; pass < 2; pass++) {
                 double score_max = 0;
                 uint64_t taken = 0;
@@ -426,7 +451,7 @@ static void host_event_share(PolicyVM *vms, size_t n_vms, PressureLevel level, u
                         PolicyVM *vm = vms + i;
                         bool fresh = stats_fresh(vm, now);
 
-                        if (scope_handled(vm) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
+                        if (scope_handled(vm, host) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
                             vm_held_off(vm, level, now) || !fresh || vm->guest_pressure != (pass == 1))
                                 continue;
                         double score = (double) sub_sat(vm->new_target_bytes, vm->floor_bytes) /
@@ -438,7 +463,7 @@ static void host_event_share(PolicyVM *vms, size_t n_vms, PressureLevel level, u
                         PolicyVM *vm = vms + i;
                         bool fresh = stats_fresh(vm, now);
 
-                        if (scope_handled(vm) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
+                        if (scope_handled(vm, host) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
                             vm_held_off(vm, level, now) || vm->guest_pressure != (pass == 1))
                                 continue;
                         if (!fresh) {
@@ -475,36 +500,48 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 vm_prepare(vms + i, host, host_event, now);
 
         /* Scope events first: the VM whose own cgroup is squeezed gives, so that the guest frees
-         * pages cooperatively instead of the host swapping them out blindly. */
+         * pages cooperatively instead of the host swapping them out blindly. While the host is
+         * under pressure too, a scope stall is more likely a symptom of host-wide reclaim (the
+         * VM touching pages the host swapped out: a VM that is growing stalls first), so those
+         * VMs are left to the host-wide share, which picks donors by what they can spare. */
         for (size_t i = 0; i < n_vms; i++) {
                 PolicyVM *vm = vms + i;
                 PressureLevel level = MAX(vm->scope_event, host_event ? host->event : PRESSURE_NONE);
 
-                if (!scope_handled(vm) || !vm_managed(vm))
+                if (!scope_handled(vm, host) || !vm_managed(vm))
                         continue;
                 if (vm->knobs->preset == POLICY_PRESET_SEED)
                         seed_event(vm, level, POLICY_REASON_SCOPE_PRESSURE, now);
-                else if (!vm_held_off(vm, level, now))
+                /* A guest growing into its memory stalls its own scope too (it touches pages the
+                 * host swapped out): inflating it then would only take what it is about to use. */
+                else if (!vm_held_off(vm, level, now) && (!vm->guest_pressure || level >= PRESSURE_CRITICAL))
                         vm_take(vm, vm_step(vm, level, stats_fresh(vm, now)), POLICY_REASON_SCOPE_PRESSURE, level, now);
         }
 
         if (host_event) {
                 for (size_t i = 0; i < n_vms; i++)
-                        if (vms[i].knobs->preset == POLICY_PRESET_SEED && vm_managed(vms + i) && !scope_handled(vms + i))
+                        if (vms[i].knobs->preset == POLICY_PRESET_SEED && vm_managed(vms + i) && !scope_handled(vms + i, host))
                                 seed_event(vms + i, host->event, POLICY_REASON_HOST_PRESSURE, now);
-                host_event_share(vms, n_vms, host->event, now);
+                host_event_share(host, vms, n_vms, host->event, now);
         }
 
-        /* Recovery. A guest is quiet when neither the host nor its scope is under pressure; it
-         * grows after the cool-down, one step per interval. A guest under pressure of its own
-         * skips the cool-down: it is the one about to need the memory, so it goes first. */
+        /* Giving back. Recovery: a guest is quiet when neither the host nor its scope is under
+         * pressure; it grows after the cool-down, one step per interval. A guest under pressure of
+         * its own is the first to get memory back: it skips the cool-down, and unless the host is
+         * critical it gets bigger steps while its latest sample shows the need (it would otherwise
+         * deflate itself, slower, or OOM). At critical host pressure nobody grows. */
+        bool host_not_critical = host->level < PRESSURE_CRITICAL && host->event < PRESSURE_CRITICAL;
         for (size_t i = 0; i < n_vms; i++) {
                 PolicyVM *vm = vms + i;
                 const PolicyKnobs *k = vm->knobs;
                 const PolicyVMState *st = &vm->state;
                 uint64_t max = policy_vm_maximum(vm);
+                /* Relief only while the latest sample still shows the need, not for the whole
+                 * sticky period: under host pressure we give what is asked for, no more. */
+                bool relief = vm->guest_pressure && host_not_critical && k->guest_pressure_permille > 0 &&
+                              st->guest_pressure_usec >= st->last_stats_usec;
 
-                if (!vm_managed(vm) || k->preset != POLICY_PRESET_DEFAULT || !host_quiet ||
+                if (!vm_managed(vm) || k->preset != POLICY_PRESET_DEFAULT || !(host_quiet || relief) ||
                     vm->scope_level != PRESSURE_NONE || level_valid_event(vm->scope_event) ||
                     vm->new_target_bytes >= max)
                         continue;
@@ -523,8 +560,10 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                         at = MAX(at, st->last_move_usec + k->recovery_interval_usec);
 
                 if (at <= now && vm->reason == POLICY_REASON_NONE) {
-                        uint64_t step = MAX(permille_of(vm->ram_bytes, k->recovery_permille), MOVE_GRANULE_BYTES);
-                        vm_move(vm, MIN(max, vm->new_target_bytes + step), POLICY_REASON_RECOVERY, PRESSURE_NONE, now);
+                        uint64_t step = permille_of(vm->ram_bytes, relief ? MAX(k->guest_pressure_permille, k->recovery_permille)
+                                                                          : k->recovery_permille);
+                        vm_move(vm, MIN(max, vm->new_target_bytes + MAX(step, MOVE_GRANULE_BYTES)),
+                                relief ? POLICY_REASON_GUEST_PRESSURE : POLICY_REASON_RECOVERY, PRESSURE_NONE, now);
                         at = now + k->recovery_interval_usec;
                 } else if (at <= now)
                         /* Moved for another reason this call: the next step one interval on. */

@@ -54,6 +54,11 @@ typedef struct PolicyKnobs {
         uint32_t guest_major_fault_rate; /* major faults/s above which a guest is "under pressure" */
         uint32_t available_drop_permille;/* available falling by this share of RAM between two
                                           * samples marks a guest as under pressure */
+        uint32_t guest_pressure_permille;/* a guest under pressure of its own gets this share of
+                                          * RAM back per recovery interval, even while the host
+                                          * is under (non-critical) pressure */
+        usec_t working_set_window_usec;  /* the working set is the guest's peak use over this
+                                          * long: a guest between two spikes is not idle */
 } PolicyKnobs;
 
 void policy_knobs_init_default(PolicyKnobs *k);
@@ -116,6 +121,8 @@ typedef struct PolicyVMState {
         uint64_t last_oom_kills;
         uint64_t last_alloc_stalls;
         uint64_t last_direct_scan;
+        uint64_t used_peak_bytes;         /* highest actual - available seen ... */
+        usec_t used_peak_usec;            /* ... when; forgotten after working_set_window_usec */
 } PolicyVMState;
 
 typedef enum PolicyReason {
@@ -126,6 +133,7 @@ typedef enum PolicyReason {
         POLICY_REASON_BOUNDS,             /* target moved only to respect Minimum/Maximum */
         POLICY_REASON_ADOPT_SELF_DEFLATE,
         POLICY_REASON_MANUAL,             /* ResizeMachine(): an operator set the target */
+        POLICY_REASON_GUEST_PRESSURE,     /* grown because the guest shows pressure of its own */
         _POLICY_REASON_MAX,
 } PolicyReason;
 
@@ -163,8 +171,9 @@ typedef struct PolicyHost {
 uint64_t policy_vm_minimum(const PolicyVM *vm);
 uint64_t policy_vm_maximum(const PolicyVM *vm);
 
-/* The working-set floor: with fresh guest stats, (actual - available) + reserve, never below
- * the minimum; without, the minimum. Exposed for the tests and the simulator. */
+/* The working-set floor: with fresh guest stats, the guest's use (actual - available, or its
+ * peak over WorkingSetWindowSec= if higher) + reserve, never below the minimum; without fresh
+ * stats, the minimum. Exposed for the tests and the simulator. */
 uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now);
 /* The largest inflate step one event at this level may cause for this VM (escalation
  * included): the bound the property tests check. Seed preset: exactly its per-level size. */
@@ -177,7 +186,8 @@ uint64_t policy_vm_step_max(const PolicyVM *vm, PressureLevel level);
  *
  * Call it on every host or scope PSI event, on guest-stats and BALLOON_CHANGE updates, when a
  * level changes (including back to NONE: recovery starts from there), and when the returned
- * time comes. While host pressure is current it returns USEC_INFINITY (and so for a VM whose
- * scope is under pressure): PSI events keep coming while pressure lasts, and the call that
- * reports the level back at NONE is what arms the cool-down timer. */
+ * time comes. While host pressure is current, only a guest showing pressure of its own may keep
+ * a timer (its next relief step); recovery timers are armed by the call that reports the level
+ * back at NONE, since PSI events keep coming while pressure lasts. No pressure and every VM at
+ * its maximum: USEC_INFINITY, always. */
 usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now);

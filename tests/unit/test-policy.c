@@ -316,6 +316,7 @@ static void test_self_deflate_hold_off(void **state) {
         usec_t now = 1000 * USEC_PER_SEC;
 
         policy_knobs_init_default(&k);
+        k.working_set_window_usec = 0;   /* the floor follows current use: room for each step */
         vm_init(&vm, &k, 4 * GIB);
         vm.target_bytes = vm.actual_bytes = 2 * GIB;
         vm_stats(&vm, now, 1 * GIB);
@@ -329,11 +330,13 @@ static void test_self_deflate_hold_off(void **state) {
         assert_int_equal(vm.reason, POLICY_REASON_ADOPT_SELF_DEFLATE);
         vm_apply(&vm);
 
-        /* Low and medium events within the hold-off leave it alone ... */
+        /* Low and medium events within the hold-off do not inflate it (it may even get more:
+         * a guest that had to deflate itself is one in need) ... */
         for (PressureLevel l = PRESSURE_LOW; l <= PRESSURE_MEDIUM; l++) {
                 host.event = host.level = l;
                 policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
-                assert_int_equal(vm.new_target_bytes, vm.target_bytes);
+                assert_true(vm.new_target_bytes >= vm.target_bytes);
+                vm_apply(&vm);
         }
         /* ... critical does not. */
         host.event = host.level = PRESSURE_CRITICAL;
@@ -363,16 +366,30 @@ static void test_recovery(void **state) {
         }
         vm_stats(&vm[1], now, 50 * MIB);   /* below half its reserve: in need */
 
+        /* Under (non-critical) host pressure, only the guest in need gets memory back. */
         host.event = host.level = PRESSURE_LOW;
-        assert_int_equal(policy_decide(&host, vm, 3, now), USEC_INFINITY);   /* pressure: no timer */
+        t = policy_decide(&host, vm, 3, now);
+        assert_int_equal(vm[1].reason, POLICY_REASON_GUEST_PRESSURE);
+        assert_int_equal(vm[1].new_target_bytes, 1 * GIB + 4 * GIB / 10);
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
+        assert_int_equal(vm[2].new_target_bytes, vm[2].target_bytes);
+        assert_int_equal(t, now + k.recovery_interval_usec);
         for (int i = 0; i < 3; i++)
                 vm_apply(&vm[i]);
+        /* At critical, nobody grows, and no timer. */
+        host.event = host.level = PRESSURE_CRITICAL;
+        assert_int_equal(policy_decide(&host, vm, 3, now += k.recovery_interval_usec), USEC_INFINITY);
+        assert_true(vm[1].new_target_bytes <= vm[1].target_bytes);
+        for (int i = 0; i < 3; i++) {
+                vm_apply(&vm[i]);
+                vm_stats(&vm[i], now, i == 1 ? 50 * MIB : 512 * MIB);
+        }
 
         host.event = host.level = PRESSURE_NONE;
         relief = now += USEC_PER_SEC;
         t = policy_decide(&host, vm, 3, now);
         /* The guest in need goes first, without waiting for the cool-down. */
-        assert_int_equal(vm[1].reason, POLICY_REASON_RECOVERY);
+        assert_int_equal(vm[1].reason, POLICY_REASON_GUEST_PRESSURE);
         assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
         assert_true(t > now && t <= now + k.recovery_interval_usec);
 
@@ -453,6 +470,8 @@ static void random_knobs(PolicyKnobs *k) {
         k->stats_max_age_usec = rnd_range(USEC_PER_SEC, 60 * USEC_PER_SEC);
         k->guest_major_fault_rate = rnd_range(1, 10000);
         k->available_drop_permille = rnd_range(1, 100);
+        k->guest_pressure_permille = rnd_range(0, 300);
+        k->working_set_window_usec = rnd_range(0, 600 * USEC_PER_SEC);
 }
 
 static PressureLevel random_level(unsigned none_percent) {
@@ -549,9 +568,12 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
                         return;
                 }
 
-                /* 3. No move above the level's step (escalation included). */
+                /* 3. No move above the level's step (escalation included): the level of the
+                 * host's or the scope's event, whichever allows more (knobs need not grow with the
+                 * level, and either event may be the one that moved it). */
                 uint64_t ram = pre->ram_bytes;
-                uint64_t level_step = ram / 1000 * k->step_permille[level] + ram % 1000 * k->step_permille[level] / 1000;
+                uint32_t permille = MAX(k->step_permille[host->event], k->step_permille[pre->scope_event]);
+                uint64_t level_step = ram / 1000 * permille + ram % 1000 * permille / 1000;
                 if (drop > level_step * k->step_escalation_max)
                         fail_msg("drop %" PRIu64 " above step %" PRIu64 " x %u", drop, level_step, k->step_escalation_max);
                 if (!fresh) {
@@ -572,14 +594,23 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
                         assert_true(adopted ? false : now >= pre->state.hold_off_until_usec);
         } else if (vm->new_target_bytes > base) {
                 /* Growth is recovery: only with neither host nor scope pressure, one step at a time. */
+                /* Growth is recovery (no host or scope pressure, one step at a time), or relief
+                 * for a guest in need (host pressure low at most, its scope quiet). */
                 recoveries_checked++;
-                assert_int_equal(vm->reason, POLICY_REASON_RECOVERY);
                 assert_int_equal(k->preset, POLICY_PRESET_DEFAULT);
-                assert_int_equal(host->event, PRESSURE_NONE);
-                assert_int_equal(host->level, PRESSURE_NONE);
                 assert_int_equal(pre->scope_level, PRESSURE_NONE);
                 assert_int_equal(pre->scope_event, PRESSURE_NONE);
-                uint64_t step = MAX(pre->ram_bytes / 1000 * k->recovery_permille, MIB);
+                uint32_t permille = k->recovery_permille;
+                if (vm->reason == POLICY_REASON_GUEST_PRESSURE) {
+                        assert_true(vm->guest_pressure);
+                        assert_true(host->event < PRESSURE_CRITICAL && host->level < PRESSURE_CRITICAL);
+                        permille = MAX(permille, k->guest_pressure_permille);
+                } else {
+                        assert_int_equal(vm->reason, POLICY_REASON_RECOVERY);
+                        assert_int_equal(host->event, PRESSURE_NONE);
+                        assert_int_equal(host->level, PRESSURE_NONE);
+                }
+                uint64_t step = MAX(pre->ram_bytes / 1000 * permille, MIB);
                 assert_true(vm->new_target_bytes - base <= step + MIB);
         }
 }
