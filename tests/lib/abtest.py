@@ -15,6 +15,7 @@ Environment: AB_BUILDDIR (meson build dir), AB_SRCDIR (source dir), AB_KEEP=1 ke
 state dir (logs) of a failed run.
 """
 import atexit
+import json
 import os
 import select
 import signal
@@ -111,6 +112,11 @@ def unwrap(v):
     if isinstance(v, dbus.Double):
         return float(v)
     return v
+
+
+def typed(sig, value):
+    """A variant value of D-Bus type sig for call_as()."""
+    return ["@" + sig, value]
 
 
 class Proc:
@@ -362,6 +368,32 @@ class Env:
                 if prop is None or prop in changed or prop in args[2]:
                     out.append((t, changed))
         return out
+
+    def call_as(self, uid, dest, path, iface, method, signature="", args=()):
+        """A method call from a process running as uid (setpriv) on the private bus.
+        Values in variant positions are written typed("u", 5). Returns ("ok", result) or
+        (error name, message)."""
+        code = ("import dbus, json, sys\n"
+                "T = dict(u=dbus.UInt32, t=dbus.UInt64, i=dbus.Int32, b=dbus.Boolean, s=dbus.String)\n"
+                "def conv(v):\n"
+                "    if isinstance(v, list) and len(v) == 2 and str(v[0]).startswith('@'):\n"
+                "        return T[v[0][1:]](v[1], variant_level=1)\n"
+                "    return [conv(x) for x in v] if isinstance(v, list) else v\n"
+                "a = json.loads(sys.argv[1])\n"
+                "b = dbus.bus.BusConnection(a['address'])\n"
+                "try:\n"
+                "    r = b.call_blocking(a['dest'], a['path'], a['iface'], a['method'], a['sig'],\n"
+                "                        conv(a['args']))\n"
+                "    print(json.dumps(['ok', repr(r)]))\n"
+                "except dbus.DBusException as e:\n"
+                "    print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))\n")
+        arg = json.dumps(dict(address=self.address, dest=dest, path=path, iface=iface,
+                              method=method, sig=signature, args=list(args)))
+        r = subprocess.run(["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
+                            "/usr/bin/python3", "-c", code, arg], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise Fail("call_as(%d, %s) failed: %s" % (uid, method, r.stderr.strip()))
+        return tuple(json.loads(r.stdout))
 
     def can_own(self, name):
         """Whether a root connection may own name on the private bus (then releases it)."""
