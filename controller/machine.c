@@ -102,8 +102,10 @@ static void on_move_done(Balloon *b, int error, const char *desc, void *userdata
 
         if (error < 0)
                 log_warning_errno(error, "Machine %s: balloon command failed: %s", machine->name, desc ?: "%m");
-        if (machine->manager->exiting)
+        if (machine->exit_move) {
+                machine->exit_move = false;
                 manager_exit_progress(machine->manager);
+        }
 }
 
 int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, PressureLevel level) {
@@ -129,8 +131,6 @@ int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, P
         machine_emit(machine, "TargetMemory", "LastMove", NULL);
         return 0;
 }
-
-/* --- balloon callbacks ------------------------------------------------------------------ */
 
 int machine_resize(Machine *machine, uint64_t target_bytes) {
         int r;
@@ -178,18 +178,22 @@ void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t kn
         manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
 }
 
+/* --- balloon callbacks ------------------------------------------------------------------ */
+
 static void on_balloon_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes, void *userdata) {
         Machine *machine = userdata;
         char a[FORMAT_SIZE_MAX], r[FORMAT_SIZE_MAX];
 
+        machine->attach_retry_usec = 0;
+        sd_event_source_set_enabled(machine->attach_timer, SD_EVENT_OFF);
         machine->ram_bytes = ram_bytes;
         machine->actual_bytes = actual_bytes;
         /* Resume from what the guest has now; recovery grows it back if it is below the
          * maximum (a previous instance may have exited without deflating). */
         machine->target_bytes = actual_bytes;
-        log_info("Machine %s: balloon ready at %s (%s of RAM %s), QMP %s (from %s).", machine->name,
+        log_info("Machine %s: balloon %s ready at %s of %s RAM, QMP %s (from %s).", machine->name,
                  balloon_device_path(b), format_size(a, sizeof a, actual_bytes),
-                 machine->name, format_size(r, sizeof r, ram_bytes), machine->qmp_socket_source);
+                 format_size(r, sizeof r, ram_bytes), machine->qmp_socket, machine->qmp_socket_source);
         machine_set_state(machine, machine->config.knobs.enabled ? MACHINE_MANAGED : MACHINE_UNMANAGED,
                           machine->config.knobs.enabled ? NULL : "Enabled=no");
         machine_emit(machine, "ActualMemory", "TargetMemory", "MemorySize", NULL);
@@ -214,9 +218,41 @@ static void on_balloon_stats(Balloon *b, const GuestStats *stats, void *userdata
         manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
 }
 
+/* A guest still booting has a balloon device but no driver behind it yet; QEMU sends no
+ * event when the driver binds, so ask again, backing off to this. */
+#define ATTACH_RETRY_MIN_USEC (500 * USEC_PER_MSEC)
+#define ATTACH_RETRY_MAX_USEC (10 * USEC_PER_SEC)
+
+static int on_attach_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Machine *machine = userdata;
+
+        if (qmp_client_state(machine->qmp) == QMP_READY &&
+            balloon_attach(machine->balloon, machine->manager->config.stats_interval_sec) < 0)
+                machine_set_state(machine, MACHINE_FAILED, "Failed to query the balloon device.");
+        return 0;
+}
+
+static void schedule_attach_retry(Machine *machine) {
+        machine->attach_retry_usec = machine->attach_retry_usec ?
+                MIN(machine->attach_retry_usec * 2, ATTACH_RETRY_MAX_USEC) : ATTACH_RETRY_MIN_USEC;
+        if (!machine->attach_timer) {
+                if (sd_event_add_time_relative(machine->manager->event, &machine->attach_timer, CLOCK_MONOTONIC,
+                                               machine->attach_retry_usec, 0, on_attach_timer, machine) < 0)
+                        return;
+                sd_event_source_set_description(machine->attach_timer, "balloon-attach-retry");
+        } else
+                sd_event_source_set_time_relative(machine->attach_timer, machine->attach_retry_usec);
+        sd_event_source_set_enabled(machine->attach_timer, SD_EVENT_ONESHOT);
+}
+
 static void on_balloon_error(Balloon *b, int error, const char *desc, void *userdata) {
         Machine *machine = userdata;
 
+        if (error == -EAGAIN) {
+                machine_set_state(machine, MACHINE_CONNECTING, "Waiting for the guest's virtio-balloon driver.");
+                schedule_attach_retry(machine);
+                return;
+        }
         machine_set_state(machine, error == -ENODEV ? MACHINE_UNMANAGED : MACHINE_FAILED, desc);
 }
 
@@ -371,6 +407,7 @@ Machine *machine_free(Machine *machine) {
         /* QMP first: it cancels pending commands, whose callbacks still see a live balloon. */
         qmp_client_free(machine->qmp);
         balloon_free(machine->balloon);
+        sd_event_source_disable_unref(machine->attach_timer);
         psi_watch_free(machine->psi);
         machine_config_done(&machine->config);
         free(machine->name);

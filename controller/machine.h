@@ -37,6 +37,9 @@ struct Machine {
         Balloon *balloon;
         PsiWatch *psi;
         PressureLevel scope_level;
+        sd_event_source *attach_timer; /* retries attach while the guest driver is not bound */
+        usec_t attach_retry_usec;
+        bool exit_move;               /* a DeflateOnExit move is in flight */
 
         uint64_t ram_bytes;           /* configured RAM; 0 until the balloon is ready */
         uint64_t actual_bytes;        /* as the guest reports it */
@@ -62,8 +65,6 @@ bool machine_controllable(const Machine *machine);
 uint64_t machine_maximum(const Machine *machine);
 uint64_t machine_minimum(const Machine *machine);
 
-/* manager-bus.c: PropertiesChanged for the NULL-terminated property names. */
-int machine_bus_emit_changed(Machine *machine, char **props);
 /* New knobs (set-property, a reload, new defaults): PropertiesChanged for those that changed,
  * Enabled= moves the machine between managed and unmanaged, and the policy runs again.
  * knobs_set: bit i, policy_knobs[i] comes from a drop-in or set-property, not the defaults. */
@@ -72,3 +73,5 @@ void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t kn
  * as after a move of its own, recovery waiting RecoveryDelaySec. -ENOTCONN: no balloon. */
 int machine_resize(Machine *machine, uint64_t target_bytes);
 
+/* manager-bus.c: PropertiesChanged for the NULL-terminated property names. */
+int machine_bus_emit_changed(Machine *machine, char **props);

@@ -510,8 +510,10 @@ void manager_begin_exit(Manager *m) {
                         if (!machine->balloon || !balloon_is_ready(machine->balloon) ||
                             machine->target_bytes >= max)
                                 continue;
-                        if (machine_move(machine, max, POLICY_REASON_BOUNDS, PRESSURE_NONE) >= 0)
+                        if (machine_move(machine, max, POLICY_REASON_BOUNDS, PRESSURE_NONE) >= 0) {
+                                machine->exit_move = true;
                                 m->exit_pending++;
+                        }
                 }
         if (m->exit_pending == 0) {
                 sd_event_exit(m->event, 0);
@@ -534,9 +536,9 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->policy_timer);
         sd_event_source_disable_unref(m->stats_timer);
         sd_event_source_disable_unref(m->exit_timer);
+        auth_registry_free(m->auth);
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
-        auth_registry_free(m->auth);
         config_done(&m->config);
         free(m->config_path);
         free(m->cgroup2_mount);
