@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Discovery: VMs registered with machined (before and after the daemon starts) appear on
 org.autoballoon1 within 1 s with Unit, ControlGroup, Leader and QMPSocket (from the leader's
-command line); TerminateMachine removes them within 1 s; SIGTERM ends the daemon cleanly."""
+command line); TerminateMachine removes them within 1 s; an idle daemon does not wake up; SIGTERM ends it
+cleanly."""
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ import abtest  # noqa: E402
 from abtest import check, log  # noqa: E402
 
 APPEAR_SECONDS = 1.0
+IDLE_SECONDS = 5
 
 
 def check_machine(env, vm):
@@ -89,6 +91,17 @@ def test(env):
     reason = env.ab_get(env.machine_path("noqmp"), "StateReason")
     log("noqmp: %s, %r" % (st, reason))
     check(reason, "no StateReason for an unmanaged VM")
+
+    # idle: no pressure, every VM at its maximum -> no timer may wake the daemon
+    def wakeups():
+        st = dict(l.split(":", 1) for l in open("/proc/%d/status" % env.daemon.host_pid))
+        return int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+    time.sleep(1)
+    w0 = wakeups()
+    time.sleep(IDLE_SECONDS)
+    idle = wakeups() - w0
+    log("daemon wakeups while idle: %d in %d s" % (idle, IDLE_SECONDS))
+    check(idle <= 2, "the daemon woke up %d times in %d idle seconds" % (idle, IDLE_SECONDS))
 
     rc = env.stop_daemon()
     check(rc == 0, "daemon exit code %s on SIGTERM" % rc)
