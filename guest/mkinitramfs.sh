@@ -32,9 +32,13 @@ add() {
 	[[ " ${order[*]:-} " == *" $m "* ]] || order+=("$m")
 }
 for w in $WANT; do
-	m=$(grep -oE "^kernel/$w\.ko(\.xz|\.zst)?:" "$MODDIR/modules.dep" | tr -d :) ||
-		{ echo "mkinitramfs: $w not in $KREL" >&2; exit 1; }
-	add "$m"
+	if m=$(grep -oE "^kernel/$w\.ko(\.xz|\.zst)?:" "$MODDIR/modules.dep" | tr -d :); then
+		add "$m"
+	elif grep -q "^kernel/$w\.ko" "$MODDIR/modules.builtin"; then
+		: # built in (6.12 builds virtio_pci in)
+	else
+		echo "mkinitramfs: $w not in $KREL" >&2; exit 1
+	fi
 done
 : > "$R/mods/order"
 for m in "${order[@]}"; do

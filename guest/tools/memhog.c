@@ -2,8 +2,10 @@
  *
  * memhog [-f FILE -w MiB] MiB [PASSES [HOLD_SECONDS]]
  *
- * Maps MiB of anonymous memory, writes every page PASSES times (default 1), holds it,
- * frees it. With -f, after every 8 MiB touched it also re-reads the first -w MiB of
+ * Grows a heap of MiB anonymous memory 8 MiB at a time (as a program's heap grows, so
+ * that the kernel's overcommit heuristic never refuses it up front), writes every page
+ * PASSES times (default 1), holds it, frees it. With -f, after every 8 MiB touched it
+ * also re-reads the first -w MiB of
  * FILE (buffered): a program with a hot file working set (its data, its binary) and a
  * growing heap, which is what thrashes when reclaim evicts the cache to feed the heap.
  * Prints progress and, on success, "MEMHOG-OK MiB SECONDS REREAD_MiB". Exit 1 if the
@@ -19,6 +21,7 @@
 #define PROGRESS_EVERY_MIB 64UL
 #define REREAD_EVERY_MIB 8UL
 #define READ_CHUNK_BYTES (256UL << 10)
+#define HEAP_CHUNK_BYTES (REREAD_EVERY_MIB << 20)
 
 static double now_sec(void)
 {
@@ -35,10 +38,12 @@ static int reread(int fd, unsigned long bytes, char *buf)
 
 	for (off = 0; off < bytes; off += n) {
 		n = pread(fd, buf, READ_CHUNK_BYTES, off);
-		if (n <= 0) {
+		if (n < 0) {
 			perror("memhog: pread");
 			return -1;
 		}
+		if (n == 0)	/* the file is smaller than the working set */
+			break;
 	}
 	return 0;
 }
@@ -50,7 +55,7 @@ int main(int argc, char **argv)
 	static char buf[READ_CHUNK_BYTES];
 	int opt, fd = -1;
 	double t0;
-	char *p;
+	char **chunks, *p;
 
 	while ((opt = getopt(argc, argv, "f:w:")) != -1) {
 		switch (opt) {
@@ -75,15 +80,24 @@ int main(int argc, char **argv)
 		}
 	}
 	t0 = now_sec();
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		perror("memhog: mmap");
+	len = (len + HEAP_CHUNK_BYTES - 1) / HEAP_CHUNK_BYTES * HEAP_CHUNK_BYTES;
+	chunks = calloc(len / HEAP_CHUNK_BYTES, sizeof(*chunks));
+	if (!chunks)
 		return 1;
-	}
 	for (pass = 0; pass < passes; pass++)
 		for (off = 0; off < len; off += PAGE_BYTES) {
-			p[off] = (char)(pass + (off >> 12) + 1);
-			if (off % (REREAD_EVERY_MIB << 20) == 0 && fd >= 0) {
+			if (off % HEAP_CHUNK_BYTES == 0 && !chunks[off / HEAP_CHUNK_BYTES]) {
+				p = mmap(NULL, HEAP_CHUNK_BYTES, PROT_READ | PROT_WRITE,
+					 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				if (p == MAP_FAILED) {
+					perror("memhog: mmap");
+					return 1;
+				}
+				chunks[off / HEAP_CHUNK_BYTES] = p;
+			}
+			p = chunks[off / HEAP_CHUNK_BYTES];
+			p[off % HEAP_CHUNK_BYTES] = (char)(pass + (off >> 12) + 1);
+			if (off % HEAP_CHUNK_BYTES == 0 && fd >= 0) {
 				if (reread(fd, ws_bytes, buf))
 					return 1;
 				reread_mib += ws_bytes >> 20;
@@ -94,7 +108,8 @@ int main(int argc, char **argv)
 	printf("MEMHOG-OK %lu MiB %.2f s %lu\n", mib, now_sec() - t0, reread_mib);
 	if (hold_sec)
 		sleep(hold_sec);
-	munmap(p, len);
+	for (off = 0; off < len; off += HEAP_CHUNK_BYTES)
+		munmap(chunks[off / HEAP_CHUNK_BYTES], HEAP_CHUNK_BYTES);
 	return 0;
 usage:
 	fprintf(stderr, "usage: memhog [-f FILE -w MiB] MiB [PASSES [HOLD_SECONDS]]\n");

@@ -1,0 +1,324 @@
+#!/usr/bin/python3
+"""End-to-end tests of the guest half on real guests (QEMU TCG), suite 'e2e'.
+
+e2e-guest.py SOURCE_ROOT BUILD_ROOT TEST
+  basic        stock and patched module: load, bind, inflate/deflate (issue 5, item 1)
+  oom          anonymous workload in a half-ballooned guest: patched vs stock
+               deflate-on-oom=off (OOM kill) vs stock deflate-on-oom=on (item 2);
+               then the hold: no re-inflation toward the old target (no ping-pong)
+  not-eager    drop_caches and streaming 2x RAM deflate at most 5 % (item 3)
+  series-6.12  the 6.12 series builds against Debian's 6.12 headers and boots (item 5)
+
+Guests run one at a time from BUILD_ROOT/guest-tests/TEST; every QEMU started here is
+stopped (by its PID) and the run dir removed, also on failure or SIGTERM. Figures are
+printed as "FIGURE key=value" lines and written to BUILD_ROOT/guest-tests/TEST.json."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+SRC, BUILD, TEST = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, os.path.join(SRC, 'guest'))
+import guestlib  # noqa: E402
+
+GUEST_MIB = 512
+BALLOON_TARGET_MIB = 256          # "inflated to half the guest"
+HOG_MIB = 300                     # needs more than the ~175 MiB left after inflating
+WORKING_SET_MIB = 48              # the workload's hot file data, re-read as it grows
+OUTDIR = os.path.join(BUILD, 'guest')
+WORKDIR = os.path.join(BUILD, 'guest-tests', TEST)
+AUTO = '/sys/bus/virtio/devices/virtio0/auto_deflate'
+figures = {}
+guests = []
+
+
+class Failed(Exception):
+    pass
+
+
+def log(msg):
+    print(f'[{time.strftime("%H:%M:%S")}] {msg}', flush=True)
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failed(msg)
+    log(f'ok: {msg}')
+
+
+def figure(key, value):
+    figures[key] = value
+    print(f'FIGURE {TEST}.{key}={value}', flush=True)
+
+
+def build(series='6.1', outdir=OUTDIR):
+    args = [os.path.join(SRC, 'guest', 'build-all.sh')]
+    if series != '6.1':
+        args += ['--series', series]
+    log(f'building guest images ({series}) in {outdir}')
+    r = subprocess.run(args + [outdir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    print(r.stdout[-3000:], flush=True)
+    check(r.returncode == 0, f'build-all.sh {series} succeeded')
+
+
+class Guest:
+    """One QEMU guest started by run-guest.sh; stop() kills only that PID."""
+
+    def __init__(self, name, balloon, deflate_on_oom, outdir=OUTDIR, params=()):
+        self.name, self.rundir = name, os.path.join(WORKDIR, name)
+        self.pid = None
+        os.makedirs(self.rundir, exist_ok=True)
+        guests.append(self)
+        args = [os.path.join(SRC, 'guest', 'run-guest.sh'), '-o', outdir, '-r', self.rundir,
+                '-m', f'{GUEST_MIB}M', '--balloon', balloon,
+                '--deflate-on-oom', deflate_on_oom, '--name', f'e2e-{TEST}-{name}',
+                '--timeout', '180']
+        for p in params:
+            args += ['--param', p]
+        t0 = time.monotonic()
+        r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        m = re.search(r'qemu-pid (\d+)', r.stdout)
+        self.pid = int(m.group(1)) if m else None
+        if r.returncode != 0:
+            raise Failed(f'guest {name} did not boot:\n{r.stdout}')
+        log(f'guest {name} ({balloon}, deflate-on-oom={deflate_on_oom}) ready in '
+            f'{time.monotonic() - t0:.1f}s, pid {self.pid}')
+        self.qmp = guestlib.QMP(os.path.join(self.rundir, 'qmp.sock'))
+
+    def sh(self, command, timeout=240):
+        return guestlib.run(self.rundir, command, timeout)
+
+    def ok(self, command, timeout=240):
+        rc, out = self.sh(command, timeout)
+        if rc != 0:
+            raise Failed(f'guest {self.name}: "{command}" failed rc={rc}:\n{out}')
+        return out
+
+    def auto(self):
+        out = self.ok(f'cd {AUTO} && grep . *')
+        return {k: (int(v) if v.lstrip('-').isdigit() else v)
+                for k, v in (l.split(':', 1) for l in out.split())}
+
+    def psi_some_us(self):
+        return int(re.search(r'some .*total=(\d+)', self.ok('cat /proc/pressure/memory')).group(1))
+
+    def stop(self):
+        try:
+            self.qmp.close()
+        except Exception:
+            pass
+        if self.pid and guestlib.qemu_alive(self.pid):
+            try:
+                guestlib.QMP(os.path.join(self.rundir, 'qmp.sock'), timeout=3).cmd('quit')
+            except Exception:
+                pass
+            for _ in range(30):
+                if not guestlib.qemu_alive(self.pid):
+                    break
+                time.sleep(0.1)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if guestlib.qemu_alive(self.pid):
+                    os.kill(self.pid, sig)
+                    time.sleep(0.5)
+        self.pid = None
+        if self in guests:
+            guests.remove(self)
+
+
+def cleanup():
+    for g in list(guests):
+        try:
+            g.stop()
+        except Exception as e:
+            log(f'cleanup of {g.name}: {e}')
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+
+
+def basic_balloon(g):
+    """Inflate 512 -> 256 MiB and back; the guest's free memory follows."""
+    free0 = meminfo(g)
+    secs = g.qmp.balloon_to(BALLOON_TARGET_MIB)
+    check(abs(g.qmp.actual_mib() - BALLOON_TARGET_MIB) <= 2, f'{g.name}: inflated to 256 MiB in {secs:.1f}s')
+    time.sleep(0.5)
+    free1 = meminfo(g)
+    shrink = (free0['MemTotal'] + free0['MemFree']) - (free1['MemTotal'] + free1['MemFree'])
+    check(shrink > 0.8 * (GUEST_MIB - BALLOON_TARGET_MIB) * 1024,
+          f'{g.name}: guest lost {shrink // 1024} MiB of MemTotal+MemFree')
+    secs = g.qmp.balloon_to(GUEST_MIB)
+    check(abs(g.qmp.actual_mib() - GUEST_MIB) <= 2, f'{g.name}: deflated to 512 MiB in {secs:.1f}s')
+    figure(f'{g.name}.inflate_256_s', round(secs, 2))
+
+
+def meminfo(g):
+    out = g.ok("grep -E '^(MemTotal|MemFree|MemAvailable):' /proc/meminfo")
+    return {l.split(':')[0]: int(l.split()[1]) for l in out.splitlines()}
+
+
+def test_basic():
+    build()
+    g = Guest('stock', 'stock', 'on')
+    check('virtio0' in g.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), 'stock: balloon bound')
+    check(g.sh(f'test -e {AUTO}')[0] != 0, 'stock: no auto_deflate in sysfs (really the stock module)')
+    basic_balloon(g)
+    g.stop()
+    g = Guest('patched', 'patched', 'on')
+    check('virtio0' in g.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), 'patched: balloon bound')
+    a = g.auto()
+    check(a['active'] == 1, 'patched: auto_deflate active with deflate-on-oom=on')
+    params = g.ok('grep . /sys/module/virtio_balloon/parameters/*')
+    check('auto_deflate:Y' in params and 'auto_deflate_step_kb:4096' in params,
+          'patched: module parameters present')
+    basic_balloon(g)
+    check(g.auto()['deflated_kb'] == 0, 'patched: a host-driven deflate is not counted as auto')
+    g.stop()
+    g = Guest('patched-off', 'patched', 'off')
+    check(g.auto()['active'] == 0, 'patched: auto_deflate inactive without deflate-on-oom')
+    basic_balloon(g)
+
+
+def run_workload(g):
+    """Inflate to half, run the workload; returns a dict of outcomes."""
+    g.qmp.balloon_to(BALLOON_TARGET_MIB)
+    time.sleep(1)
+    psi0 = g.psi_some_us()
+    t0 = time.monotonic()
+    rc, out = g.sh(f'memhog -f /dev/vda -w {WORKING_SET_MIB} {HOG_MIB}', timeout=300)
+    secs = time.monotonic() - t0
+    res = {'rc': rc, 'seconds': round(secs, 2), 'stall_some_ms': (g.psi_some_us() - psi0) // 1000,
+           'completed': 'MEMHOG-OK' in out,
+           'oom_kill': 'Killed process' in g.ok('dmesg | grep -i "killed process" || true'),
+           'actual_mib': round(g.qmp.actual_mib())}
+    m = re.search(r'MEMHOG-OK \d+ MiB ([\d.]+) s', out)
+    res['guest_seconds'] = float(m.group(1)) if m else None
+    log(f'{g.name}: {res}')
+    return res
+
+
+def test_oom():
+    build()
+    results = {}
+    # 1. Patched, deflate-on-oom=on: completes, no OOM kill; then the hold.
+    g = Guest('patched', 'patched', 'on')
+    r = results['patched'] = run_workload(g)
+    check(r['completed'] and r['rc'] == 0 and not r['oom_kill'],
+          'patched: workload completed without a guest OOM kill')
+    a = g.auto()
+    log(f'patched counters: {a}')
+    need_mib = HOG_MIB + WORKING_SET_MIB - (GUEST_MIB - BALLOON_TARGET_MIB) + 40
+    check(a['events'] > 0 and a['last_reason'] in ('cache-exhausted', 'refaulting', 'swapping'),
+          f'patched: auto-deflated {a["deflated_kb"] // 1024} MiB in {a["events"]} steps '
+          f'(last reason {a["last_reason"]})')
+    check(a['deflated_kb'] // 1024 <= need_mib + 64,
+          f'patched: deflated no more than needed (<= {need_mib + 64} MiB)')
+    figure('patched.deflated_mib', a['deflated_kb'] // 1024)
+    # No ping-pong: re-announcing the same host target must not re-inflate.
+    actual = g.qmp.actual_mib()
+    check(a['holding'] == 1, 'patched: holding the old host target')
+    g.qmp.cmd('balloon', value=BALLOON_TARGET_MIB * guestlib.MIB)
+    time.sleep(3)
+    check(abs(g.qmp.actual_mib() - actual) <= 2,
+          f'patched: old target re-sent, actual stays at {g.qmp.actual_mib():.0f} MiB (no re-inflate)')
+    check(g.auto()['held'] > 0, 'patched: the size work saw and held the stale target')
+    new_target = round(actual) - 32
+    g.qmp.balloon_to(new_target, timeout=60)
+    check(g.auto()['holding'] == 0, f'patched: a new host target ({new_target} MiB) is followed')
+    g.stop()
+
+    # 2. Stock, deflate-on-oom=off: the guest OOM-kills the workload.
+    g = Guest('stock-off', 'stock', 'off')
+    r = results['stock-off'] = run_workload(g)
+    check(not r['completed'] and r['oom_kill'], 'stock deflate-on-oom=off: workload OOM-killed')
+    g.stop()
+
+    # 3. Stock, deflate-on-oom=on: upstream's OOM notifier, 1 MiB per OOM event.
+    g = Guest('stock-on', 'stock', 'on')
+    r = results['stock-on'] = run_workload(g)
+    check(r['completed'], 'stock deflate-on-oom=on: workload completed (slowly)')
+    g.stop()
+
+    p, s = results['patched'], results['stock-on']
+    for k in ('seconds', 'stall_some_ms'):
+        figure(f'patched.{k}', p[k])
+        figure(f'stock-on.{k}', s[k])
+    speedup = s['seconds'] / p['seconds']
+    figure('speedup', round(speedup, 2))
+    check(speedup >= 3, f'patched completes {speedup:.1f}x faster than stock deflate-on-oom (>= 3x)')
+    check(p['stall_some_ms'] < s['stall_some_ms'],
+          f'patched stalls less: {p["stall_some_ms"]} ms < {s["stall_some_ms"]} ms (PSI some)')
+    figures['results'] = results
+
+
+def test_not_eager():
+    build()
+    g = Guest('patched', 'patched', 'on')
+    g.qmp.balloon_to(BALLOON_TARGET_MIB)
+    balloon_mib = GUEST_MIB - BALLOON_TARGET_MIB
+    g.ok('pagestream 160')            # some cache to drop
+    g.ok('echo 3 > /proc/sys/vm/drop_caches')
+    a = g.auto()
+    check(a['deflated_kb'] == 0, 'drop_caches deflated nothing')
+    out = g.ok(f'pagestream {2 * GUEST_MIB}', timeout=300)
+    log(out.strip())
+    g.ok('echo 3 > /proc/sys/vm/drop_caches')
+    time.sleep(1)
+    a = g.auto()
+    lost = (g.qmp.actual_mib() - BALLOON_TARGET_MIB) / balloon_mib * 100
+    figure('deflated_pct', round(lost, 2))
+    figure('refused_passes', a['refused'])
+    log(f'counters: {a}')
+    check(lost <= 5, f'streaming {2 * GUEST_MIB} MiB + drop_caches deflated {lost:.1f} % of the balloon (<= 5 %)')
+    check(a['deflated_kb'] <= balloon_mib * 1024 * 5 // 100, 'sysfs agrees: deflated_kb within 5 %')
+
+
+def test_series_612():
+    out612 = os.path.join(BUILD, 'guest-6.12')
+    build('6.12', out612)
+    g = Guest('patched-6.12', 'patched', 'on', outdir=out612)
+    check(g.ok('uname -r').startswith('6.12'), f'guest runs {g.ok("uname -r").strip()}')
+    check('virtio0' in g.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), '6.12 patched: balloon bound')
+    check(g.auto()['active'] == 1, '6.12 patched: auto_deflate active')
+    r = run_workload(g)
+    check(r['completed'] and not r['oom_kill'], '6.12 patched: workload completed without OOM kill')
+    a = g.auto()
+    check(a['deflated_kb'] > 0, f'6.12 patched: auto-deflated {a["deflated_kb"] // 1024} MiB')
+    figure('seconds', r['seconds'])
+
+
+def main():
+    def on_signal(signum, frame):
+        raise SystemExit(f'killed by signal {signum}')
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    tests = {'basic': test_basic, 'oom': test_oom, 'not-eager': test_not_eager,
+             'series-6.12': test_series_612}
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+    os.makedirs(WORKDIR)
+    rc = 1
+    try:
+        tests[TEST]()
+        rc = 0
+        log(f'PASS {TEST}')
+    except Failed as e:
+        log(f'FAIL {TEST}: {e}')
+    except guestlib.GuestError as e:
+        log(f'FAIL {TEST}: guest error: {e}')
+    finally:
+        for g in list(guests):
+            try:
+                log(f'console of {g.name} (tail):\n' + open(os.path.join(g.rundir, 'console.log'),
+                                                           errors='replace').read()[-1500:])
+            except OSError:
+                pass
+        cleanup()
+        with open(os.path.join(BUILD, 'guest-tests', f'{TEST}.json'), 'w') as f:
+            json.dump(figures, f, indent=1)
+    return rc
+
+
+if __name__ == '__main__':
+    sys.exit(main())
