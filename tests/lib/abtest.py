@@ -164,7 +164,7 @@ class PsiTrigger:
         self.poll.register(self.fd, select.POLLPRI)
 
     def wait(self, timeout):
-        """Number of POLLPRI events within timeout seconds (stops at the first)."""
+        """True at the first POLLPRI within timeout seconds, False if none came."""
         for _fd, ev in self.poll.poll(int(timeout * 1000)):
             if ev & select.POLLERR:
                 raise Fail("POLLERR on %s (cgroup gone?)" % self.path)
@@ -482,7 +482,6 @@ class Env:
             raise Skip("no daemon at %s" % exe)
         config = config or self.write_config()
         env = {k: v for k, v in os.environ.items() if k != "DBUS_SYSTEM_BUS_ADDRESS"}
-        env.setdefault("SYSTEMD_LOG_LEVEL", "debug")
         self.daemon_log = self.file("autoballoond.log")
         self.daemon = self.spawn([exe, "--config=" + config, *args], name="autoballoond",
                                  stdout=self.daemon_log, stderr=self.daemon_log, env=env)
