@@ -84,6 +84,8 @@ struct Vm {
         uint64_t stat_value[N_STATS];
         uint64_t used_bytes;            /* for derived stats: what the guest's workload holds */
         sd_event_source *move_timer;
+        sd_event_source *change_throttle;   /* BALLOON_CHANGE rate limit period running */
+        bool change_pending;                /* a change came during the period */
         Monitor *monitors;
         bool quitting;
         unsigned n_commands_total;
@@ -103,12 +105,14 @@ static struct {
         bool garbage_done;
         uint64_t speed_bytes_per_sec;   /* 0 = the guest never moves the balloon */
         usec_t step_usec;
+        usec_t throttle_usec;           /* QEMU rate-limits BALLOON_CHANGE to one per second */
         bool hung;                      /* "hang": stop reading QMP, like a stuck main loop */
         char *pidfile;
 } arg = {
         .control_fd = -1,
         .speed_bytes_per_sec = 800 * MIB,   /* 256 MiB in ~0.3 s, as measured on TCG */
         .step_usec = 100 * USEC_PER_MSEC,
+        .throttle_usec = 1000 * USEC_PER_MSEC,
 };
 
 static void die(const char *fmt, ...) _printf_(1, 2) __attribute__((noreturn));
@@ -202,7 +206,7 @@ static void vm_emit(Vm *vm, const char *name, json_object *data) {
         json_object_put(ev);
 }
 
-static void send_return(Conn *c, json_object *ret, json_object *id) {
+static int send_return(Conn *c, json_object *ret, json_object *id) {
         json_object *msg = json_object_new_object();
 
         json_object_object_add(msg, "return", ret ?: json_object_new_object());
@@ -210,10 +214,11 @@ static void send_return(Conn *c, json_object *ret, json_object *id) {
                 json_object_object_add(msg, "id", json_object_get(id));
         conn_send(c, msg);
         json_object_put(msg);
+        return 0;
 }
 
-static void send_error(Conn *c, json_object *id, const char *class, const char *fmt, ...) _printf_(4, 5);
-static void send_error(Conn *c, json_object *id, const char *class, const char *fmt, ...) {
+static int send_error(Conn *c, json_object *id, const char *class, const char *fmt, ...) _printf_(4, 5);
+static int send_error(Conn *c, json_object *id, const char *class, const char *fmt, ...) {
         json_object *msg = json_object_new_object(), *err = json_object_new_object();
         char desc[512];
         va_list ap;
@@ -228,11 +233,13 @@ static void send_error(Conn *c, json_object *id, const char *class, const char *
         json_object_object_add(msg, "error", err);
         conn_send(c, msg);
         json_object_put(msg);
+        return 0;
 }
 
-static void send_garbage(Conn *c) {
+static int send_garbage(Conn *c) {
         static const char garbage[] = "{\"return\": {\"actual\": 5368709120,, fake-garbage\r\n";
         conn_write(c, garbage, sizeof garbage - 1);
+        return 0;
 }
 
 static void record(Vm *vm, json_object *msg) {
@@ -294,13 +301,49 @@ static json_object *guest_stats(Vm *vm) {
         return ret;
 }
 
+static void emit_balloon_change(Vm *vm) {
+        json_object *data = json_object_new_object();
+        json_object_object_add(data, "actual", json_object_new_uint64(vm->actual_bytes));
+        vm_emit(vm, "BALLOON_CHANGE", data);
+}
+
+static int on_change_throttle(sd_event_source *s, uint64_t usec, void *userdata) {
+        Vm *vm = userdata;
+
+        /* End of a period: deliver the latest value if one was held back, and start another
+         * period; otherwise the next change goes out at once. */
+        if (!vm->change_pending)
+                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        vm->change_pending = false;
+        emit_balloon_change(vm);
+        (void) sd_event_source_set_time_relative(s, arg.throttle_usec);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
 static void vm_set_actual(Vm *vm, uint64_t actual) {
         if (actual == vm->actual_bytes)
                 return;
         vm->actual_bytes = actual;
-        json_object *data = json_object_new_object();
-        json_object_object_add(data, "actual", json_object_new_uint64(actual));
-        vm_emit(vm, "BALLOON_CHANGE", data);
+        if (arg.throttle_usec == 0) {
+                emit_balloon_change(vm);
+                return;
+        }
+
+        /* QEMU's monitor throttle (monitor_qapi_event_conf): the first event goes out at
+         * once, later ones within the period collapse into one carrying the latest value. */
+        if (vm->change_throttle && sd_event_source_get_enabled(vm->change_throttle, NULL) > 0) {
+                vm->change_pending = true;
+                return;
+        }
+        emit_balloon_change(vm);
+        if (!vm->change_throttle) {
+                if (sd_event_add_time_relative(arg.event, &vm->change_throttle, CLOCK_MONOTONIC,
+                                               arg.throttle_usec, 1, on_change_throttle, vm) < 0)
+                        die("failed to add a timer");
+        } else {
+                (void) sd_event_source_set_time_relative(vm->change_throttle, arg.throttle_usec);
+                (void) sd_event_source_set_enabled(vm->change_throttle, SD_EVENT_ONESHOT);
+        }
 }
 
 static int on_move(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -365,7 +408,7 @@ static const char *get_string_arg(json_object *args, const char *key) {
         return json_object_get_string(v);
 }
 
-static void cmd_qom_list(Conn *c, Vm *vm, json_object *args, json_object *id) {
+static int cmd_qom_list(Conn *c, Vm *vm, json_object *args, json_object *id) {
         const char *path = get_string_arg(args, "path");
         json_object *list;
 
@@ -395,9 +438,10 @@ static void cmd_qom_list(Conn *c, Vm *vm, json_object *args, json_object *id) {
                 return send_error(c, id, "DeviceNotFound", "Device '%s' not found", path);
         }
         send_return(c, list, id);
+        return 0;
 }
 
-static void cmd_qom_get_set(Conn *c, Vm *vm, bool set, json_object *args, json_object *id) {
+static int cmd_qom_get_set(Conn *c, Vm *vm, bool set, json_object *args, json_object *id) {
         const char *path = get_string_arg(args, "path"), *prop = get_string_arg(args, "property");
         json_object *value;
 
@@ -432,9 +476,10 @@ static void cmd_qom_get_set(Conn *c, Vm *vm, bool set, json_object *args, json_o
                 return send_return(c, guest_stats(vm), id);
         }
         send_error(c, id, "GenericError", "Property '%s.%s' not found", vm->balloon_type, prop);
+        return 0;
 }
 
-static void cmd_balloon(Conn *c, Vm *vm, json_object *args, json_object *id) {
+static int cmd_balloon(Conn *c, Vm *vm, json_object *args, json_object *id) {
         json_object *value;
 
         if (!json_object_object_get_ex(args, "value", &value))
@@ -449,9 +494,10 @@ static void cmd_balloon(Conn *c, Vm *vm, json_object *args, json_object *id) {
         /* QEMU clamps to the RAM size without telling. */
         vm_set_target(vm, MIN((uint64_t) v, vm->ram_bytes));
         send_return(c, NULL, id);
+        return 0;
 }
 
-static void handle_command(Conn *c, json_object *msg) {
+static int handle_command(Conn *c, json_object *msg) {
         Vm *vm = c->monitor->vm;
         json_object *id = NULL, *args = NULL, *ex;
 
@@ -531,6 +577,7 @@ static void handle_command(Conn *c, json_object *msg) {
                 vm_quit(vm, NULL);
         } else
                 send_error(c, id, "CommandNotFound", "The command %s has not been found", cmd);
+        return 0;
 }
 
 /* --- connections ----------------------------------------------------------------------- */
@@ -704,6 +751,7 @@ static void vm_quit(Vm *vm, const char *reason) {
                 monitor_close(m);
         }
         vm->move_timer = sd_event_source_disable_unref(vm->move_timer);
+        vm->change_throttle = sd_event_source_disable_unref(vm->change_throttle);
         if (--arg.n_vms_alive == 0)
                 (void) sd_event_exit(arg.event, 0);
 }
@@ -996,7 +1044,10 @@ static void help(void) {
                "                                             derive from (default 40%% of RAM)\n"
                "  --fake-balloon-speed=SIZE|instant          bytes per second the guest moves (default 800M;\n"
                "                                             0 = never moves, like QEMU without a guest)\n"
-               "  --fake-balloon-step-ms=N                   step (and BALLOON_CHANGE) period (default 100)\n"
+               "  --fake-balloon-step-ms=N                   period of the guest's steps (default 100)\n"
+               "  --fake-event-throttle-ms=N                 BALLOON_CHANGE rate limit as QEMU's (default\n"
+               "                                             1000: first at once, then the latest value\n"
+               "                                             once per period; 0 = one event per step)\n"
                "  --fake-garbage-after=N                     send malformed JSON instead of the reply to the\n"
                "                                             Nth command after qmp_capabilities, on every\n"
                "                                             connection (with --fake-garbage-once: only once)\n"
@@ -1146,6 +1197,12 @@ int main(int argc, char *argv[]) {
                         if (ms <= 0)
                                 die("bad --fake-balloon-step-ms '%s'", v);
                         arg.step_usec = (usec_t) ms * USEC_PER_MSEC;
+                } else if (FAKE_OPT("--fake-event-throttle-ms")) {
+                        char *end;
+                        long ms = strtol(v, &end, 10);
+                        if (ms < 0 || *end)
+                                die("bad --fake-event-throttle-ms '%s'", v);
+                        arg.throttle_usec = (usec_t) ms * USEC_PER_MSEC;
                 } else if (FAKE_OPT("--fake-garbage-after"))
                         arg.garbage_after = (unsigned) strtoul(v, NULL, 10);
                 else if (streq(a, "--fake-garbage-once"))
