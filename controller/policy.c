@@ -85,7 +85,9 @@ void policy_knobs_init_default(PolicyKnobs *k) {
                 /* Headroom a guest keeps above its working set, for the next allocation burst
                  * before its own reclaim (and the balloon's self-deflate) react. */
                 .reserve_bytes = 64 * MIB,
-                .reserve_percent = 5,
+                /* 10 %: a guest growing at 5 % of its RAM per second (a build, a JVM filling its
+                 * heap) has room for one guest-stats interval (2 s) before relief reaches it. */
+                .reserve_percent = 10,
                 /* Longer than the longest PSI window (10 s) times two: a quiet spell this long
                  * means relief, not a gap between two events of the same episode. */
                 .recovery_delay_usec = 30 * USEC_PER_SEC,
@@ -322,6 +324,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         }
 
         if (s->updated_usec != st->last_stats_usec) {
+                st->used_growth_bytes = st->last_stats_usec != 0 ? sub_sat(used, st->last_used_bytes) : 0;
                 st->last_stats_usec = s->updated_usec;
                 st->last_used_bytes = used;
                 st->last_major_faults = s->major_faults;
@@ -513,9 +516,13 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 if (vm->knobs->preset == POLICY_PRESET_SEED)
                         seed_event(vm, level, POLICY_REASON_SCOPE_PRESSURE, now);
                 /* A guest growing into its memory stalls its own scope too (it touches pages the
-                 * host swapped out): inflating it then would only take what it is about to use. */
-                else if (!vm_held_off(vm, level, now) && (!vm->guest_pressure || level >= PRESSURE_CRITICAL))
-                        vm_take(vm, vm_step(vm, level, stats_fresh(vm, now)), POLICY_REASON_SCOPE_PRESSURE, level, now);
+                 * host swapped out): inflating it then would only take what it is about to use.
+                 * And a scope stall can come from growth the last sample has not seen yet: one
+                 * step per guest-stats sample, so the next step sees what the last one did. */
+                else if (!vm_held_off(vm, level, now) && !vm->guest_pressure &&
+                         (vm->state.scope_take_stats_usec == 0 || vm->state.scope_take_stats_usec != vm->state.last_stats_usec) &&
+                         vm_take(vm, vm_step(vm, level, stats_fresh(vm, now)), POLICY_REASON_SCOPE_PRESSURE, level, now) > 0)
+                        vm->state.scope_take_stats_usec = vm->state.last_stats_usec;
         }
 
         if (host_event) {
@@ -528,8 +535,8 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
         /* Giving back. Recovery: a guest is quiet when neither the host nor its scope is under
          * pressure; it grows after the cool-down, one step per interval. A guest under pressure of
          * its own is the first to get memory back: it skips the cool-down, and unless the host is
-         * critical it gets bigger steps while its latest sample shows the need (it would otherwise
-         * deflate itself, slower, or OOM). At critical host pressure nobody grows. */
+         * critical it gets bigger steps while its latest sample shows the need (it
+         * would otherwise deflate itself, slower, or OOM). At critical host pressure nobody grows. */
         bool host_not_critical = host->level < PRESSURE_CRITICAL && host->event < PRESSURE_CRITICAL;
         for (size_t i = 0; i < n_vms; i++) {
                 PolicyVM *vm = vms + i;
@@ -541,9 +548,11 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 bool relief = vm->guest_pressure && host_not_critical && k->guest_pressure_permille > 0 &&
                               st->guest_pressure_usec >= st->last_stats_usec;
 
-                if (!vm_managed(vm) || k->preset != POLICY_PRESET_DEFAULT || !(host_quiet || relief) ||
-                    vm->scope_level != PRESSURE_NONE || level_valid_event(vm->scope_event) ||
-                    vm->new_target_bytes >= max)
+                /* Its own scope's pressure does not stop relief: a guest growing into pages the
+                 * host swapped out stalls its scope because it needs them. */
+                if (!vm_managed(vm) || k->preset != POLICY_PRESET_DEFAULT || vm->new_target_bytes >= max)
+                        continue;
+                if (!relief && (!host_quiet || vm->scope_level != PRESSURE_NONE || level_valid_event(vm->scope_event)))
                         continue;
                 if (vm->reason != POLICY_REASON_NONE && vm->reason != POLICY_REASON_ADOPT_SELF_DEFLATE &&
                     vm->reason != POLICY_REASON_BOUNDS)
@@ -559,15 +568,18 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 if (st->last_move_usec != 0)
                         at = MAX(at, st->last_move_usec + k->recovery_interval_usec);
 
-                if (at <= now && vm->reason == POLICY_REASON_NONE) {
+                /* After an adoption or a bounds fix this call, the step starts from there. */
+                if (at <= now || (relief && vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE)) {
                         uint64_t step = permille_of(vm->ram_bytes, relief ? MAX(k->guest_pressure_permille, k->recovery_permille)
                                                                           : k->recovery_permille);
+                        /* A guest growing faster than the step gets twice its last growth: the
+                         * next sample should find it with room, not in reclaim. */
+                        if (relief)
+                                step = MAX(step, 2 * st->used_growth_bytes);
                         vm_move(vm, MIN(max, vm->new_target_bytes + MAX(step, MOVE_GRANULE_BYTES)),
                                 relief ? POLICY_REASON_GUEST_PRESSURE : POLICY_REASON_RECOVERY, PRESSURE_NONE, now);
                         at = now + k->recovery_interval_usec;
-                } else if (at <= now)
-                        /* Moved for another reason this call: the next step one interval on. */
-                        at = now + k->recovery_interval_usec;
+                }
 
                 if (vm->new_target_bytes < max)
                         next = MIN(next, at);

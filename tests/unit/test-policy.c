@@ -320,7 +320,7 @@ static void test_self_deflate_hold_off(void **state) {
         vm_init(&vm, &k, 4 * GIB);
         vm.target_bytes = vm.actual_bytes = 2 * GIB;
         vm_stats(&vm, now, 1 * GIB);
-        host.level = PRESSURE_LOW;   /* pressure still current: no recovery muddles the picture */
+        host.level = PRESSURE_CRITICAL;   /* no recovery, no relief: only the adoption shows */
         policy_decide(&host, &vm, 1, now);
 
         vm.actual_bytes = 2 * GIB + 256 * MIB;    /* the guest's shrinker gave itself 256 MiB */
@@ -328,6 +328,18 @@ static void test_self_deflate_hold_off(void **state) {
         policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
         assert_int_equal(vm.new_target_bytes, vm.actual_bytes);
         assert_int_equal(vm.reason, POLICY_REASON_ADOPT_SELF_DEFLATE);
+        assert_true(vm.guest_pressure);
+
+        /* Below critical, the same adoption comes with relief on top: it was a guest in need. */
+        {
+                PolicyVM again = vm;
+                again.state.last_actual_bytes = 2 * GIB;
+                host.level = PRESSURE_MEDIUM;
+                policy_decide(&host, &again, 1, now);
+                assert_int_equal(again.reason, POLICY_REASON_GUEST_PRESSURE);
+                assert_true(again.new_target_bytes > vm.actual_bytes);
+                host.level = PRESSURE_LOW;
+        }
         vm_apply(&vm);
 
         /* Low and medium events within the hold-off do not inflate it (it may even get more:
@@ -598,19 +610,21 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
                  * for a guest in need (host pressure low at most, its scope quiet). */
                 recoveries_checked++;
                 assert_int_equal(k->preset, POLICY_PRESET_DEFAULT);
-                assert_int_equal(pre->scope_level, PRESSURE_NONE);
-                assert_int_equal(pre->scope_event, PRESSURE_NONE);
                 uint32_t permille = k->recovery_permille;
+                uint64_t growth = 0;
                 if (vm->reason == POLICY_REASON_GUEST_PRESSURE) {
                         assert_true(vm->guest_pressure);
                         assert_true(host->event < PRESSURE_CRITICAL && host->level < PRESSURE_CRITICAL);
                         permille = MAX(permille, k->guest_pressure_permille);
+                        growth = 2 * vm->state.used_growth_bytes;
                 } else {
                         assert_int_equal(vm->reason, POLICY_REASON_RECOVERY);
                         assert_int_equal(host->event, PRESSURE_NONE);
                         assert_int_equal(host->level, PRESSURE_NONE);
+                        assert_int_equal(pre->scope_level, PRESSURE_NONE);
+                        assert_int_equal(pre->scope_event, PRESSURE_NONE);
                 }
-                uint64_t step = MAX(pre->ram_bytes / 1000 * permille, MIB);
+                uint64_t step = MAX(MAX(pre->ram_bytes / 1000 * permille, MIB), growth);
                 assert_true(vm->new_target_bytes - base <= step + MIB);
         }
 }
