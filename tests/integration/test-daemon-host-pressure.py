@@ -1,0 +1,61 @@
+#!/usr/bin/python3
+"""Host pressure (HostPressureSource=machine.slice) takes memory from the guest that can best
+spare it: a real stall under machine.slice inflates the idle guest (lots of available
+memory), not the busy one (its working set fills it), and never below the busy guest's
+working set (DESIGN §4: never squeeze a guest blindly toward a host-wide target)."""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
+import abtest  # noqa: E402
+from abtest import check, log  # noqa: E402
+
+MIB = 1 << 20
+STALL_SECONDS = 10
+
+
+def balloon_targets(vm):
+    out = []
+    for line in vm.records().splitlines():
+        msg = json.loads(line)
+        if msg.get("execute") == "balloon":
+            out.append(int(msg["arguments"]["value"]))
+    return out
+
+
+def test(env):
+    env.start_daemon(env.write_config(host_pressure="machine.slice"))
+    idle = env.start_vm("idle", memory="1G", extra=["--fake-stats=used=150M"])
+    busy = env.start_vm("busy", memory="1G", extra=["--fake-stats=used=950M"])
+    for vm in (idle, busy):
+        env.wait_property(env.machine_path(vm.name), "State", "managed", timeout=5)
+    # a host workload under machine.slice (in its own unmanaged scope): the slice stalls,
+    # neither VM's scope does
+    hog = env.start_vm("hog", leader_cmd=["sleep", "600"])
+    hog_cg = env.wait_for(lambda: env.ab_get(env.machine_path("hog"), "ControlGroup"), 2, "hog's scope")
+
+    t = time.monotonic()
+    stall = env.stall(hog_cg, seconds=STALL_SECONDS)
+    env.wait_for(lambda: balloon_targets(idle), STALL_SECONDS + 4, "a balloon command to the idle VM")
+    log("first balloon to idle after %.2f s of host stall: %s MiB" %
+        (time.monotonic() - t, [v // MIB for v in balloon_targets(idle)]))
+    level = env.get(abtest.AB, abtest.AB_PATH, abtest.AB_MANAGER, "HostPressure")
+    r = stall.wait()
+    log("stall:", r, "HostPressure was", level)
+    env.pump(1)
+    i, b = balloon_targets(idle), balloon_targets(busy)
+    log("balloon targets: idle %s MiB, busy %s MiB" % ([v // MIB for v in i], [v // MIB for v in b]))
+    check(level != "none", "HostPressure stayed 'none' under a %.0f %% stall" % r["some_percent"])
+    check(min(i) < 1024 * MIB, "the idle VM was not inflated")
+    check(not b or min(b) >= 950 * MIB,
+          "the busy VM was squeezed into its working set (950 MiB used): %s MiB" % [v // MIB for v in b])
+    check(not b or min(i) < min(b), "the busy VM gave more than the idle one")
+    last = env.ab_get(env.machine_path("idle"), "LastMove")
+    log("idle LastMove:", last)
+    check(last[1] == "host-pressure", "idle's last move reason is %r" % (last[1],))
+    check(env.stop_daemon() == 0, "daemon did not exit cleanly")
+
+
+abtest.main(test, "daemon-host-pressure")
