@@ -18,5 +18,12 @@ check:
 demo: build
 	scripts/demo.sh $(BUILD)
 
+# The policy simulator: every controller over 4, 100 and 1,000 VMs; CSVs in $(BUILD)/sim,
+# plots in docs/sim, the table in docs/simulation.md (tests/sim/run.sh).
+sim:
+	test -f $(BUILD)/build.ninja || meson setup $(BUILD)
+	ninja -C $(BUILD) tests/sim/autoballoon-sim
+	tests/sim/run.sh $(BUILD)
+
 clean:
 	rm -rf $(BUILD) build-check

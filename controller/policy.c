@@ -350,6 +350,8 @@ static bool vm_managed(const PolicyVM *vm) {
 static void vm_move(PolicyVM *vm, uint64_t new_target, PolicyReason reason, PressureLevel level, usec_t now) {
         if (new_target == vm->new_target_bytes)
                 return;
+        if (new_target > vm->new_target_bytes)
+                vm->state.last_grow_usec = now;
         vm->new_target_bytes = new_target;
         vm->reason = reason;
         vm->reason_level = level;
@@ -445,6 +447,10 @@ static void seed_event(PolicyVM *vm, PressureLevel level, PolicyReason reason, u
  * (relative to its size) and by its weight, normalised so the best donor gives a full step.
  * Guests showing pressure of their own are skipped, and taken from only at critical level when
  * nobody else had anything to give. */
+static bool last_victim(const PolicyVM *vm) {
+        return vm->guest_pressure;
+}
+
 static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, usec_t now) {
         for (int pass = 0; pass < 2; pass++) {
                 double score_max = 0;
@@ -455,7 +461,7 @@ static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms
                         bool fresh = stats_fresh(vm, now);
 
                         if (scope_handled(vm, host) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
-                            vm_held_off(vm, level, now) || !fresh || vm->guest_pressure != (pass == 1))
+                            vm_held_off(vm, level, now) || !fresh || last_victim(vm) != (pass == 1))
                                 continue;
                         double score = (double) sub_sat(vm->new_target_bytes, vm->floor_bytes) /
                                        (double) vm->ram_bytes / (double) MAX(vm->knobs->weight, 1U);
@@ -467,7 +473,7 @@ static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms
                         bool fresh = stats_fresh(vm, now);
 
                         if (scope_handled(vm, host) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
-                            vm_held_off(vm, level, now) || vm->guest_pressure != (pass == 1))
+                            vm_held_off(vm, level, now) || last_victim(vm) != (pass == 1))
                                 continue;
                         if (!fresh) {
                                 /* Blind: a small step, lighter for heavier weights. Never in the
@@ -565,8 +571,10 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                         if (st->last_event_usec != 0)
                                 at = MAX(at, st->last_event_usec + k->recovery_delay_usec);
                 }
-                if (st->last_move_usec != 0)
-                        at = MAX(at, st->last_move_usec + k->recovery_interval_usec);
+                /* Spaced from the last growth: a take in between (host pressure acting on
+                 * stale stats) must not delay relief for a guest that turned out to be growing. */
+                if (st->last_grow_usec != 0)
+                        at = MAX(at, st->last_grow_usec + k->recovery_interval_usec);
 
                 /* After an adoption or a bounds fix this call, the step starts from there. */
                 if (at <= now || (relief && vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE)) {

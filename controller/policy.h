@@ -110,6 +110,7 @@ typedef struct PolicyVMState {
         bool relieved;                    /* a call saw no pressure since the last event */
         usec_t last_event_usec;           /* last host or scope event that concerned this VM */
         usec_t last_move_usec;
+        usec_t last_grow_usec;            /* last move up: recovery and relief steps are spaced by it */
         usec_t hold_off_until_usec;       /* self-deflate hold-off */
         usec_t guest_pressure_usec;       /* last time the guest showed pressure of its own, 0 = never */
         uint64_t last_actual_bytes;       /* previous actual, to tell a self-deflate from our inflate */

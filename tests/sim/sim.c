@@ -1,7 +1,6 @@
 /* Deterministic simulator of an overcommitted KVM host: runs the real policy_decide() and the
  * baselines (none, seed, Proxmox-like, MoM-like) against the same modelled host and guests.
  * The model and its assumptions are written down in docs/simulation.md. */
-#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -790,6 +789,7 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
         unsigned n_ticks = (unsigned) llround(cfg->duration_sec / TICK_SEC);
         PressureLevel *scope_events;
         double last_pressure_sec = -1, recovered_at = -1;
+        unsigned stats_next_tick = 0;
 
         sim_setup(&s, cfg, res);
         scope_events = calloc(s.n, sizeof(PressureLevel));
@@ -847,11 +847,19 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 }
 
                 if (cfg->controller == CONTROLLER_DEFAULT) {
-                        if (tick % ticks_per_stats == 0) {
+                        /* As the daemon does: guest stats are polled only while something is under
+                         * pressure or some guest is below its maximum (no wake-ups when idle), and
+                         * at once when that starts. */
+                        bool needed = s.host.level != PRESSURE_NONE;
+                        for (size_t i = 0; !needed && i < s.n; i++)
+                                needed = s.vms[i].scope_level != PRESSURE_NONE || s.vms[i].target < s.vms[i].ram;
+                        if (needed && (stats_next_tick == 0 || tick >= stats_next_tick)) {
                                 stats_update(&s);
                                 policy_call(&s, PRESSURE_NONE, NULL);
                                 res->stats_calls++;
-                        }
+                                stats_next_tick = tick + ticks_per_stats;
+                        } else if (!needed)
+                                stats_next_tick = 0;
                         if (s.next_timer_usec != USEC_INFINITY && sim_now_usec(&s) >= s.next_timer_usec) {
                                 policy_call(&s, PRESSURE_NONE, NULL);
                                 res->timer_wakeups++;
@@ -892,11 +900,8 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
 
         if (getenv("SIM_DEBUG")) {
                 uint64_t oom[_WORKLOAD_MAX] = {};
-                double minfrac[_WORKLOAD_MAX] = { 1, 1, 1, 1 };
-                for (size_t i = 0; i < s.n; i++) {
+                for (size_t i = 0; i < s.n; i++)
                         oom[s.vms[i].workload] += s.vms[i].oom_kills;
-                }
-                (void) minfrac;
                 fprintf(stderr, "%s OOMs: idle %" PRIu64 " steady %" PRIu64 " spiky %" PRIu64 " growing %" PRIu64 "\n",
                         controller_to_string(cfg->controller), oom[0], oom[1], oom[2], oom[3]);
         }
