@@ -107,7 +107,9 @@ static int polkit_parse_reply(sd_bus_message *reply, char **ret_detail) {
 }
 
 static int deny(sd_bus_message *m, const char *action, int result, const char *detail, sd_bus_error *error) {
-        const char *member = sd_bus_message_get_member(m);
+        /* "Set" alone would not say what was refused */
+        const char *member = streq_ptr(sd_bus_message_get_member(m), "Set") ? "Setting a property" :
+                sd_bus_message_get_member(m);
 
         if (result == -EBADR)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,

@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+"""Authorization through a real polkitd on the private bus: a user a polkit rule grants
+org.autoballoon1.manage may write (methods, asked asynchronously, and set-property, asked
+synchronously); a user a rule refuses gets AccessDenied; a user who would have to authenticate
+gets InteractiveAuthorizationRequired (there is no agent); nothing changes for either.
+polkitd runs in the namespace with our action and a test rule bind-mounted over its
+directories (the host's are not touched); the callers run in the namespace too, so that
+polkit can see their processes."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
+import abtest  # noqa: E402
+from abtest import AB, AB_MACHINE, AB_MANAGER, AB_PATH, check, log  # noqa: E402
+
+POLKITD = "/usr/lib/polkit-1/polkitd"
+NOBODY, DAEMON, BIN = 65534, 1, 2   # granted, refused, would need to authenticate
+RULES = """polkit.addRule(function(action, subject) {
+        if (action.id != "org.autoballoon1.manage")
+                return polkit.Result.NOT_HANDLED;
+        if (subject.user == "nobody")
+                return polkit.Result.YES;
+        if (subject.user == "daemon")
+                return polkit.Result.NO;
+        return polkit.Result.NOT_HANDLED;
+});
+"""
+
+
+def start_polkitd(env):
+    if not os.access(POLKITD, os.X_OK):
+        raise abtest.Skip("no polkitd at %s" % POLKITD)
+    rules, actions = env.file("polkit-rules.d"), env.file("polkit-actions")
+    os.makedirs(rules)
+    os.makedirs(actions)
+    with open(os.path.join(rules, "50-autoballoon-test.rules"), "w") as f:
+        f.write(RULES)
+    shutil.copy(os.path.join(abtest.SRCDIR, "dbus/org.autoballoon1.policy"), actions)
+    subprocess.run(["chown", "-R", "polkitd", rules], check=True)
+    os.chmod(rules, 0o700)
+    # polkitd drops to its own user itself; the mounts stay in the namespace's mount namespace
+    script = ("mount --bind %s /etc/polkit-1/rules.d && mount --bind %s /usr/share/polkit-1/rules.d && "
+              "mount --bind %s /usr/share/polkit-1/actions && exec %s --no-debug" % (rules, rules, actions, POLKITD))
+    env.spawn(["/bin/sh", "-c", script], name="polkitd", stdout=env.file("polkitd.log"), stderr=env.file("polkitd.log"))
+    env.wait_for(lambda: env.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                  "NameHasOwner", "org.freedesktop.PolicyKit1"), 10, "polkitd on the bus")
+    log("polkitd is up")
+
+
+def busctl_as(env, uid, *args):
+    """busctl as uid, inside the namespace."""
+    r = subprocess.run(["nsenter", "-t", str(env.pid1), "-p", "-m", "-u", "--",
+                        "setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
+                        "busctl", "--no-pager", *args], capture_output=True, text=True, timeout=30)
+    log("uid %d: busctl %s -> %d %s%s" % (uid, " ".join(args[:6]), r.returncode, r.stdout.strip(), r.stderr.strip()))
+    return r
+
+
+def test(env):
+    start_polkitd(env)
+    env.start_vm("vm1", memory="512M")
+    env.start_daemon()
+    path = env.machine_path("vm1")
+    env.wait_property(path, "State", "managed", timeout=5)
+
+    set_weight = lambda uid, w, runtime="true": busctl_as(
+        env, uid, "call", AB, AB_PATH, AB_MANAGER, "SetMachineProperties", "sba(sv)", "vm1", runtime, "1",
+        "Weight", "u", str(w))
+    set_prop = lambda uid, w: busctl_as(env, uid, "set-property", AB, path, AB_MACHINE, "Weight", "u", str(w))
+
+    # granted by the rule: methods (async check) and property writes (sync check)
+    check(set_weight(NOBODY, 321).returncode == 0, "SetMachineProperties as a granted user failed")
+    check(env.ab_get(path, "Weight") == 321, "Weight not set by a granted user")
+    check(set_prop(NOBODY, 322).returncode == 0, "set-property as a granted user failed")
+    check(env.ab_get(path, "Weight") == 322, "set-property by a granted user did not stick")
+    r = busctl_as(env, NOBODY, "call", AB, AB_PATH, AB_MANAGER, "ResizeMachine", "st", "vm1", str(300 << 20))
+    check(r.returncode == 0, "ResizeMachine as a granted user failed")
+    env.wait_property(path, "TargetMemory", 300 << 20, timeout=2)
+    check(busctl_as(env, NOBODY, "call", AB, AB_PATH, AB_MANAGER, "Reload").returncode == 0, "Reload as granted")
+
+    # refused by the rule: AccessDenied; not handled (auth_admin, no agent): interaction needed
+    since = time.monotonic()
+    for uid, want in ((DAEMON, "Access denied"), (BIN, "interactive authorization")):
+        for r in (set_weight(uid, 7), set_weight(uid, 7, "false"), set_prop(uid, 7),
+                  busctl_as(env, uid, "--allow-interactive-authorization=no", "call", AB, AB_PATH, AB_MANAGER, "Reload")):
+            check(r.returncode != 0 and want in r.stderr, "uid %d: expected '%s', got: %s" % (uid, want, r.stderr))
+    check(env.ab_get(path, "Weight") == 322, "a refused caller changed Weight")
+    check(not os.path.exists(env.file("machines.d/vm1.conf")), "a refused caller wrote a drop-in")
+    env.pump(0.2)
+    check(not env.properties_changed(path, "Weight", since=since), "a refused call was announced")
+    check(env.stop_daemon() == 0, "daemon did not exit cleanly")
+
+
+abtest.main(test, "api-polkit")
