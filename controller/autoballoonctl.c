@@ -437,6 +437,7 @@ static int verb_list(sd_bus *bus, char **args) {
                 return EXIT_FAILURE;
         }
         /* sorted by name, as machinectl does */
+        scols_column_set_cmpfunc(scols_table_get_column(t, 0), scols_cmpstr_cells, NULL);
         scols_sort_table(t, scols_table_get_column(t, 0));
         pager_open();
         r = scols_print_table(t);
