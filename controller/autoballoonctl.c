@@ -509,7 +509,13 @@ static int format_value(sd_bus_message *m, const char *contents, char **ret, jso
         case 't': {
                 uint64_t t;
                 r = sd_bus_message_read_basic(m, 't', &t);
-                if (r >= 0 && asprintf(ret, "%" PRIu64, t) >= 0)
+                if (r < 0)
+                        break;
+                if (t == UINT64_MAX) {
+                        /* the bus's "not known" (GuestAvailableMemory before any statistics) */
+                        *ret = strdup("");
+                        *ret_json = NULL;
+                } else if (asprintf(ret, "%" PRIu64, t) >= 0)
                         *ret_json = json_object_new_uint64(t);
                 break;
         }
