@@ -313,7 +313,8 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
                     counter_grew(s->swap_in_bytes, st->last_swap_in_bytes))
                         pressure = true;
                 if (counter_grew(s->major_faults, st->last_major_faults) &&
-                    (s->major_faults - st->last_major_faults) * USEC_PER_SEC / dt_usec >= k->guest_major_fault_rate)
+                    (double) (s->major_faults - st->last_major_faults) * USEC_PER_SEC / (double) dt_usec >=
+                    (double) k->guest_major_fault_rate)
                         pressure = true;
         }
 
@@ -443,52 +444,52 @@ static void seed_event(PolicyVM *vm, PressureLevel level, PolicyReason reason, u
         vm_move(vm, base - step, reason, level, now);
 }
 
-/* Host pressure: every eligible guest is asked for its step scaled by how much it can spare
- * (relative to its size) and by its weight, normalised so the best donor gives a full step.
- * Guests showing pressure of their own are skipped, and taken from only at critical level when
- * nobody else had anything to give. */
-static bool last_victim(const PolicyVM *vm) {
-        return vm->guest_pressure;
+/* Who takes part in a host event's share, and in which pass: guests showing pressure of their
+ * own only in the second (last-victim) pass; guests without fresh stats only in the first. */
+static bool share_eligible(const PolicyVM *vm, const PolicyHost *host, PressureLevel level, bool last_pass, usec_t now) {
+        if (scope_handled(vm, host) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
+            vm_held_off(vm, level, now))
+                return false;
+        if (!stats_fresh(vm, now))
+                return !last_pass;
+        return vm->guest_pressure == last_pass;
 }
 
+/* How well a guest can spare memory: its spare above the floor as a share of its RAM, divided
+ * by its weight (a heavier guest is squeezed less). */
+static double share_score(const PolicyVM *vm) {
+        return (double) sub_sat(vm->new_target_bytes, vm->floor_bytes) / (double) vm->ram_bytes /
+               (double) MAX(vm->knobs->weight, 1U);
+}
+
+/* Host pressure: every eligible guest is asked for its step scaled by its score, normalised so
+ * that the best donor gives a full step and the others in proportion; nobody below its floor.
+ * Guests showing pressure of their own are the last victims: taken from only at critical
+ * level, and only when nobody else had anything to give. Guests without stats give a small
+ * blind step. */
 static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, usec_t now) {
         for (int pass = 0; pass < 2; pass++) {
+                bool last_pass = pass == 1;
                 double score_max = 0;
                 uint64_t taken = 0;
 
-                for (size_t i = 0; i < n_vms; i++) {
-                        PolicyVM *vm = vms + i;
-                        bool fresh = stats_fresh(vm, now);
-
-                        if (scope_handled(vm, host) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
-                            vm_held_off(vm, level, now) || !fresh || last_victim(vm) != (pass == 1))
-                                continue;
-                        double score = (double) sub_sat(vm->new_target_bytes, vm->floor_bytes) /
-                                       (double) vm->ram_bytes / (double) MAX(vm->knobs->weight, 1U);
-                        score_max = MAX(score_max, score);
-                }
+                for (size_t i = 0; i < n_vms; i++)
+                        if (share_eligible(vms + i, host, level, last_pass, now) && stats_fresh(vms + i, now))
+                                score_max = MAX(score_max, share_score(vms + i));
 
                 for (size_t i = 0; i < n_vms; i++) {
                         PolicyVM *vm = vms + i;
-                        bool fresh = stats_fresh(vm, now);
+                        uint64_t take;
 
-                        if (scope_handled(vm, host) || !vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
-                            vm_held_off(vm, level, now) || last_victim(vm) != (pass == 1))
+                        if (!share_eligible(vm, host, level, last_pass, now))
                                 continue;
-                        if (!fresh) {
-                                /* Blind: a small step, lighter for heavier weights. Never in the
-                                 * last-victim pass: we cannot tell whether it is the one in need. */
-                                if (pass == 0)
-                                        taken += vm_take(vm, vm_step(vm, level, false) * 100 /
-                                                                     MAX(100U, vm->knobs->weight),
-                                                         POLICY_REASON_HOST_PRESSURE, level, now);
+                        if (!stats_fresh(vm, now))
+                                /* Lighter for heavier weights, never heavier than a low step. */
+                                take = vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight);
+                        else if (score_max > 0)
+                                take = (uint64_t) ((double) vm_step(vm, level, true) * (share_score(vm) / score_max));
+                        else
                                 continue;
-                        }
-                        if (score_max <= 0)
-                                continue;
-                        double score = (double) sub_sat(vm->new_target_bytes, vm->floor_bytes) /
-                                       (double) vm->ram_bytes / (double) MAX(vm->knobs->weight, 1U);
-                        uint64_t take = (uint64_t) ((double) vm_step(vm, level, true) * (score / score_max));
                         taken += vm_take(vm, take, POLICY_REASON_HOST_PRESSURE, level, now);
                 }
 

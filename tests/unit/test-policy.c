@@ -363,6 +363,104 @@ static void test_self_deflate_hold_off(void **state) {
         assert_true(vm.new_target_bytes < vm.target_bytes);
 }
 
+/* A guest between two bursts looks idle; its floor remembers the burst for WorkingSetWindowSec=. */
+static void test_working_set_window(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t burst = 1000 * USEC_PER_SEC, now;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 4 * GIB);
+        vm_stats(&vm, burst, 1 * GIB);            /* the burst: 3 GiB used */
+        policy_decide(&host, &vm, 1, burst);
+
+        /* A minute later it uses 1 GiB, and the host is critical for 20 s. */
+        host.event = host.level = PRESSURE_CRITICAL;
+        now = burst + 60 * USEC_PER_SEC;
+        for (int i = 0; i < 20; i++) {
+                vm_stats(&vm, now, vm.actual_bytes - 1 * GIB);
+                policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+                vm_apply(&vm);
+        }
+        /* Never below the burst's 3 GiB plus the reserve (10 % of 4 GiB) ... */
+        assert_true(vm.target_bytes >= 3 * GIB + 4 * GIB / 10 - MIB);
+        assert_true(vm.target_bytes < 4 * GIB);
+
+        /* ... until the window has passed without another burst. */
+        now = burst + k.working_set_window_usec + USEC_PER_SEC;
+        for (int i = 0; i < 20; i++) {
+                vm_stats(&vm, now, vm.actual_bytes - 1 * GIB);
+                policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+                vm_apply(&vm);
+        }
+        assert_true(vm.target_bytes < 2 * GIB);
+        assert_true(vm.target_bytes >= 1 * GIB + 4 * GIB / 10 - MIB);
+}
+
+/* A host-pressure take on stale stats must not delay relief for a guest that turns out to be
+ * growing; a scope event during host pressure goes through the host-wide share. */
+static void test_relief_after_take(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm[2];
+        PolicyHost host = { .event = PRESSURE_LOW, .level = PRESSURE_LOW };
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        for (int i = 0; i < 2; i++) {
+                vm_init(&vm[i], &k, 8 * GIB);
+                vm[i].target_bytes = vm[i].actual_bytes = 5 * GIB;   /* squeezed in an earlier episode */
+                vm_stats(&vm[i], now, 3 * GIB);
+        }
+        policy_decide(&host, vm, 2, now);
+        for (int i = 0; i < 2; i++)
+                vm_apply(&vm[i]);
+
+        /* vm[1]'s scope stalls (it starts a burst): with the host under pressure too, that is
+         * no reason to take from it first; it is taken from like vm[0], by score. */
+        vm[1].scope_event = vm[1].scope_level = PRESSURE_CRITICAL;
+        policy_decide(&host, vm, 2, now += USEC_PER_SEC);
+        assert_int_equal(vm[1].reason, POLICY_REASON_HOST_PRESSURE);
+        assert_int_equal(vm[0].target_bytes - vm[0].new_target_bytes, vm[1].target_bytes - vm[1].new_target_bytes);
+        for (int i = 0; i < 2; i++)
+                vm_apply(&vm[i]);
+
+        /* The next sample shows the burst: 1 GiB more used in a second. Relief at once, twice
+         * the growth, although the last move (the take) was a second ago. */
+        vm[1].scope_event = PRESSURE_NONE;
+        vm_stats(&vm[0], now + USEC_PER_SEC, vm[0].actual_bytes - 2 * GIB);
+        vm_stats(&vm[1], now + USEC_PER_SEC, vm[1].actual_bytes - 2 * GIB - 1 * GIB);
+        host.event = PRESSURE_NONE;
+        uint64_t before = vm[1].target_bytes;
+        usec_t t = policy_decide(&host, vm, 2, now += USEC_PER_SEC);
+        assert_true(vm[1].guest_pressure);
+        assert_int_equal(vm[1].reason, POLICY_REASON_GUEST_PRESSURE);
+        assert_int_equal(vm[1].new_target_bytes, before + 2 * GIB);     /* twice its growth */
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);   /* host still at low */
+        assert_int_equal(t, now + k.recovery_interval_usec);
+}
+
+/* A scope event with the host quiet inflates that VM, once per guest-stats sample. */
+static void test_scope_once_per_sample(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 4 * GIB);
+        vm_stats(&vm, now, 3 * GIB);
+        vm.scope_event = vm.scope_level = PRESSURE_MEDIUM;
+        policy_decide(&host, &vm, 1, now);
+        assert_int_equal(vm.reason, POLICY_REASON_SCOPE_PRESSURE);
+        vm_apply(&vm);
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_int_equal(vm.new_target_bytes, vm.target_bytes);   /* same sample: wait */
+        vm_stats(&vm, now, vm.actual_bytes - 1 * GIB);
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_true(vm.new_target_bytes < vm.target_bytes);       /* new sample: next step */
+}
+
 /* Drives recovery with the returned timer as the daemon would (counting calls, not sleeping). */
 static void test_recovery(void **state) {
         PolicyKnobs k;
@@ -742,6 +840,9 @@ int main(void) {
                 cmocka_unit_test(test_no_stats_conservative),
                 cmocka_unit_test(test_scope_pressure_that_vm),
                 cmocka_unit_test(test_self_deflate_hold_off),
+                cmocka_unit_test(test_working_set_window),
+                cmocka_unit_test(test_relief_after_take),
+                cmocka_unit_test(test_scope_once_per_sample),
                 cmocka_unit_test(test_recovery),
                 cmocka_unit_test(test_random_properties),
                 cmocka_unit_test(test_idle_no_timer),
