@@ -263,14 +263,6 @@ static uint64_t escalation(const PolicyKnobs *k, unsigned consecutive) {
         return MIN(f, max);
 }
 
-uint64_t policy_vm_step_max(const PolicyVM *vm, PressureLevel level) {
-        if (!level_valid_event(level))
-                return 0;
-        if (vm->knobs->preset == POLICY_PRESET_SEED)
-                return vm->knobs->seed_step_bytes[level];
-        return permille_of(vm->ram_bytes, vm->knobs->step_permille[level]) * MAX(vm->knobs->step_escalation_max, 1U);
-}
-
 /* The step of one event for this VM, before it is shared out by spare memory and weight. */
 static uint64_t vm_step(const PolicyVM *vm, PressureLevel level, bool fresh) {
         const PolicyKnobs *k = vm->knobs;

@@ -109,7 +109,7 @@ typedef struct PolicyVMState {
         unsigned consecutive_events;      /* pressure events in a row without relief */
         bool relieved;                    /* a call saw no pressure since the last event */
         usec_t last_event_usec;           /* last host or scope event that concerned this VM */
-        usec_t last_move_usec;
+        usec_t last_move_usec;            /* last move, either way */
         usec_t last_grow_usec;            /* last move up: recovery and relief steps are spaced by it */
         usec_t hold_off_until_usec;       /* self-deflate hold-off */
         usec_t guest_pressure_usec;       /* last time the guest showed pressure of its own, 0 = never */
@@ -166,8 +166,10 @@ typedef struct PolicyVM {
 typedef struct PolicyHost {
         PressureLevel event;              /* a host trigger fired for this call (NONE: not a host event) */
         PressureLevel level;              /* current host level */
-        usec_t last_pressure_usec;        /* last host event, 0 = never; policy_decide() keeps it
-                                           * (scope events are remembered per VM, in its state) */
+        usec_t last_pressure_usec;        /* last pressure event, 0 = never: recovery waits
+                                           * RecoveryDelaySec= after it. policy_decide() sets it on
+                                           * host events; scope events also count per VM, in its
+                                           * state, so the caller need not add them here */
 } PolicyHost;
 
 /* Effective bounds of a VM after defaults: minimum <= maximum <= ram. */
@@ -178,9 +180,6 @@ uint64_t policy_vm_maximum(const PolicyVM *vm);
  * peak over WorkingSetWindowSec= if higher) + reserve, never below the minimum; without fresh
  * stats, the minimum. Exposed for the tests and the simulator. */
 uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now);
-/* The largest inflate step one event at this level may cause for this VM (escalation
- * included): the bound the property tests check. Seed preset: exactly its per-level size. */
-uint64_t policy_vm_step_max(const PolicyVM *vm, PressureLevel level);
 
 /* Decide new targets for all VMs at time now. Fills each vm->new_target_bytes and vm->reason
  * and updates vm->state (and host->last_pressure_usec on an event). Returns the monotonic time

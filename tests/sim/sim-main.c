@@ -20,7 +20,9 @@ static void help(void) {
                "  --no-self-deflate  guests without the guest patch\n"
                "  --spike-ramp SEC   rise (and fall) time of a spiky guest's bursts (default 15)\n"
                "  --set Knob=VALUE   a policy knob for the seed and default runs, as in the config\n"
-               "  --check            exit 1 unless default beats every baseline (see docs/simulation.md)\n");
+               "  --check            exit 1 unless default beats every baseline (see docs/simulation.md)\n"
+               "Environment: SIM_DEBUG=1 prints each guest OOM and per-run counters on stderr;\n"
+               "SIM_TRACE_VM=N prints every policy call as seen by VM N.\n");
 }
 
 static void print_row(const char *name, const SimResult *r) {

@@ -179,25 +179,17 @@ static double workload_demand(const SimVM *v, const SimConfig *cfg, double t) {
 /* Takes `bytes` out of the guest's free pages, spread over untouched, stale and swapped stale
  * in proportion. Returns the part that was swapped out on the host (it must come back in if
  * the guest writes it, or is simply dropped if the balloon takes it). */
-static double take_free(SimVM *v, double bytes, double *ret_untouched, double *ret_stale_resident) {
+static double take_free(SimVM *v, double bytes) {
         double free = vm_free(v);
-        if (free <= 0 || bytes <= 0) {
-                *ret_untouched = *ret_stale_resident = 0;
+        if (free <= 0 || bytes <= 0)
                 return 0;
-        }
         bytes = MIN(bytes, free);
-        double fu = v->untouched / free;
-        double u = bytes * fu, s = bytes - u;
-        double s_sw = v->stale > 0 ? s * (v->stale_sw / v->stale) : 0;
-        v->untouched -= u;
-        v->stale -= s;
-        v->stale_sw -= s_sw;
-        if (v->stale < 0) v->stale = 0;
-        if (v->stale_sw < 0) v->stale_sw = 0;
-        if (v->untouched < 0) v->untouched = 0;
-        *ret_untouched = u;
-        *ret_stale_resident = s - s_sw;
-        return s_sw;
+        double untouched = bytes * v->untouched / free, stale = bytes - untouched;
+        double stale_sw = v->stale > 0 ? stale * v->stale_sw / v->stale : 0;
+        v->untouched = MAX(0, v->untouched - untouched);
+        v->stale = MAX(0, v->stale - stale);
+        v->stale_sw = MAX(0, v->stale_sw - stale_sw);
+        return stale_sw;
 }
 
 /* Takes from the guest's cache (guest reclaim). Returns the swapped-out part. */
@@ -224,11 +216,9 @@ static void swap_in(Sim *s, SimVM *v, double bytes) {
 /* The guest's own allocation of `bytes` for its working set: free pages, then its cache, then
  * (guest patch) pages back from the balloon; what is left is an OOM kill. */
 static void guest_allocate(Sim *s, SimVM *v, double bytes) {
-        double u, sr;
-
         /* Free pages down to the watermark. */
         double from_free = MIN(bytes, MAX(0, vm_free(v) - vm_min_free(v)));
-        swap_in(s, v, take_free(v, from_free, &u, &sr));
+        swap_in(s, v, take_free(v, from_free));
         v->ws += from_free;
         bytes -= from_free;
         if (bytes <= 0)
@@ -263,7 +253,7 @@ static void guest_allocate(Sim *s, SimVM *v, double bytes) {
 
         /* Last resort: the last free pages below the watermark, then the OOM killer. */
         double last = MIN(bytes, vm_free(v));
-        swap_in(s, v, take_free(v, last, &u, &sr));
+        swap_in(s, v, take_free(v, last));
         v->ws += last;
         bytes -= last;
         if (bytes > 1 * MIB) {
@@ -317,8 +307,7 @@ static void guest_tick(Sim *s, SimVM *v) {
                 double miss = v->io_bytes_per_sec * TICK_SEC * (1 - v->cache / v->cache_cap);
                 double room = MAX(0, vm_free(v) - vm_min_free(v));
                 double add = MIN(miss, room);
-                double u, sr;
-                swap_in(s, v, take_free(v, add, &u, &sr));
+                swap_in(s, v, take_free(v, add));
                 v->cache += add;
                 v->major_faults += (uint64_t) (miss / 4096);
         }
@@ -337,11 +326,10 @@ static void balloon_tick(Sim *s, SimVM *v) {
                 v->untouched += d;
         } else if (v->target < v->actual) {
                 double want = MIN(step, v->actual - v->target);
-                double u, sr;
                 double from_free = MIN(want, MAX(0, vm_free(v) - vm_min_free(v)));
-                double sw = take_free(v, from_free, &u, &sr);
+                double sw = take_free(v, from_free);
                 s->host.swapped -= sw;          /* freed while swapped out: no I/O */
-                double from_cache = MIN(want - from_free, MAX(0, v->cache - 0));
+                double from_cache = MIN(want - from_free, v->cache);
                 sw = take_cache(v, from_cache);
                 s->host.swapped -= sw;
                 v->actual -= from_free + from_cache;
@@ -902,8 +890,11 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 uint64_t oom[_WORKLOAD_MAX] = {};
                 for (size_t i = 0; i < s.n; i++)
                         oom[s.vms[i].workload] += s.vms[i].oom_kills;
-                fprintf(stderr, "%s OOMs: idle %" PRIu64 " steady %" PRIu64 " spiky %" PRIu64 " growing %" PRIu64 "\n",
-                        controller_to_string(cfg->controller), oom[0], oom[1], oom[2], oom[3]);
+                fprintf(stderr, "%s OOMs: idle %" PRIu64 " steady %" PRIu64 " spiky %" PRIu64 " growing %" PRIu64
+                        "; policy calls %" PRIu64 " (stats %" PRIu64 ", timer %" PRIu64 "); self-deflated %.1f GiB; "
+                        "swap full %.0f s\n",
+                        controller_to_string(cfg->controller), oom[0], oom[1], oom[2], oom[3], res->policy_calls,
+                        res->stats_calls, res->timer_wakeups, res->self_deflate_bytes / GIB, res->host_swap_full_sec);
         }
 
         if (s.csv)
