@@ -106,13 +106,17 @@ static int polkit_parse_reply(sd_bus_message *reply, char **ret_detail) {
         return challenge ? -EBADR : 0;
 }
 
-static int deny(sd_bus_message *m, const char *action, int result, const char *detail, sd_bus_error *error) {
+/* interactive: polkit was allowed to ask the user */
+static int deny(sd_bus_message *m, const char *action, bool interactive, int result, const char *detail,
+                sd_bus_error *error) {
         /* "Set" alone would not say what was refused */
         const char *member = streq_ptr(sd_bus_message_get_member(m), "Set") ? "Setting a property" :
                 sd_bus_message_get_member(m);
 
         if (result == -EBADR)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
+                                         interactive ?
+                                         "%s needs authentication for %s, and no polkit agent asked for it." :
                                          "%s needs interactive authorization for %s.", member, action);
         if (result < 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
@@ -138,9 +142,9 @@ int auth_check_sync(sd_bus_message *m, const char *action, sd_bus_error *error) 
                 return sd_bus_error_set_errno(error, r);
         r = sd_bus_call(sd_bus_message_get_bus(m), call, POLKIT_SYNC_TIMEOUT_USEC, &e, &reply);
         if (r < 0)
-                return deny(m, action, r, e.message, error);
+                return deny(m, action, false, r, e.message, error);
         r = polkit_parse_reply(reply, NULL);
-        return r > 0 ? 1 : deny(m, action, r, NULL, error);
+        return r > 0 ? 1 : deny(m, action, false, r, NULL, error);
 }
 
 static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
@@ -178,7 +182,8 @@ int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, 
                 if (q->slot)
                         return 0;  /* still waiting */
                 *qq = q->next;
-                r = q->result > 0 ? 1 : deny(m, action, q->result, q->detail, error);
+                r = q->result > 0 ? 1 : deny(m, action, sd_bus_message_get_allow_interactive_authorization(m) > 0,
+                                             q->result, q->detail, error);
                 auth_query_free(q);
                 return r;
         }
@@ -200,7 +205,7 @@ int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, 
         if (r < 0) {
                 /* no polkit to ask at all: a plain refusal */
                 free(q);
-                return deny(m, action, r, NULL, error);
+                return deny(m, action, false, r, NULL, error);
         }
         q->request = sd_bus_message_ref(m);
         q->next = (*reg)->queries;

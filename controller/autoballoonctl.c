@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <libsmartcols/libsmartcols.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
@@ -26,6 +27,9 @@
 #define EXIT_USAGE 2
 #define EXIT_NO_SUCH_MACHINE 4
 
+/* as systemctl: a person at a terminal may authenticate to polkit through this agent */
+#define POLKIT_AGENT_PATH "/usr/bin/pkttyagent"
+
 /* top: changes closer together than this are drawn once */
 #define TOP_REDRAW_DELAY_USEC (100 * USEC_PER_MSEC)
 
@@ -40,10 +44,12 @@ static bool arg_no_pager = false;
 static bool arg_legend = true;
 static bool arg_runtime = false;
 static bool arg_value = false;
+static bool arg_ask_password = true;
 static char **arg_properties = NULL;   /* -p, NULL-terminated */
 static size_t arg_n_properties = 0;
 
 static pid_t pager_pid = 0;
+static pid_t agent_pid = 0;
 
 /* --- small helpers --------------------------------------------------------------------- */
 
@@ -126,6 +132,49 @@ static void pager_close(void) {
         fclose(stdout);
         (void) waitpid(pager_pid, NULL, 0);
         pager_pid = 0;
+}
+
+/* --- polkit agent ---------------------------------------------------------------------------- */
+
+/* For the verbs that change something, when not root and at a terminal: start pkttyagent,
+ * wait until it has registered (it closes the notify fd), and let the daemon ask polkit to
+ * authenticate us interactively. Failing to start it just means no prompt. */
+static void polkit_agent_open(sd_bus *bus) {
+        char notify_fd[16];
+        int fds[2];
+
+        if (!arg_ask_password || geteuid() == 0 || !isatty(STDIN_FILENO) || access(POLKIT_AGENT_PATH, X_OK) < 0)
+                return;
+        if (pipe2(fds, O_CLOEXEC) < 0)
+                return;
+        agent_pid = fork();
+        if (agent_pid < 0) {
+                agent_pid = 0;
+                close(fds[0]);
+                close(fds[1]);
+                return;
+        }
+        if (agent_pid == 0) {
+                /* the write end must survive exec: dup it without O_CLOEXEC */
+                int fd = dup(fds[1]);
+                if (fd < 0)
+                        _exit(EXIT_FAILURE);
+                snprintf(notify_fd, sizeof notify_fd, "%d", fd);
+                execl(POLKIT_AGENT_PATH, POLKIT_AGENT_PATH, "--notify-fd", notify_fd, "--fallback", (char *) NULL);
+                _exit(EXIT_FAILURE);
+        }
+        close(fds[1]);
+        (void) poll(&(struct pollfd) { .fd = fds[0], .events = POLLHUP }, 1, -1);
+        close(fds[0]);
+        (void) sd_bus_set_allow_interactive_authorization(bus, true);
+}
+
+static void polkit_agent_close(void) {
+        if (agent_pid <= 0)
+                return;
+        (void) kill(agent_pid, SIGTERM);
+        (void) waitpid(agent_pid, NULL, 0);
+        agent_pid = 0;
 }
 
 /* --- reading the daemon's objects --------------------------------------------------------- */
@@ -872,14 +921,16 @@ static void help(void) {
                "     --json[=pretty|short]    Print list, status and show as JSON\n"
                "  -p --property=NAME          show: only this property (may be repeated, or NAME,NAME)\n"
                "     --value                  show: print values only, without NAME=\n"
-               "     --runtime                set-property, set-default: until autoballoond restarts\n\n"
+               "     --runtime                set-property, set-default: until autoballoond restarts\n"
+               "     --no-ask-password        Do not ask for a password when polkit wants one\n\n"
                "Values take the configuration file's syntax: sizes 512M or 2G (base 1024), shares\n"
                "12.5%%, durations 30s, booleans yes/no. See autoballoonctl(1) and autoballoond.conf(5).\n",
                program_invocation_short_name);
 }
 
 static int parse_argv(int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_NO_PAGER, ARG_NO_LEGEND, ARG_JSON, ARG_VALUE, ARG_RUNTIME };
+        enum { ARG_VERSION = 0x100, ARG_NO_PAGER, ARG_NO_LEGEND, ARG_JSON, ARG_VALUE, ARG_RUNTIME,
+               ARG_NO_ASK_PASSWORD };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -889,6 +940,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "property", required_argument, NULL, 'p' },
                 { "value", no_argument, NULL, ARG_VALUE },
                 { "runtime", no_argument, NULL, ARG_RUNTIME },
+                { "no-ask-password", no_argument, NULL, ARG_NO_ASK_PASSWORD },
                 {}
         };
         int c;
@@ -936,6 +988,9 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_RUNTIME:
                         arg_runtime = true;
                         break;
+                case ARG_NO_ASK_PASSWORD:
+                        arg_ask_password = false;
+                        break;
                 default:
                         return -EINVAL;
                 }
@@ -945,18 +1000,19 @@ static int parse_argv(int argc, char *argv[]) {
 typedef struct Verb {
         const char *name;
         int min_args, max_args;    /* after the verb; -1: any number */
+        bool changes;              /* needs authorization: start a polkit agent */
         int (*run)(sd_bus *bus, char **args);
 } Verb;
 
 static const Verb verbs[] = {
-        { "list", 0, 0, verb_list },
-        { "status", 0, -1, verb_status },
-        { "show", 0, 1, verb_show },
-        { "set-property", 2, -1, verb_set_property },
-        { "set-default", 1, -1, verb_set_default },
-        { "resize", 2, 2, verb_resize },
-        { "top", 0, 0, verb_top },
-        { "reload", 0, 0, verb_reload },
+        { "list", 0, 0, false, verb_list },
+        { "status", 0, -1, false, verb_status },
+        { "show", 0, 1, false, verb_show },
+        { "set-property", 2, -1, true, verb_set_property },
+        { "set-default", 1, -1, true, verb_set_default },
+        { "resize", 2, 2, true, verb_resize },
+        { "top", 0, 0, false, verb_top },
+        { "reload", 0, 0, true, verb_reload },
 };
 
 int main(int argc, char *argv[]) {
@@ -996,8 +1052,11 @@ int main(int argc, char *argv[]) {
                 r = EXIT_FAILURE;
                 goto finish;
         }
+        if (verb->changes)
+                polkit_agent_open(bus);
         r = verb->run(bus, optind < argc ? argv + optind + 1 : argv + argc);
 finish:
+        polkit_agent_close();
         pager_close();
         strv_free(arg_properties);
         return r;

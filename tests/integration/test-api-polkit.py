@@ -2,7 +2,8 @@
 """Authorization through a real polkitd on the private bus: a user a polkit rule grants
 org.autoballoon1.manage may write (methods, asked asynchronously, and set-property, asked
 synchronously); a user a rule refuses gets AccessDenied; a user who would have to authenticate
-gets InteractiveAuthorizationRequired (there is no agent); nothing changes for either.
+gets InteractiveAuthorizationRequired (there is no agent); nothing changes for either;
+autoballoonctl at a terminal starts a polkit agent and does not hang when it cannot register.
 polkitd runs in the namespace with our action and a test rule bind-mounted over its
 directories (the host's are not touched); the callers run in the namespace too, so that
 polkit can see their processes."""
@@ -83,7 +84,9 @@ def test(env):
 
     # refused by the rule: AccessDenied; not handled (auth_admin, no agent): interaction needed
     since = time.monotonic()
-    for uid, want in ((DAEMON, "Access denied"), (BIN, "interactive authorization")):
+    # (busctl shows AccessDenied as "Access denied" only; InteractiveAuthorizationRequired with
+    # the daemon's message, which names the action)
+    for uid, want in ((DAEMON, "Access denied"), (BIN, "org.autoballoon1.manage")):
         for r in (set_weight(uid, 7), set_weight(uid, 7, "false"), set_prop(uid, 7),
                   busctl_as(env, uid, "--allow-interactive-authorization=no", "call", AB, AB_PATH, AB_MANAGER, "Reload")):
             check(r.returncode != 0 and want in r.stderr, "uid %d: expected '%s', got: %s" % (uid, want, r.stderr))
@@ -91,6 +94,19 @@ def test(env):
     check(not os.path.exists(env.file("machines.d/vm1.conf")), "a refused caller wrote a drop-in")
     env.pump(0.2)
     check(not env.properties_changed(path, "Weight", since=since), "a refused call was announced")
+
+    # autoballoonctl at a terminal, not root: pkttyagent is started (it cannot register here,
+    # without logind), the call is refused, and nothing hangs
+    ctl = os.path.join(abtest.BUILDDIR, "controller/autoballoonctl")
+    r = subprocess.run(["nsenter", "-t", str(env.pid1), "-p", "-m", "-u", "--", "script", "-qec",
+                        "setpriv --reuid=%d --regid=%d --clear-groups %s set-property vm1 Weight=5" % (BIN, BIN, ctl),
+                        "/dev/null"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    log("autoballoonctl on a tty as uid %d: %d %s" % (BIN, r.returncode, r.stdout.strip()))
+    check(r.returncode == 1 and "org.autoballoon1.manage" in r.stdout, "autoballoonctl on a tty: %r" % r.stdout)
+    r = subprocess.run(["nsenter", "-t", str(env.pid1), "-p", "-m", "-u", "--", "script", "-qec",
+                        "setpriv --reuid=%d --regid=%d --clear-groups %s set-property vm1 Weight=6" % (NOBODY, NOBODY, ctl),
+                        "/dev/null"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    check(r.returncode == 0 and env.ab_get(path, "Weight") == 6, "autoballoonctl as a granted user: %r" % r.stdout)
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
 
 
