@@ -239,15 +239,26 @@ static bool stats_fresh(const PolicyVM *vm, usec_t now) {
         return vm->stats.updated_usec >= now || now - vm->stats.updated_usec <= vm->knobs->stats_max_age_usec;
 }
 
+/* What the guest uses itself: actual - available, whether or not the driver negotiated
+ * deflate-on-oom (with it, balloon pages stay in MemTotal but are not available). The sample
+ * may be older than actual: after an inflate, actual has dropped but the old sample's
+ * available has not, which would make the guest look smaller by exactly what we took. So take
+ * actual as it was at the sample, or now if larger (a deflate since: an overestimate, safe). */
+static uint64_t guest_used(const PolicyVM *vm) {
+        uint64_t actual = vm->actual_bytes;
+
+        if (vm->state.last_stats_usec == vm->stats.updated_usec && vm->state.last_stats_usec != 0)
+                actual = MAX(actual, vm->state.stats_actual_bytes);
+        return sub_sat(actual, vm->stats.available_bytes);
+}
+
 uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
         uint64_t min = policy_vm_minimum(vm), max = policy_vm_maximum(vm);
 
         if (!stats_fresh(vm, now))
                 return min;
 
-        /* actual - available is what the guest uses itself whether or not the driver negotiated
-         * deflate-on-oom (with it, balloon pages stay in MemTotal but are not available). */
-        uint64_t used = sub_sat(vm->actual_bytes, vm->stats.available_bytes);
+        uint64_t used = guest_used(vm);
         /* A spiky guest between two spikes looks idle; its working set is what it used lately. */
         if (vm->state.used_peak_usec != 0 && now - vm->state.used_peak_usec <= vm->knobs->working_set_window_usec)
                 used = MAX(used, vm->state.used_peak_bytes);
@@ -289,7 +300,9 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         if (!stats_fresh(vm, now))
                 return;
 
-        uint64_t used = sub_sat(vm->actual_bytes, s->available_bytes);
+        if (s->updated_usec != st->last_stats_usec)
+                st->stats_actual_bytes = vm->actual_bytes;   /* a new sample: actual as of now */
+        uint64_t used = guest_used(vm);
         bool pressure = s->available_bytes < vm_reserve(vm) / RESERVE_LOW_DIVISOR &&
                         vm->actual_bytes < policy_vm_maximum(vm);
 

@@ -115,6 +115,7 @@ typedef struct PolicyVMState {
         usec_t guest_pressure_usec;       /* last time the guest showed pressure of its own, 0 = never */
         uint64_t last_actual_bytes;       /* previous actual, to tell a self-deflate from our inflate */
         usec_t last_stats_usec;           /* updated_usec of the previous guest-stats sample */
+        uint64_t stats_actual_bytes;      /* actual when that sample was first seen */
         uint64_t last_used_bytes;         /* actual - available at the previous guest-stats sample:
                                            * the guest's own use, net of our balloon moves */
         uint64_t last_major_faults;

@@ -440,6 +440,27 @@ static void test_relief_after_take(void **state) {
         assert_int_equal(t, now + k.recovery_interval_usec);
 }
 
+/* Several events between two guest-stats samples: the old sample's "available" predates our
+ * own inflation, and must not make the guest look smaller by what we just took. */
+static void test_stale_sample_after_inflate(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        k.working_set_window_usec = 0;            /* the peak would hide it: current use only */
+        vm_init(&vm, &k, 4 * GIB);
+        vm_stats(&vm, now, 1536 * MIB);           /* 2.5 GiB used */
+        host.event = host.level = PRESSURE_CRITICAL;
+        for (int i = 0; i < 10; i++) {
+                policy_decide(&host, &vm, 1, now += USEC_PER_SEC);   /* no new sample */
+                vm_apply(&vm);
+                assert_true(vm.target_bytes >= 2560 * MIB + 4 * GIB / 10);
+        }
+        assert_true(vm.target_bytes < 3 * GIB);   /* it did take what was there */
+}
+
 /* A scope event with the host quiet inflates that VM, once per guest-stats sample. */
 static void test_scope_once_per_sample(void **state) {
         PolicyKnobs k;
@@ -843,6 +864,7 @@ int main(void) {
                 cmocka_unit_test(test_working_set_window),
                 cmocka_unit_test(test_relief_after_take),
                 cmocka_unit_test(test_scope_once_per_sample),
+                cmocka_unit_test(test_stale_sample_after_inflate),
                 cmocka_unit_test(test_recovery),
                 cmocka_unit_test(test_random_properties),
                 cmocka_unit_test(test_idle_no_timer),
