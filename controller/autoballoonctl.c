@@ -650,14 +650,11 @@ static int verb_show(sd_bus *bus, char **args) {
                         json_object_put(jv);
                         break;
                 }
-                if (!property_wanted(name))
-                        json_object_put(jv);
-                else if (obj)
-                        json_object_object_add(obj, name, jv);
-                else if (arg_value)
-                        printf("%s\n", value);
-                else
-                        printf("%s=%s\n", name, value);
+                if (obj && property_wanted(name))
+                        json_object_object_add(obj, name, TAKE_PTR(jv));
+                else if (!obj && property_wanted(name))
+                        printf("%s%s%s\n", arg_value ? "" : name, arg_value ? "" : "=", value);
+                json_object_put(jv);
         }
         if (r < 0) {
                 json_object_put(obj);
