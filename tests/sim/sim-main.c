@@ -19,6 +19,7 @@ static void help(void) {
                "  --no-scope         no per-VM scope events for the default policy\n"
                "  --no-self-deflate  guests without the guest patch\n"
                "  --spike-ramp SEC   rise (and fall) time of a spiky guest's bursts (default 15)\n"
+               "  --scope-limit PCT  some idle and steady VMs' scopes have memory.high at PCT %% of RAM\n"
                "  --set Knob=VALUE   a policy knob for the seed and default runs, as in the config\n"
                "  --check            exit 1 unless default beats every baseline (see docs/simulation.md)\n"
                "Environment: SIM_DEBUG=1 prints each guest OOM and per-run counters on stderr;\n"
@@ -52,6 +53,7 @@ int main(int argc, char **argv) {
                 { "header", no_argument, NULL, 'H' },
                 { "set", required_argument, NULL, 'K' },
                 { "spike-ramp", required_argument, NULL, 'R' },
+                { "scope-limit", required_argument, NULL, 'L' },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
@@ -105,6 +107,9 @@ int main(int argc, char **argv) {
                         break;
                 case 'R':
                         cfg.spike_ramp_sec = strtod(optarg, NULL);
+                        break;
+                case 'L':
+                        cfg.scope_limit_percent = (unsigned) strtoul(optarg, NULL, 10);
                         break;
                 case 'K': {
                         int r = sim_knob_set(&knobs, optarg);

@@ -93,7 +93,8 @@ typedef struct SimVM {
         /* guest-visible counters (virtio-balloon stats) */
         uint64_t major_faults, alloc_stalls, direct_scan, oom_kills;
         /* per window */
-        double swapin_window, scope_stall;
+        double swapin_window, scope_stall;  /* bytes this VM's tasks waited on in the window */
+        double limit;                        /* its scope's memory.high, bytes resident; 0 = none */
         PressureLevel scope_level;
         /* controller side */
         PolicyVM pvm;
@@ -352,6 +353,22 @@ static void host_tick(Sim *s) {
                 v->ws_sw -= in_hot;
                 v->cache_sw -= in_warm;
                 swap_in(s, v, in_hot + in_warm);
+
+                /* A scope with memory.high: the kernel reclaims that VM alone, coldest first,
+                 * and its tasks are throttled while it does (that is its scope's pressure). */
+                double over = v->limit > 0 ? vm_footprint(v) - vm_swapped(v) - v->limit : 0;
+                if (over > 0) {
+                        double *part[3] = { &v->stale, &v->cache, &v->ws }, *sw[3] = { &v->stale_sw, &v->cache_sw, &v->ws_sw };
+                        for (int p = 0; p < 3 && over > 0; p++) {
+                                double e = MIN(over, *part[p] - *sw[p]);
+                                *sw[p] += e;
+                                over -= e;
+                                h->swapped += e;
+                                h->traffic_tick += e;
+                                v->swapin_window += e;
+                                s->res->swap_out_bytes += e;
+                        }
+                }
                 resident += vm_footprint(v) - vm_swapped(v);
         }
 
@@ -677,6 +694,11 @@ static void sim_setup(Sim *s, const SimConfig *cfg, SimResult *res) {
                 }
                 vm_setup(s->vms + i, w, ram, &rng, cfg);
                 total_ram += ram;
+                /* If asked, every tenth idle or steady VM (the idle one of four) gets a scope limit:
+                 * below what its guest has touched, above its working set. */
+                if (cfg->scope_limit_percent > 0 && (w == WORKLOAD_IDLE || w == WORKLOAD_STEADY) &&
+                    (s->n <= 4 || i % 10 < 2))
+                        s->vms[i].limit = ram * cfg->scope_limit_percent / 100;
 
                 SimVM *v = s->vms + i;
                 if (cfg->knobs)

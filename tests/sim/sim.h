@@ -40,6 +40,9 @@ typedef struct SimConfig {
         bool scope_events;             /* per-VM scope PSI triggers (default controller) */
         bool guest_self_deflate;       /* guests run the autoballoon guest patch */
         double spike_ramp_sec;         /* how fast a spiky guest's working set rises and falls */
+        unsigned scope_limit_percent;  /* some idle and steady VMs' scopes get memory.high at this
+                                        * share of their RAM (0: none): scope pressure the balloon
+                                        * can relieve */
         const char *csv_path;          /* NULL: no CSV */
         const PolicyKnobs *knobs;      /* policy knobs for seed/default; NULL: the defaults */
 } SimConfig;
