@@ -315,6 +315,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
                 if (counter_grew(s->alloc_stalls, st->last_alloc_stalls) ||
                     counter_grew(s->oom_kills, st->last_oom_kills) ||
                     counter_grew(s->direct_scan, st->last_direct_scan) ||
+                    counter_grew(s->direct_reclaim, st->last_direct_reclaim) ||
                     counter_grew(s->swap_in_bytes, st->last_swap_in_bytes))
                         pressure = true;
                 if (counter_grew(s->major_faults, st->last_major_faults) &&
@@ -338,6 +339,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
                 st->last_oom_kills = s->oom_kills;
                 st->last_alloc_stalls = s->alloc_stalls;
                 st->last_direct_scan = s->direct_scan;
+                st->last_direct_reclaim = s->direct_reclaim;
         }
 
         if (pressure)

@@ -123,6 +123,7 @@ typedef struct PolicyVMState {
         uint64_t last_oom_kills;
         uint64_t last_alloc_stalls;
         uint64_t last_direct_scan;
+        uint64_t last_direct_reclaim;
         uint64_t used_growth_bytes;       /* growth of the guest's use between its last two samples */
         usec_t scope_take_stats_usec;     /* last_stats_usec when a scope event last inflated it */
         uint64_t used_peak_bytes;         /* highest actual - available seen ... */

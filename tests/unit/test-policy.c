@@ -265,6 +265,41 @@ static void test_working_set_and_victims(void **state) {
         assert_true(vm[2].new_target_bytes >= vm[2].floor_bytes);
 }
 
+/* The guest's own signals (Linux 6.12 counters, refaults, swap-in) make it a last victim. */
+static void test_guest_counters(void **state) {
+        static const size_t offsets[] = {
+                offsetof(GuestStats, alloc_stalls), offsetof(GuestStats, direct_scan),
+                offsetof(GuestStats, direct_reclaim), offsetof(GuestStats, oom_kills),
+                offsetof(GuestStats, swap_in_bytes), offsetof(GuestStats, major_faults),
+        };
+        PolicyKnobs k;
+
+        policy_knobs_init_default(&k);
+        for (size_t c = 0; c < ELEMENTSOF(offsets); c++) {
+                PolicyVM vm[2];
+                PolicyHost host = {};
+                usec_t now = 1000 * USEC_PER_SEC;
+
+                for (int i = 0; i < 2; i++) {
+                        vm_init(&vm[i], &k, 4 * GIB);
+                        vm_stats(&vm[i], now, 3 * GIB);
+                        *(uint64_t *) ((char *) &vm[i].stats + offsets[c]) = 100;
+                }
+                policy_decide(&host, vm, 2, now);
+                for (int i = 0; i < 2; i++)
+                        vm_stats(&vm[i], now + 2 * USEC_PER_SEC, 3 * GIB);
+                /* +1 of a count, +1 byte of swap-in; faults: 5000 in 2 s, over the 500/s rate */
+                *(uint64_t *) ((char *) &vm[1].stats + offsets[c]) = c == 5 ? 100 + 5000 : 101;
+
+                host.event = host.level = PRESSURE_MEDIUM;
+                policy_decide(&host, vm, 2, now + 2 * USEC_PER_SEC);
+                assert_false(vm[0].guest_pressure);
+                assert_true(vm[1].guest_pressure);
+                assert_true(vm[0].new_target_bytes < vm[0].target_bytes);
+                assert_int_equal(vm[1].new_target_bytes, vm[1].target_bytes);
+        }
+}
+
 static void test_no_stats_conservative(void **state) {
         PolicyKnobs k;
         PolicyVM vm;
@@ -634,6 +669,7 @@ static void random_stats(PolicyVM *vm, usec_t now) {
                 counter_step(&s->oom_kills, 2);
                 counter_step(&s->alloc_stalls, 100);
                 counter_step(&s->direct_scan, 10000);
+                counter_step(&s->direct_reclaim, 10000);
         }
 }
 
@@ -858,6 +894,7 @@ int main(void) {
                 cmocka_unit_test(test_seed_exact_steps),
                 cmocka_unit_test(test_default_scales_and_escalates),
                 cmocka_unit_test(test_working_set_and_victims),
+                cmocka_unit_test(test_guest_counters),
                 cmocka_unit_test(test_no_stats_conservative),
                 cmocka_unit_test(test_scope_pressure_that_vm),
                 cmocka_unit_test(test_self_deflate_hold_off),
