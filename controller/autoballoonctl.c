@@ -595,6 +595,35 @@ static int format_value(sd_bus_message *m, const char *contents, char **ret, jso
                         json_object_object_add(*ret_json, "level", json_object_new_string(level));
                         json_object_object_add(*ret_json, "before_bytes", json_object_new_uint64(before));
                         json_object_object_add(*ret_json, "after_bytes", json_object_new_uint64(after));
+                } else if (streq(contents, "a(sstt)")) {
+                        /* PressureTriggers: "low some 100000 1000000, medium ..." */
+                        const char *level, *kind;
+                        uint64_t stall, window;
+                        char *buf = NULL;
+                        size_t len = 0;
+                        FILE *f = open_memstream(&buf, &len);
+                        if (!f)
+                                return -ENOMEM;
+                        *ret_json = json_object_new_array();
+                        r = sd_bus_message_enter_container(m, 'a', "(sstt)");
+                        while (r >= 0 && (r = sd_bus_message_read(m, "(sstt)", &level, &kind, &stall, &window)) > 0) {
+                                json_object *o = json_object_new_object();
+                                fprintf(f, "%s%s %s %" PRIu64 " %" PRIu64, ftell(f) > 0 ? ", " : "", level, kind,
+                                        stall, window);
+                                json_object_object_add(o, "level", json_object_new_string(level));
+                                json_object_object_add(o, "type", json_object_new_string(kind));
+                                json_object_object_add(o, "stall_usec", json_object_new_uint64(stall));
+                                json_object_object_add(o, "window_usec", json_object_new_uint64(window));
+                                json_object_array_add(*ret_json, o);
+                        }
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(m);
+                        fclose(f);
+                        *ret = buf;
+                        if (r < 0) {
+                                json_object_put(*ret_json);
+                                *ret_json = NULL;
+                        }
                 } else {
                         r = sd_bus_message_skip(m, contents);
                         *ret = strdup("[unprintable]");

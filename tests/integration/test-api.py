@@ -137,6 +137,11 @@ def test(env):
     check_introspection(env, AB_PATH, AB_MANAGER, "org.autoballoon1.Manager.xml")
     check_introspection(env, p1, AB_MACHINE, "org.autoballoon1.Machine.xml")
 
+    # the triggers as armed (the config's, here already multiples of 2 s)
+    triggers = env.ab_get(AB_PATH, "PressureTriggers", AB_MANAGER)
+    check(triggers == [("low", "some", 100000, 2000000), ("medium", "some", 200000, 2000000),
+                       ("critical", "full", 200000, 2000000)], "PressureTriggers: %r" % (triggers,))
+
     # 2. busctl introspect / get-property / set-property / call
     out = busctl_ok(env, "introspect", AB, p1, AB_MACHINE)
     check(any(l.startswith(".Weight") and "writable" in l for l in out.splitlines()),

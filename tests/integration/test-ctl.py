@@ -78,7 +78,13 @@ def test(env):
     check(ctl(env, "show", "vm1", "-p", "Weight", "--value").stdout == "100\n", "show --value")
     doc = json.loads(ctl(env, "show", "vm1", "--json", "-p", "Name,Weight,Enabled,LastMove").stdout)
     check(doc == {"Name": "vm1", "Weight": 100, "Enabled": True, "LastMove": None}, "show --json: %r" % doc)
-    check(any(l.startswith("Version=") for l in ctl(env, "show").stdout.splitlines()), "show (manager)")
+    out = ctl(env, "show").stdout.splitlines()
+    check(any(l.startswith("Version=") for l in out), "show (manager)")
+    check("PressureTriggers=low some 100000 2000000, medium some 200000 2000000, critical full 200000 2000000"
+          in out, "show: PressureTriggers")
+    doc = json.loads(ctl(env, "show", "--json=short", "-p", "PressureTriggers").stdout)
+    check(doc["PressureTriggers"][2] == {"level": "critical", "type": "full", "stall_usec": 200000,
+                                         "window_usec": 2000000}, "show --json PressureTriggers: %r" % doc)
 
     # set-property in the config file's syntax; persistent by default, --runtime in /run
     ctl(env, "set-property", "vm1", "Weight=200", "MaximumMemory=384M", "LowStep=2.5%", "RecoveryDelaySec=1min")
