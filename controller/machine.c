@@ -175,7 +175,6 @@ void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t kn
                 else if (knobs->enabled && machine->state == MACHINE_UNMANAGED)
                         machine_set_state(machine, MACHINE_MANAGED, NULL);
         }
-        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
 }
 
 /* --- balloon callbacks ------------------------------------------------------------------ */

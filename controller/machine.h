@@ -66,7 +66,8 @@ uint64_t machine_maximum(const Machine *machine);
 uint64_t machine_minimum(const Machine *machine);
 
 /* New knobs (set-property, a reload, new defaults): PropertiesChanged for those that changed,
- * Enabled= moves the machine between managed and unmanaged, and the policy runs again.
+ * Enabled= moves the machine between managed and unmanaged. The caller runs the policy
+ * afterwards, once for all the machines it changed.
  * knobs_set: bit i, policy_knobs[i] comes from a drop-in or set-property, not the defaults. */
 void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t knobs_set);
 /* ResizeMachine(): move the balloon to target_bytes by hand. The policy carries on from there

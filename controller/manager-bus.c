@@ -149,7 +149,7 @@ static int save_knobs(const char *path, const char *runtime_path, const char *se
                 r = config_dropin_save_knobs(runtime_path, section, NULL, mask);
                 if (r < 0)
                         log_warning_errno(r, "Failed to remove the same settings from %s, which overrides %s "
-                                          "until the next boot: %m", runtime_path, path);
+                                          "until the daemon restarts: %m", runtime_path, path);
         }
         return 0;
 }
@@ -176,6 +176,7 @@ static int machine_set_knobs(sd_bus_message *message, Machine *machine, const Po
         log_info("Machine %s: %s set by %s%s.", machine->name, strempty(what),
                  strempty(sd_bus_message_get_sender(message)), runtime ? " (runtime)" : "");
         machine_apply_knobs(machine, knobs, machine->config.knobs_set | mask);
+        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
         return 0;
 }
 

@@ -325,6 +325,7 @@ void manager_apply_defaults(Manager *m, const PolicyKnobs *defaults) {
                 }
                 machine_apply_knobs(machine, &k, machine->config.knobs_set);
         }
+        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
 }
 
 static void swap_str(char **a, char **b) {
@@ -383,6 +384,7 @@ int manager_reload(Manager *m) {
         }
         log_info("Reloaded %s%s.", m->config_path, c.n_errors ? " with errors: see above" : "");
         config_done(&c);
+        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
         return 0;
 }
 
