@@ -605,7 +605,7 @@ static void test_recovery(void **state) {
 
 #define N_KNOB_SETS 4
 #define VMS_MAX 8
-#define TRAJECTORIES 30000
+#define TRAJECTORIES 100000
 #define CALLS_PER_TRAJECTORY 4
 #define IDLE_CASES 100000
 
