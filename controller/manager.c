@@ -107,7 +107,7 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                 machine->policy_state = vms[i].state;
                 if (vms[i].controllable && vms[i].new_target_bytes != machine->target_bytes)
                         (void) machine_move(machine, vms[i].new_target_bytes, vms[i].reason,
-                                            machine == scope_machine && scope_event ? scope_event : m->host_level);
+                                            vms[i].reason_level);
         }
         m->in_policy = false;
 
