@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -45,7 +46,6 @@ struct Conn {
         json_tokener *tok;
         bool negotiated;
         unsigned n_commands;    /* on this connection, for --fake-garbage-after */
-        bool closing;           /* close once the output is flushed (after quit) */
         char *out;
         size_t out_size, out_allocated;
 };
@@ -157,7 +157,7 @@ static void conn_flush(Conn *c) {
         memmove(c->out, c->out + done, c->out_size - done);
         c->out_size -= done;
         if (c->source)
-                (void) sd_event_source_set_io_events(c->source, EPOLLIN | (c->out_size > 0 ? EPOLLOUT : 0));
+                (void) sd_event_source_set_io_events(c->source, EPOLLIN | EPOLLET | (c->out_size > 0 ? EPOLLOUT : 0));
 }
 
 static void conn_write(Conn *c, const char *s, size_t len) {
@@ -491,8 +491,10 @@ static int cmd_balloon(Conn *c, Vm *vm, json_object *args, json_object *id) {
         int64_t v = json_object_get_int64(value);
         if (v <= 0)
                 return send_error(c, id, "GenericError", "Parameter 'target' expects a size");
-        /* QEMU clamps to the RAM size without telling. */
-        vm_set_target(vm, MIN((uint64_t) v, vm->ram_bytes));
+        /* QEMU clamps to the RAM size without telling, and counts the balloon in 4 KiB
+         * pages: actual lands on RAM minus whole pages. */
+        uint64_t target = MIN((uint64_t) v, vm->ram_bytes);
+        vm_set_target(vm, vm->ram_bytes - (vm->ram_bytes - target) / 4096 * 4096);
         send_return(c, NULL, id);
         return 0;
 }
@@ -603,54 +605,64 @@ static void conn_free(Conn *c) {
         }
 }
 
-static int on_conn(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Conn *c = userdata;
-        char buf[16384];
-
-        if (revents & EPOLLOUT)
-                conn_flush(c);
-        if (c->closing && c->out_size == 0) {
-                conn_free(c);
-                return 0;
-        }
-        if (!(revents & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-                return 0;
-
-        ssize_t k = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (k < 0 && (errno == EAGAIN || errno == EINTR))
-                return 0;
-        if (k <= 0) {
-                conn_free(c);
-                return 0;
-        }
-        if (!c->monitor->control)
-                return 0;   /* HMP: we only greet */
-
+/* Feeds one chunk of a client's input to its tokener and runs the commands. Returns false
+ * if the connection is gone (quit closes it from inside a command). */
+static bool conn_feed(Conn *c, const char *buf, size_t k) {
         Vm *vm = c->monitor->vm;
         size_t off = 0;
-        while (off < (size_t) k && c->monitor && c->monitor->conn == c && !vm->quitting) {
+
+        while (off < k) {
                 /* QEMU skips blanks between commands. */
                 if (isspace((unsigned char) buf[off]) && json_tokener_get_parse_end(c->tok) == 0 &&
                     json_tokener_get_error(c->tok) != json_tokener_continue) {
                         off++;
                         continue;
                 }
-                json_object *msg = json_tokener_parse_ex(c->tok, buf + off, (int) ((size_t) k - off));
+                json_object *msg = json_tokener_parse_ex(c->tok, buf + off, (int) (k - off));
                 enum json_tokener_error jerr = json_tokener_get_error(c->tok);
                 if (jerr == json_tokener_continue)
-                        break;
+                        return true;   /* the tokener keeps the partial command */
                 if (jerr != json_tokener_success) {
                         /* QEMU answers a parse error and resynchronizes. */
                         send_error(c, NULL, "GenericError", "JSON parse error, %s", json_tokener_error_desc(jerr));
                         json_tokener_reset(c->tok);
-                        break;
+                        return true;
                 }
                 off += json_tokener_get_parse_end(c->tok);
                 json_tokener_reset(c->tok);
                 handle_command(c, msg);
                 json_object_put(msg);
+                if (vm->quitting)
+                        return false;   /* c was freed by quit */
         }
-        return 0;
+        return true;
+}
+
+static int on_conn(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Conn *c = userdata;
+        char buf[16384];
+
+        if (revents & EPOLLOUT)
+                conn_flush(c);
+        if (!(revents & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                return 0;
+
+        /* Edge-triggered (see monitor_watch): read until the socket is empty. */
+        for (;;) {
+                ssize_t k = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0 && errno == EAGAIN)
+                        return 0;
+                if (k <= 0) {
+                        conn_free(c);
+                        return 0;
+                }
+                if (!c->monitor->control)
+                        continue;   /* HMP: we only greet */
+                if (!conn_feed(c, buf, (size_t) k))
+                        return 0;
+        }
 }
 
 static void monitor_greet(Conn *c) {
@@ -681,7 +693,7 @@ static int on_listen(sd_event_source *s, int fd, uint32_t revents, void *userdat
         c->monitor = m;
         c->fd = cfd;
         c->tok = json_tokener_new();
-        if (sd_event_add_io(arg.event, &c->source, cfd, EPOLLIN, on_conn, c) < 0)
+        if (sd_event_add_io(arg.event, &c->source, cfd, EPOLLIN | EPOLLET, on_conn, c) < 0)
                 die("sd_event_add_io failed");
         if (arg.hung)
                 (void) sd_event_source_set_enabled(c->source, SD_EVENT_OFF);
@@ -711,6 +723,9 @@ static void monitor_listen(Monitor *m) {
                 die("listen %s: %m", m->path);
 }
 
+/* Connections are edge-triggered: sd-event polls epoll on every iteration, and with hundreds
+ * of VMs talking at once level-triggered sockets waiting their turn make each iteration
+ * O(VMs). Listeners serve one client and are then disabled, so level is fine there. */
 static void monitor_watch(Monitor *m) {
         if (sd_event_add_io(arg.event, &m->source, m->fd, EPOLLIN, on_listen, m) < 0)
                 die("sd_event_add_io failed");
@@ -1226,6 +1241,15 @@ int main(int argc, char *argv[]) {
 
         if (many > 0 && !many_dir)
                 die("--fake-many needs --fake-dir");
+        if (many > 0) {
+                /* Two fds per VM (listener, client) plus the loop: past the 1024 soft limit at
+                 * 500 VMs. The hard limit is what we may use. */
+                struct rlimit rl;
+                if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                        rl.rlim_cur = rl.rlim_max;
+                        (void) setrlimit(RLIMIT_NOFILE, &rl);
+                }
+        }
         if (many == 0 && n_qmps == 0)
                 die("no QMP monitor: give -qmp unix:PATH,server=on,wait=off or -chardev/-mon (see --help)");
 

@@ -32,6 +32,7 @@ typedef struct Seen {
         char state_desc[512];
         unsigned n_ready, n_waiting_retry;
         unsigned n_events;
+        bool attached;
         bool balloon_ready;
         uint64_t ready_actual, ready_ram;
         uint64_t actual;
@@ -549,6 +550,81 @@ static void test_no_balloon_and_free_in_callback(void **state) {
         fake_kill(&f, SIGTERM);
 }
 
+/* Many VMs in one fake process, as the benchmarks use it: every client attaches and sees its
+ * own balloon move. */
+static void test_many(void **state) {
+        enum { N = 50 };
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        QmpClient *c[N];
+        Balloon *b[N];
+        Seen s[N];
+        char dir[300], n_arg[32], dir_arg[320];
+        pid_t pid;
+
+        snprintf(dir, sizeof dir, "%s/many", tmpdir);
+        assert_int_equal(mkdir(dir, 0700), 0);
+        snprintf(n_arg, sizeof n_arg, "--fake-many=%d", N);
+        snprintf(dir_arg, sizeof dir_arg, "--fake-dir=%s", dir);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                execl(fake_path, fake_path, n_arg, dir_arg, "-m", "1G", "--fake-balloon-speed=instant", NULL);
+                _exit(127);
+        }
+        char control[400];
+        snprintf(control, sizeof control, "%s/control.sock", dir);
+        for (int i = 0; i < 500 && access(control, F_OK) < 0; i++)
+                usleep(10000);
+
+        assert_int_equal(sd_event_new(&e), 0);
+        for (int i = 0; i < N; i++) {
+                char path[400];
+                snprintf(path, sizeof path, "%s/vm-%04d.qmp", dir, i + 1);
+                s[i] = (Seen) {};
+                assert_int_equal(qmp_client_new(&c[i], e, path, &qmp_cb, &s[i]), 0);
+                assert_int_equal(balloon_new(&b[i], c[i], &balloon_cb, &s[i]), 0);
+                s[i].balloon = b[i];
+                assert_int_equal(qmp_client_start(c[i]), 0);
+        }
+        int n_ready = 0;
+        for (usec_t end = now_usec() + 10 * USEC_PER_SEC; n_ready < N && now_usec() < end;) {
+                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+                n_ready = 0;
+                for (int i = 0; i < N; i++) {
+                        if (s[i].state == QMP_READY && !s[i].attached) {
+                                s[i].attached = true;
+                                assert_int_equal(balloon_attach(b[i], 0), 0);
+                        }
+                        n_ready += s[i].balloon_ready;
+                }
+        }
+        assert_int_equal(n_ready, N);
+
+        /* Each VM to its own size: replies and events must not cross. */
+        for (int i = 0; i < N; i++)
+                assert_int_equal(balloon_set_target(b[i], 512 * MIB + (uint64_t) i * MIB, NULL, NULL), 0);
+        int n_done = 0;
+        for (usec_t end = now_usec() + 10 * USEC_PER_SEC; n_done < N && now_usec() < end;) {
+                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+                n_done = 0;
+                for (int i = 0; i < N; i++)
+                        n_done += s[i].actual == 512 * MIB + (uint64_t) i * MIB;
+        }
+        assert_int_equal(n_done, N);
+
+        for (int i = 0; i < N; i++) {
+                qmp_client_free(c[i]);
+                balloon_free(b[i]);
+        }
+        kill(pid, SIGTERM);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        char sock[400];
+        snprintf(sock, sizeof sock, "%s/vm-0001.qmp", dir);
+        assert_int_equal(access(sock, F_OK), -1);   /* sockets removed on SIGTERM */
+}
+
 static int setup(void **state) {
         /* meson passes the built fake's path (tests/unit/meson.build). */
         fake_path = getenv("FAKE_QMP");
@@ -576,6 +652,7 @@ int main(void) {
                 cmocka_unit_test(test_garbage),
                 cmocka_unit_test(test_timeout_and_busy),
                 cmocka_unit_test(test_no_balloon_and_free_in_callback),
+                cmocka_unit_test(test_many),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
