@@ -205,6 +205,20 @@ static void on_reply(QmpClient *c, int error, json_object *reply, const char *de
         snprintf(s->reply_desc, sizeof s->reply_desc, "%s", desc ?: "");
 }
 
+typedef struct Reply {
+        bool done;
+        int error;
+        char text[256];
+} Reply;
+
+static void on_reply_text(QmpClient *c, int error, json_object *reply, const char *desc, void *userdata) {
+        Reply *r = userdata;
+        r->done = true;
+        r->error = error;
+        snprintf(r->text, sizeof r->text, "%s", error == 0 ? json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN) :
+                 qmp_error_class(reply));
+}
+
 static bool ready(Seen *s) {
         return s->state == QMP_READY;
 }
@@ -272,6 +286,34 @@ static void test_balloon_roundtrip(void **state) {
         for (usec_t end = now_usec() + 5 * USEC_PER_SEC; s.actual != 400 * MIB && now_usec() < end;)
                 assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
         assert_int_equal(s.actual, 400 * MIB);
+
+        /* Several commands in flight: each reply reaches its own caller. */
+        Reply r[3] = {};
+        assert_int_equal(qmp_client_execute(c, "query-status", NULL, on_reply_text, &r[0]), 0);
+        assert_int_equal(qmp_client_execute(c, "query-balloon", NULL, on_reply_text, &r[1]), 0);
+        assert_int_equal(qmp_client_execute(c, "nope", NULL, on_reply_text, &r[2]), 0);
+        assert_true(run_until(e, &r[2].done, 5 * USEC_PER_SEC));
+        assert_true(r[0].done && r[1].done);
+        assert_string_equal(r[0].text, "{\"status\":\"running\",\"singlestep\":false,\"running\":true}");
+        assert_string_equal(r[1].text, "{\"actual\":419430400}");
+        assert_int_equal(r[2].error, -EIO);
+        assert_string_equal(r[2].text, "CommandNotFound");
+
+        /* A command far larger than the socket buffer goes out in pieces (the output queue
+         * and EPOLLOUT), and the reply still comes back. */
+        size_t big = 4 * MIB;
+        char *blob = malloc(big + 1);
+        assert_non_null(blob);
+        memset(blob, 'x', big);
+        blob[big] = 0;
+        json_object *args = json_object_new_object();
+        json_object_object_add(args, "blob", json_object_new_string(blob));
+        free(blob);
+        Reply rb = {};
+        assert_int_equal(qmp_client_execute(c, "no-such-big-command", args, on_reply_text, &rb), 0);
+        assert_true(run_until(e, &rb.done, 10 * USEC_PER_SEC));
+        assert_int_equal(rb.error, -EIO);
+        assert_string_equal(rb.text, "CommandNotFound");
 
         /* A QMP error reaches the caller with its class. */
         s.reply_done = false;
