@@ -50,9 +50,9 @@ QmpParser *qmp_parser_new(size_t max_message_bytes) {
         p->tokener = json_tokener_new();
         if (!p->tokener)
                 return mfree(p);
-        /* QEMU emits strict JSON; anything json-c would only accept leniently (single quotes,
-         * trailing commas, bad UTF-8) means the peer is not QEMU or the stream is corrupt.
-         * Trailing characters are the next message, not an error. */
+        /* QEMU emits strict JSON; what strict mode refuses (trailing commas, bad UTF-8...)
+         * means the peer is not QEMU or the stream is corrupt. Trailing characters are the
+         * next message, not an error. */
         json_tokener_set_flags(p->tokener, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS |
                                                    JSON_TOKENER_VALIDATE_UTF8);
         p->max_message_bytes = max_message_bytes > 0 ? max_message_bytes : QMP_MESSAGE_MAX_BYTES;
@@ -301,7 +301,7 @@ static int arm_timeout(QmpClient *c);
 static int try_connect(QmpClient *c);
 
 static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
-        QmpClient *c = userdata;
+        _unused_ _cleanup_(qmp_client_unrefp) QmpClient *c = qmp_client_ref(userdata);
 
         (void) try_connect(c);
         return 0;
@@ -784,7 +784,10 @@ static int try_connect(QmpClient *c) {
         assert(c->fd < 0);
         strncpy(addr.un.sun_path, c->path, sizeof(addr.un.sun_path) - 1);
 
+        /* The owner may close us from on_state(); its callers hold a reference. */
         set_state(c, QMP_CONNECTING, 0, NULL);
+        if (c->state != QMP_CONNECTING)
+                return -ECANCELED;
 
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
@@ -874,6 +877,7 @@ int qmp_client_start(QmpClient *c) {
         if (c->retry_source)
                 (void) sd_event_source_set_enabled(c->retry_source, SD_EVENT_OFF);
         c->backoff_usec = QMP_BACKOFF_INITIAL_USEC;
+        _unused_ _cleanup_(qmp_client_unrefp) QmpClient *ref = qmp_client_ref(c);
         (void) try_connect(c);
         /* A failed first attempt is not an error of start(): the retry is armed. */
         return 0;

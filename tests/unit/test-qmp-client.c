@@ -45,6 +45,7 @@ typedef struct Seen {
         int reply_error;
         char reply_desc[512];
         bool free_on_event;
+        QmpState free_on_state;         /* free the client when entering this state (0: never) */
         QmpClient **client_slot;
         Balloon *balloon;
 } Seen;
@@ -143,6 +144,10 @@ static void on_state(QmpClient *c, QmpState state, int error, const char *desc, 
         Seen *s = userdata;
 
         s->state = state;
+        if (s->free_on_state != 0 && state == s->free_on_state && s->client_slot) {
+                *s->client_slot = qmp_client_free(*s->client_slot);
+                return;
+        }
         if (state == QMP_READY)
                 s->n_ready++;
         if (state == QMP_WAITING_RETRY) {
@@ -592,6 +597,30 @@ static void test_no_balloon_and_free_in_callback(void **state) {
         fake_kill(&f, SIGTERM);
 }
 
+/* The owner may free the client from on_state() at any transition (ASan checks the rest). */
+static void test_free_in_on_state(void **state) {
+        static const QmpState states[] = { QMP_CONNECTING, QMP_WAITING_RETRY, QMP_READY };
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        Fake f;
+
+        fake_start(&f, "freed", NULL);
+        assert_int_equal(sd_event_new(&e), 0);
+        for (size_t i = 0; i < ELEMENTSOF(states); i++) {
+                char path[300];
+                QmpClient *c = NULL;
+                Seen s = { .free_on_state = states[i], .client_slot = &c };
+
+                /* WAITING_RETRY needs a path that fails; the others the live fake. */
+                snprintf(path, sizeof path, "%s/%s", tmpdir, states[i] == QMP_WAITING_RETRY ? "nothing.qmp" : "freed.qmp");
+                assert_int_equal(qmp_client_new(&c, e, path, &qmp_cb, &s), 0);
+                assert_int_equal(qmp_client_start(c), 0);
+                for (usec_t end = now_usec() + 5 * USEC_PER_SEC; c && now_usec() < end;)
+                        assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+                assert_null(c);
+        }
+        fake_kill(&f, SIGTERM);
+}
+
 /* Many VMs in one fake process, as the benchmarks use it: every client attaches and sees its
  * own balloon move. */
 static void test_many(void **state) {
@@ -694,6 +723,7 @@ int main(void) {
                 cmocka_unit_test(test_garbage),
                 cmocka_unit_test(test_timeout_and_busy),
                 cmocka_unit_test(test_no_balloon_and_free_in_callback),
+                cmocka_unit_test(test_free_in_on_state),
                 cmocka_unit_test(test_many),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
