@@ -125,8 +125,10 @@ static json_object *make_args(const char *path, const char *property) {
         if (!args)
                 return NULL;
         if (json_object_object_add(args, "path", json_object_new_string(path)) < 0 ||
-            (property && json_object_object_add(args, "property", json_object_new_string(property)) < 0))
-                return json_object_put(args), NULL;
+            (property && json_object_object_add(args, "property", json_object_new_string(property)) < 0)) {
+                json_object_put(args);
+                return NULL;
+        }
         return args;
 }
 
@@ -349,7 +351,8 @@ static void on_reply(QmpClient *c, int error, json_object *reply, const char *de
                                 d = NULL;
                         op->cb(b, error, d ?: desc, op->userdata);
                 }
-                return (void) mfree(op);
+                free(op);
+                return;
         }
 
         if (!b || op->attach_generation != b->attach_generation) {
