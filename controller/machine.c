@@ -79,9 +79,16 @@ static void log_move(Machine *machine, uint64_t before, uint64_t after, PolicyRe
 
         format_size(b, sizeof b, before);
         format_size(a, sizeof a, after);
+        /* "(manual)" or "(host-pressure, critical pressure)": no level where none acted */
+        char why_text[96];
+        if (level == PRESSURE_NONE)
+                snprintf(why_text, sizeof why_text, "%s", why);
+        else
+                snprintf(why_text, sizeof why_text, "%s, %s pressure", why, lvl);
+
         if (log_to_journal())
-                sd_journal_send("MESSAGE=Machine %s: balloon target %s → %s (%s, %s pressure)",
-                                machine->name, b, a, why, lvl,
+                sd_journal_send("MESSAGE=Machine %s: balloon target %s → %s (%s)",
+                                machine->name, b, a, why_text,
                                 "MESSAGE_ID=" MESSAGE_ID_BALLOON_MOVE,
                                 "PRIORITY=%i", LOG_INFO,
                                 "AUTOBALLOON_MACHINE=%s", machine->name,
@@ -92,9 +99,9 @@ static void log_move(Machine *machine, uint64_t before, uint64_t after, PolicyRe
                                 "AUTOBALLOON_ACTUAL_BYTES=%" PRIu64, machine->actual_bytes,
                                 NULL);
         else
-                log_info("Machine %s: balloon target %s → %s (%s, %s pressure) "
+                log_info("Machine %s: balloon target %s → %s (%s) "
                          "[machine=%s reason=%s level=%s before=%" PRIu64 " after=%" PRIu64 "]",
-                         machine->name, b, a, why, lvl, machine->name, why, lvl, before, after);
+                         machine->name, b, a, why_text, machine->name, why, lvl, before, after);
 }
 
 static void on_move_done(Balloon *b, int error, const char *desc, void *userdata) {
