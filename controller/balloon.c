@@ -32,6 +32,7 @@ typedef enum BalloonOpType {
         BALLOON_OP_STATS_INTERVAL,
         BALLOON_OP_SET_TARGET,
         BALLOON_OP_POLL_STATS,
+        BALLOON_OP_SET_STATS_INTERVAL,  /* after attach: only logged */
 } BalloonOpType;
 
 typedef void (*balloon_set_cb_t)(Balloon *b, int error, const char *desc, void *userdata);
@@ -126,6 +127,16 @@ static json_object *make_args(const char *path, const char *property) {
                 return NULL;
         if (json_object_object_add(args, "path", json_object_new_string(path)) < 0 ||
             (property && json_object_object_add(args, "property", json_object_new_string(property)) < 0)) {
+                json_object_put(args);
+                return NULL;
+        }
+        return args;
+}
+
+static json_object *make_interval_args(const char *path, unsigned interval_sec) {
+        json_object *args = make_args(path, "guest-stats-polling-interval");
+
+        if (args && json_object_object_add(args, "value", json_object_new_int64(interval_sec)) < 0) {
                 json_object_put(args);
                 return NULL;
         }
@@ -260,12 +271,9 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                         return fail(b, -EBADMSG, "query-balloon on %s returned no actual size", qmp_path);
 
                 if (b->stats_interval_sec > 0) {
-                        json_object *args = make_args(b->device_path, "guest-stats-polling-interval");
-                        if (!args || json_object_object_add(args, "value",
-                                                            json_object_new_int64(b->stats_interval_sec)) < 0) {
-                                json_object_put(args);
+                        json_object *args = make_interval_args(b->device_path, b->stats_interval_sec);
+                        if (!args)
                                 return fail(b, -ENOMEM, "Out of memory");
-                        }
                         r = balloon_execute(b, "qom-set", args, BALLOON_OP_STATS_INTERVAL, NULL);
                         if (r < 0)
                                 return fail(b, r, "Failed to send qom-set to %s: %s", qmp_path, strerror(-r));
@@ -367,7 +375,11 @@ static void on_reply(QmpClient *c, int error, json_object *reply, const char *de
 
         if (op->type == BALLOON_OP_POLL_STATS)
                 (void) handle_stats(b, error, reply, desc);
-        else
+        else if (op->type == BALLOON_OP_SET_STATS_INTERVAL) {
+                if (error < 0)
+                        log_warning("Failed to set the guest statistics interval of %s on %s: %s",
+                                    b->device_path, qmp_client_path(c), desc);
+        } else
                 (void) attach_step(b, op, error, reply, desc);
         free(op);
 }
@@ -500,6 +512,26 @@ int balloon_poll_stats(Balloon *b) {
         if (r < 0)
                 return r;
         b->stats_in_flight = true;
+        return 0;
+}
+
+int balloon_set_stats_interval(Balloon *b, unsigned interval_sec) {
+        int r;
+
+        assert(b);
+
+        if (!balloon_is_ready(b))
+                return -ENOTCONN;
+        if (interval_sec == b->stats_interval_sec)
+                return 0;
+
+        json_object *args = make_interval_args(b->device_path, interval_sec);
+        if (!args)
+                return -ENOMEM;
+        r = balloon_execute(b, "qom-set", args, BALLOON_OP_SET_STATS_INTERVAL, NULL);
+        if (r < 0)
+                return r;
+        b->stats_interval_sec = interval_sec;
         return 0;
 }
 

@@ -45,6 +45,11 @@ int balloon_set_target(Balloon *b, uint64_t target_bytes,
 /* qom-get guest-stats now; result through on_stats, and only when QEMU's last-update moved
  * (polling faster than the guest's interval reports nothing). One poll in flight at a time. */
 int balloon_poll_stats(Balloon *b);
+/* Change QEMU's guest-stats polling interval after attach; 0 turns it off, so that neither
+ * QEMU's timer nor the guest's driver wakes up for stats while nobody needs them (QEMU asks
+ * the guest at once when it is turned back on). No-op if unchanged; -ENOTCONN if not ready.
+ * A failure is logged. */
+int balloon_set_stats_interval(Balloon *b, unsigned interval_sec);
 /* Device QOM path found by attach, e.g. "/machine/peripheral/balloon0"; NULL before. */
 const char *balloon_device_path(const Balloon *b);
 

@@ -80,6 +80,7 @@ struct Vm {
         char *balloon_type;             /* virtio-balloon-pci */
         int64_t polling_interval_sec;
         int64_t polling_enabled_at;     /* wall-clock seconds of the first report */
+        int64_t frozen_last_update;     /* last report before polling was turned off */
         StatKind stat_kind[N_STATS];
         uint64_t stat_value[N_STATS];
         uint64_t used_bytes;            /* for derived stats: what the guest's workload holds */
@@ -280,16 +281,19 @@ static uint64_t stat_value(Vm *vm, size_t i) {
         }
 }
 
+static int64_t stats_last_update(Vm *vm) {
+        if (vm->polling_interval_sec == 0)
+                return vm->frozen_last_update;
+        /* The guest reports every interval since polling was enabled. */
+        int64_t now = (int64_t) now_realtime();
+        return vm->polling_enabled_at +
+               (now - vm->polling_enabled_at) / vm->polling_interval_sec * vm->polling_interval_sec;
+}
+
 static json_object *guest_stats(Vm *vm) {
         json_object *ret = json_object_new_object(), *stats = json_object_new_object();
-        int64_t last_update = 0;
+        int64_t last_update = stats_last_update(vm);
 
-        if (vm->polling_interval_sec > 0 && vm->polling_enabled_at > 0) {
-                /* The guest reports every interval since polling was enabled. */
-                int64_t now = (int64_t) now_realtime();
-                last_update = vm->polling_enabled_at +
-                              (now - vm->polling_enabled_at) / vm->polling_interval_sec * vm->polling_interval_sec;
-        }
         for (size_t i = 0; i < N_STATS; i++) {
                 uint64_t v = last_update > 0 ? stat_value(vm, i) : UINT64_MAX;
                 if (i >= FIRST_NEW_STAT && i <= LAST_NEW_STAT && vm->stat_kind[i] != STAT_FIXED)
@@ -464,7 +468,11 @@ static int cmd_qom_get_set(Conn *c, Vm *vm, bool set, json_object *args, json_ob
                         return send_error(c, id, "GenericError", "timer value must be greater than zero");
                 if (v > UINT32_MAX)
                         return send_error(c, id, "GenericError", "timer value is too big");
-                if (vm->polling_interval_sec == 0 && v > 0)
+                /* Off keeps the last report (and its last-update), as QEMU does; back on, the
+                 * guest reports at once. */
+                if (v == 0 && vm->polling_interval_sec > 0)
+                        vm->frozen_last_update = stats_last_update(vm);
+                if (v > 0 && vm->polling_interval_sec == 0)
                         vm->polling_enabled_at = (int64_t) now_realtime();
                 vm->polling_interval_sec = v;
                 return send_return(c, NULL, id);

@@ -286,6 +286,16 @@ static void test_balloon_roundtrip(void **state) {
         run_for(e, 100 * USEC_PER_MSEC);
         assert_false(s.have_stats);
 
+        /* Polling off while idle, and back on. */
+        assert_int_equal(balloon_set_stats_interval(b, 1), 0);    /* unchanged: nothing sent */
+        assert_int_equal(balloon_set_stats_interval(b, 0), 0);
+        assert_int_equal(balloon_set_stats_interval(b, 5), 0);
+        s.reply_done = false;
+        assert_int_equal(qmp_client_execute(c, "query-status", NULL, on_reply, &s), 0);
+        assert_true(run_until(e, &s.reply_done, 5 * USEC_PER_SEC));
+        assert_true(record_has(&f, "\"property\":\"guest-stats-polling-interval\",\"value\":0"));
+        assert_true(record_has(&f, "\"property\":\"guest-stats-polling-interval\",\"value\":5"));
+
         /* The guest deflates by itself (deflate-on-oom): BALLOON_CHANGE up. */
         fake_control(&f, "actual 400M");
         for (usec_t end = now_usec() + 5 * USEC_PER_SEC; s.actual != 400 * MIB && now_usec() < end;)
