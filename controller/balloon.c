@@ -74,6 +74,10 @@ static void *mfree(void *p) {
         return NULL;
 }
 
+static const char *strempty(const char *s) {
+        return s ?: "";
+}
+
 static void op_unlink(BalloonOp *op) {
         Balloon *b = op->balloon;
 
@@ -451,6 +455,18 @@ void balloon_handle_event(Balloon *b, const char *event, json_object *data) {
 
         assert(b);
 
+        if (streq_ptr(event, "DEVICE_DELETED")) {
+                /* Hot-unplugged (device_del): every later command would fail with
+                 * DeviceNotActive; say so once instead. */
+                json_object *v;
+                if (b->device_path && json_object_object_get_ex(data, "path", &v) &&
+                    streq_ptr(json_object_get_string(v), b->device_path)) {
+                        _cleanup_free_ char *path = strdup(b->device_path);
+                        balloon_detach(b);
+                        (void) fail(b, -ENODEV, "virtio-balloon device %s was unplugged", strempty(path));
+                }
+                return;
+        }
         if (!streq_ptr(event, "BALLOON_CHANGE"))
                 return;
         if (!get_uint64_member(data, "actual", &actual)) {

@@ -32,7 +32,8 @@ static inline void balloon_freep(Balloon **b) { if (*b) balloon_free(*b); }
 int balloon_attach(Balloon *b, unsigned stats_interval_sec);
 /* Call when QMP leaves READY: forget the device path and in-flight state. */
 void balloon_detach(Balloon *b);
-/* Feed every QMP event (BALLOON_CHANGE is handled, others ignored). */
+/* Feed every QMP event: BALLOON_CHANGE updates actual; DEVICE_DELETED of our device detaches
+ * and reports on_error(-ENODEV); others are ignored. */
 void balloon_handle_event(Balloon *b, const char *event, json_object *data);
 
 bool balloon_is_ready(const Balloon *b);

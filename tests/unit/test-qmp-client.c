@@ -337,6 +337,16 @@ static void test_balloon_roundtrip(void **state) {
         assert_int_equal(s.reply_error, -EIO);
         assert_non_null(strstr(s.reply_desc, "CommandNotFound"));
 
+        /* Hot-unplug of another device is nobody's business; of ours, it ends the balloon. */
+        fake_control(&f, "event DEVICE_DELETED {\"device\": \"net0\", \"path\": \"/machine/peripheral/net0\"}");
+        fake_control(&f, "event DEVICE_DELETED {\"device\": \"balloon0\", \"path\": \"/machine/peripheral/balloon0\"}");
+        for (usec_t end = now_usec() + 5 * USEC_PER_SEC; s.balloon_error == 0 && now_usec() < end;)
+                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(s.balloon_error, -ENODEV);
+        assert_string_equal(s.balloon_desc, "virtio-balloon device /machine/peripheral/balloon0 was unplugged");
+        assert_false(balloon_is_ready(b));
+        assert_null(balloon_device_path(b));
+
         assert_int_equal(s.n_waiting_retry, 0);
         fake_kill(&f, SIGTERM);
 }
