@@ -127,6 +127,15 @@ class Guest:
                     os.kill(self.pid, sig)
                     time.sleep(0.5)
         self.pid = None
+        # Interrupted while run-guest.sh was still booting it: find it by its pidfile,
+        # and only if that PID is a QEMU started for this run dir.
+        try:
+            pid = int(open(os.path.join(self.rundir, 'qemu.pid')).read())
+            if (guestlib.qemu_alive(pid) and self.rundir.encode() in
+                    open(f'/proc/{pid}/cmdline', 'rb').read()):
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
         if self in guests:
             guests.remove(self)
 
