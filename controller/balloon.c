@@ -1,5 +1,6 @@
 /* virtio-balloon over QMP: find the device, read and set the balloon size, read guest stats.
  * Builds and reads JSON only; the socket belongs to qmp.c. */
+#include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,5 +1,6 @@
 /* QMP transport: one non-blocking unix-socket client per VM on sd-event. Knows framing, ids,
  * events and reconnects; knows nothing about what the commands mean. */
+#include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>

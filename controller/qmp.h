@@ -3,7 +3,6 @@
  * It knows nothing about balloons (see balloon.h). */
 #pragma once
 
-#include <assert.h>
 #include <json-c/json.h>
 #include <systemd/sd-event.h>
 

@@ -523,7 +523,14 @@ static void test_timeout_and_busy(void **state) {
         assert_int_equal(s.reply_error, -ETIMEDOUT);
         assert_int_equal(s.state, QMP_READY);
 
-        /* It recovers: the late reply is dropped quietly, new commands work. */
+        /* A command whose owner went away is cancelled: its reply is consumed silently. */
+        uint64_t id;
+        Reply cancelled = {};
+        assert_int_equal(qmp_client_execute_full(c, "query-balloon", NULL, on_reply_text, &cancelled, &id), 0);
+        assert_true(qmp_client_cancel(c, id));
+        assert_false(qmp_client_cancel(c, id + 1000));
+
+        /* It recovers: late and cancelled replies are dropped quietly, new commands work. */
         fake_control(&f, "unhang");
         s.reply_done = false;
         assert_int_equal(qmp_client_execute(c, "query-status", NULL, on_reply, &s), 0);
@@ -531,6 +538,7 @@ static void test_timeout_and_busy(void **state) {
         assert_int_equal(s.reply_error, 0);
         assert_int_equal(s.state, QMP_READY);
         assert_int_equal(s.n_waiting_retry, 0);
+        assert_false(cancelled.done);
 
         /* Another client holds the monitor: QEMU accepts but does not greet; we give up
          * after the timeout and retry until the monitor is free. */
