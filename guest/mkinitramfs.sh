@@ -19,9 +19,9 @@ cp "$BUSYBOX" "$R/bin/busybox"
 # "busybox --list" names busybox itself: a symlink to itself would be an ELOOP init.
 for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -s busybox "$R/bin/$a"; done
 cp "$HERE/initramfs/init" "$R/init"
-cp "$HERE/initramfs/pagestream" "$R/bin/pagestream"
+cp "$HERE/initramfs/pagestream" "$HERE/initramfs/swap-on" "$R/bin/"
 cp "$TOOLS"/* "$R/bin/"
-chmod 755 "$R/init" "$R/bin/pagestream"
+chmod 755 "$R/init" "$R/bin/pagestream" "$R/bin/swap-on"
 
 # Modules in load order, dependencies first (resolved from modules.dep).
 WANT="drivers/virtio/virtio_pci drivers/block/virtio_blk drivers/virtio/virtio_balloon"
@@ -49,6 +49,16 @@ for m in "${order[@]}"; do
 	*) cp "$MODDIR/$m" "$R/mods/$b" ;;
 	esac
 	echo "$b" >> "$R/mods/order"
+done
+# zram for guest swap (initramfs/swap-on), loaded only on demand.
+mkdir -p "$R/mods/extra"
+for m in kernel/mm/zsmalloc kernel/drivers/block/zram/zram; do
+	f=$(grep -oE "^$m\.ko(\.xz|\.zst)?:" "$MODDIR/modules.dep" | tr -d :) || continue
+	case $f in
+	*.xz) xz -dc "$MODDIR/$f" > "$R/mods/extra/$(basename "$m").ko" ;;
+	*.zst) zstd -qdc "$MODDIR/$f" > "$R/mods/extra/$(basename "$m").ko" ;;
+	*) cp "$MODDIR/$f" "$R/mods/extra/" ;;
+	esac
 done
 [ -n "${KO_PATCHED:-}" ] && cp "$KO_PATCHED" "$R/mods/virtio_balloon_patched.ko"
 echo "$KREL" > "$R/etc/kernel-release"
