@@ -1,0 +1,46 @@
+#!/usr/bin/python3
+"""Issue 2, item 5: `make demo` runs to the end on real components (it checks itself that
+the daemon inflated under host pressure, gave memory back, and exited cleanly) and leaves
+nothing behind: no process, cgroup (v1 or v2), mount, zram swap or state directory."""
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
+import abtest  # noqa: E402
+import stall  # noqa: E402
+
+
+def snapshot():
+    own_memcg = stall.memcg_v1_own()
+    return {
+        "cgroup2": sorted(os.listdir(stall.cgroup2_mount())),
+        "memcg": sorted(d for d in os.listdir(own_memcg) if os.path.isdir(os.path.join(own_memcg, d))),
+        "mounts": sorted(l.split()[4] for l in open("/proc/self/mountinfo")),
+        "swaps": open("/proc/swaps").read().splitlines()[1:],
+        "qemu": sorted(p for p in os.listdir("/proc") if p.isdigit() and
+                       b"qemu-system" in open("/proc/%s/cmdline" % p, "rb").read()
+                       if os.path.exists("/proc/%s/cmdline" % p)),
+    }
+
+
+def main():
+    if os.geteuid() != 0:
+        print("SKIP: needs root")
+        sys.exit(abtest.SKIP)
+    before = snapshot()
+    r = subprocess.run(["/usr/bin/python3", os.path.join(abtest.SRCDIR, "scripts/demo.py"), abtest.BUILDDIR],
+                       stdin=subprocess.DEVNULL)
+    after = snapshot()
+    leftovers = {k: sorted(set(after[k]) - set(before[k])) for k in before}
+    leftovers = {k: v for k, v in leftovers.items() if v}
+    if r.returncode != 0:
+        print("FAIL: the demo exited with %d" % r.returncode)
+        sys.exit(1)
+    if leftovers:
+        print("FAIL: the demo left things behind: %s" % leftovers)
+        sys.exit(1)
+    print("PASS: demo ran and left nothing behind")
+
+
+main()
