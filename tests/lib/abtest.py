@@ -224,6 +224,14 @@ class Env:
         self.cgroup2 = self.vars["AB_ENV_CGROUP2"]
         self.address = self.vars["DBUS_SYSTEM_BUS_ADDRESS"]
         os.environ.update(DBUS_SYSTEM_BUS_ADDRESS=self.address, AB_ENV_MEMCG=self.vars["AB_ENV_MEMCG"])
+        # A reaper in its own session holds the read end of a pipe only we can write to: if
+        # this process dies without stop() (SIGKILL, e.g. meson's timeout), it reads EOF and
+        # stops the environment.
+        rfd, self._reaper_fd = os.pipe()
+        subprocess.Popen(["sh", "-c", 'read x; [ "$x" = done ] || exec "$0" stop', ENV_SH],
+                         stdin=rfd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, AB_ENV_NAME=self.name), start_new_session=True)
+        os.close(rfd)
         self.bus = dbus.bus.BusConnection(self.address, mainloop=DBusGMainLoop())
         self.bus.add_signal_receiver(self._on_signal, path_keyword="path",
                                      interface_keyword="interface", member_keyword="member")
@@ -259,6 +267,8 @@ class Env:
             log("env %s stopped in %.3f s%s" % (self.name, time.monotonic() - t,
                                                  "" if r.returncode == 0 else ": " + r.stderr.strip()))
             self.vars = {}
+            os.write(self._reaper_fd, b"done\n")
+            os.close(self._reaper_fd)
 
     def _dump_logs(self):
         for f in sorted(os.listdir(self.state)) if os.path.isdir(self.state) else []:
