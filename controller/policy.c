@@ -91,6 +91,12 @@ void policy_knobs_init_default(PolicyKnobs *k) {
                 /* Longer than the longest PSI window (10 s) times two: a quiet spell this long
                  * means relief, not a gap between two events of the same episode. */
                 .recovery_delay_usec = 30 * USEC_PER_SEC,
+                /* Pressure back within one cool-down of a recovery step means what was given
+                 * back is still needed on the host (a host workload holding its memory): each
+                 * such return doubles the cool-down, 30 s → 1 → 2 → 4 min, so the squeeze-and-
+                 * give-back cycle slows to one try every few minutes. Four minutes of quiet
+                 * (about a host job's length) resets it. */
+                .recovery_delay_max_usec = 240 * USEC_PER_SEC,
                 /* 2.5 % of RAM every 2 s: min (25 %) back to max in about a minute. */
                 .recovery_permille = 25,
                 .recovery_interval_usec = 2 * USEC_PER_SEC,
@@ -151,6 +157,8 @@ const KnobInfo policy_knobs[] = {
              "The same reserve as a share of the guest's RAM; the larger of the two applies"),
         KNOB("RecoveryDelaySec", KNOB_USEC, recovery_delay_usec, 0, USEC_KNOB_MAX,
              "Time without pressure before memory is given back"),
+        KNOB("RecoveryDelayMaxSec", KNOB_USEC, recovery_delay_max_usec, 0, USEC_KNOB_MAX,
+             "Pressure back soon after giving memory back doubles the time without pressure, up to this"),
         KNOB("RecoveryStep", KNOB_PERMILLE, recovery_permille, 1, 1000,
              "Memory given back per recovery step, as a share of the guest's RAM"),
         KNOB("RecoveryIntervalSec", KNOB_USEC, recovery_interval_usec, USEC_PER_MSEC, USEC_KNOB_MAX,
@@ -266,6 +274,31 @@ uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
         return MAX(min, MIN(floor, max));
 }
 
+usec_t policy_vm_recovery_delay(const PolicyVM *vm) {
+        const PolicyKnobs *k = vm->knobs;
+        usec_t max = MAX(k->recovery_delay_max_usec, k->recovery_delay_usec);
+
+        return CLAMP(vm->state.recovery_delay_usec, k->recovery_delay_usec, max);
+}
+
+/* Recovery back-off, on an event concerning this VM. Pressure back within one cool-down of a
+ * recovery step doubles the cool-down (once per return: the step is then forgotten). Otherwise,
+ * after a quiet spell of RecoveryDelayMaxSec= it is back to RecoveryDelaySec=. The quiet spell
+ * of a backed-off cool-down itself does not reset it: the pressure that follows its recovery
+ * steps is a return. */
+static void recovery_backoff(PolicyVM *vm, usec_t now) {
+        PolicyVMState *st = &vm->state;
+        const PolicyKnobs *k = vm->knobs;
+        usec_t max = MAX(k->recovery_delay_max_usec, k->recovery_delay_usec);
+        usec_t delay = policy_vm_recovery_delay(vm);
+
+        if (st->last_recovery_usec != 0 && now - st->last_recovery_usec < delay)
+                st->recovery_delay_usec = delay > max / 2 ? max : 2 * delay;
+        else if (st->last_event_usec != 0 && now - st->last_event_usec >= max)
+                st->recovery_delay_usec = 0;
+        st->last_recovery_usec = 0;
+}
+
 static uint64_t escalation(const PolicyKnobs *k, unsigned consecutive) {
         uint64_t f = 1, max = MAX(k->step_escalation_max, 1U);
 
@@ -300,8 +333,18 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         if (!stats_fresh(vm, now))
                 return;
 
-        if (s->updated_usec != st->last_stats_usec)
+        /* A guest's sample is taken some time before the host sees it. If we inflated in
+         * between, the sample's available still counts the pages we took while actual no
+         * longer does: its use looks smaller by up to that inflation, and the next sample seems
+         * to grow by as much — our own move mistaken for the guest's growth (seen on real TCG
+         * guests: a relief step of exactly twice the last inflation, right after it). So growth
+         * is counted net of what actual fell between the sightings of the previous two samples. */
+        uint64_t discount = 0;
+        if (s->updated_usec != st->last_stats_usec) {
+                discount = st->stats_shrink_bytes;
+                st->stats_shrink_bytes = st->last_stats_usec != 0 ? sub_sat(st->stats_actual_bytes, vm->actual_bytes) : 0;
                 st->stats_actual_bytes = vm->actual_bytes;   /* a new sample: actual as of now */
+        }
         uint64_t used = guest_used(vm);
         bool pressure = s->available_bytes < vm_reserve(vm) / RESERVE_LOW_DIVISOR &&
                         vm->actual_bytes < policy_vm_maximum(vm);
@@ -309,8 +352,8 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         if (st->last_stats_usec != 0 && s->updated_usec > st->last_stats_usec) {
                 usec_t dt_usec = s->updated_usec - st->last_stats_usec;
 
-                if (used > st->last_used_bytes &&
-                    used - st->last_used_bytes >= permille_of(vm->ram_bytes, k->available_drop_permille))
+                if (used > st->last_used_bytes + discount &&
+                    used - st->last_used_bytes - discount >= permille_of(vm->ram_bytes, k->available_drop_permille))
                         pressure = true;
                 if (counter_grew(s->alloc_stalls, st->last_alloc_stalls) ||
                     counter_grew(s->oom_kills, st->last_oom_kills) ||
@@ -331,7 +374,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         }
 
         if (s->updated_usec != st->last_stats_usec) {
-                st->used_growth_bytes = st->last_stats_usec != 0 ? sub_sat(used, st->last_used_bytes) : 0;
+                st->used_growth_bytes = st->last_stats_usec != 0 ? sub_sat(used, st->last_used_bytes + discount) : 0;
                 st->last_stats_usec = s->updated_usec;
                 st->last_used_bytes = used;
                 st->last_major_faults = s->major_faults;
@@ -392,6 +435,7 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
         observe_guest(vm, now);
 
         if (vm_event) {
+                recovery_backoff(vm, now);
                 if (st->relieved || st->consecutive_events == 0 ||
                     now - st->last_event_usec > k->recovery_delay_usec)
                         st->consecutive_events = 1;
@@ -572,12 +616,12 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                     vm->reason != POLICY_REASON_BOUNDS)
                         continue;   /* moved down by an event this very call */
 
-                usec_t at = 0;
+                usec_t at = 0, delay = policy_vm_recovery_delay(vm);
                 if (!vm->guest_pressure) {
                         if (host->last_pressure_usec != 0)
-                                at = MAX(at, host->last_pressure_usec + k->recovery_delay_usec);
+                                at = MAX(at, host->last_pressure_usec + delay);
                         if (st->last_event_usec != 0)
-                                at = MAX(at, st->last_event_usec + k->recovery_delay_usec);
+                                at = MAX(at, st->last_event_usec + delay);
                 }
                 /* Spaced from the last growth: a take in between (host pressure acting on
                  * stale stats) must not delay relief for a guest that turned out to be growing. */
@@ -592,8 +636,14 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                          * next sample should find it with room, not in reclaim. */
                         if (relief)
                                 step = MAX(step, 2 * st->used_growth_bytes);
-                        vm_move(vm, MIN(max, vm->new_target_bytes + MAX(step, MOVE_GRANULE_BYTES)),
-                                relief ? POLICY_REASON_GUEST_PRESSURE : POLICY_REASON_RECOVERY, PRESSURE_NONE, now);
+                        /* After an adoption the move is still the adoption (relief on top of it):
+                         * the log says why the guest grew, "it deflated itself". */
+                        PolicyReason reason = vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE ? vm->reason :
+                                              relief ? POLICY_REASON_GUEST_PRESSURE : POLICY_REASON_RECOVERY;
+                        vm_move(vm, MIN(max, vm->new_target_bytes + MAX(step, MOVE_GRANULE_BYTES)), reason,
+                                PRESSURE_NONE, now);
+                        if (!relief)
+                                vm->state.last_recovery_usec = now;
                         at = now + k->recovery_interval_usec;
                 }
 

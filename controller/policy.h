@@ -47,6 +47,9 @@ typedef struct PolicyKnobs {
         uint64_t reserve_bytes;          /* never take a guest's available memory below this ... */
         uint32_t reserve_percent;        /* ... nor below this share of its RAM (the larger wins) */
         usec_t recovery_delay_usec;      /* no pressure for this long before giving memory back */
+        usec_t recovery_delay_max_usec;  /* pressure back within one cool-down of a recovery step
+                                          * doubles the VM's cool-down, up to this; a quiet spell
+                                          * this long resets it. <= recovery_delay_usec: off */
         uint32_t recovery_permille;      /* give back this share of RAM per recovery step */
         usec_t recovery_interval_usec;   /* ... at most this often */
         usec_t hold_off_usec;            /* after a guest deflated itself, leave it alone this long */
@@ -116,6 +119,9 @@ typedef struct PolicyVMState {
         uint64_t last_actual_bytes;       /* previous actual, to tell a self-deflate from our inflate */
         usec_t last_stats_usec;           /* updated_usec of the previous guest-stats sample */
         uint64_t stats_actual_bytes;      /* actual when that sample was first seen */
+        uint64_t stats_shrink_bytes;      /* how far actual fell between the first sightings of the
+                                           * last two samples: an inflation that may have been in
+                                           * flight while the guest took its sample */
         uint64_t last_used_bytes;         /* actual - available at the previous guest-stats sample:
                                            * the guest's own use, net of our balloon moves */
         uint64_t last_major_faults;
@@ -128,6 +134,8 @@ typedef struct PolicyVMState {
         usec_t scope_take_stats_usec;     /* last_stats_usec when a scope event last inflated it */
         uint64_t used_peak_bytes;         /* highest actual - available seen ... */
         usec_t used_peak_usec;            /* ... when; forgotten after working_set_window_usec */
+        usec_t recovery_delay_usec;       /* the cool-down in force (back-off); 0 = RecoveryDelaySec= */
+        usec_t last_recovery_usec;        /* last recovery step not yet followed by an event, 0 = none */
 } PolicyVMState;
 
 typedef enum PolicyReason {
@@ -182,6 +190,10 @@ uint64_t policy_vm_maximum(const PolicyVM *vm);
  * peak over WorkingSetWindowSec= if higher) + reserve, never below the minimum; without fresh
  * stats, the minimum. Exposed for the tests and the simulator. */
 uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now);
+
+/* The cool-down in force for this VM: RecoveryDelaySec=, or longer after pressure came back
+ * soon after a recovery step (doubled each time, up to RecoveryDelayMaxSec=). */
+usec_t policy_vm_recovery_delay(const PolicyVM *vm);
 
 /* Decide new targets for all VMs at time now. Fills each vm->new_target_bytes and vm->reason
  * and updates vm->state (and host->last_pressure_usec on an event). Returns the monotonic time

@@ -20,6 +20,8 @@ static void help(void) {
                "  --no-self-deflate  guests without the guest patch\n"
                "  --spike-ramp SEC   rise (and fall) time of a spiky guest's bursts (default 15)\n"
                "  --scope-limit PCT  some idle and steady VMs' scopes have memory.high at PCT %% of RAM\n"
+               "  --host-hog PCT,START,END  a host workload of PCT %% of host RAM from START to END s\n"
+               "  --io-scale X       guests read X times faster (their cache refills X times faster)\n"
                "  --set Knob=VALUE   a policy knob for the seed and default runs, as in the config\n"
                "  --check            exit 1 unless default beats every baseline (see docs/simulation.md)\n"
                "Environment: SIM_DEBUG=1 prints each guest OOM and per-run counters on stderr;\n"
@@ -54,6 +56,8 @@ int main(int argc, char **argv) {
                 { "set", required_argument, NULL, 'K' },
                 { "spike-ramp", required_argument, NULL, 'R' },
                 { "scope-limit", required_argument, NULL, 'L' },
+                { "host-hog", required_argument, NULL, 'G' },
+                { "io-scale", required_argument, NULL, 'I' },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
@@ -108,6 +112,17 @@ int main(int argc, char **argv) {
                 case 'R':
                         cfg.spike_ramp_sec = strtod(optarg, NULL);
                         break;
+                case 'I':
+                        cfg.io_scale = strtod(optarg, NULL);
+                        break;
+                case 'G':
+                        if (sscanf(optarg, "%lf,%lf,%lf", &cfg.hog_fraction, &cfg.hog_start_sec, &cfg.hog_end_sec) != 3 ||
+                            cfg.hog_fraction <= 0 || cfg.hog_fraction >= 100 || cfg.hog_end_sec <= cfg.hog_start_sec) {
+                                fprintf(stderr, "--host-hog wants PCT,START,END\n");
+                                return 2;
+                        }
+                        cfg.hog_fraction /= 100;
+                        break;
                 case 'L':
                         cfg.scope_limit_percent = (unsigned) strtoul(optarg, NULL, 10);
                         break;
@@ -157,6 +172,11 @@ int main(int argc, char **argv) {
                         return 1;
                 }
                 print_row(name, &res[k]);
+                if (cfg.hog_fraction > 0)
+                        fprintf(stderr, "%s %s: %u pressure episodes, %u while the host workload held its memory; "
+                                "%" PRIu64 " recovery moves, %" PRIu64 " of them undone by pressure within RecoveryDelaySec=\n",
+                                name, controller_to_string(k), res[k].pressure_episodes, res[k].hog_episodes,
+                                res[k].recovery_moves, res[k].recovery_returns);
                 fflush(stdout);
         }
 

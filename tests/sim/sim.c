@@ -28,6 +28,7 @@ static const double level_threshold[_PRESSURE_LEVEL_MAX] = { 0, 0.05, 0.15, 0.40
 #define LRU_MISPLACED 0.10                       /* share of host evictions that ignore page age */
 #define RESTART_SEC 30.0                         /* an OOM-killed workload restarts after this */
 #define RESTART_GROWTH_BYTES_PER_SEC (100.0 * MIB)
+#define HOG_RAMP_SEC 10.0                        /* --host-hog: how fast the host workload grows */
 #define HOST_OVERHEAD_PERCENT 2                  /* host kernel, QEMU processes, page tables */
 #define SWAP_PERCENT 50                          /* host swap, as a share of host RAM */
 /* Swap bandwidth scales with the host: 1 GiB/s for every 256 GiB of RAM (a few NVMe drives
@@ -95,6 +96,7 @@ typedef struct SimVM {
         /* per window */
         double swapin_window, scope_stall;  /* bytes this VM's tasks waited on in the window */
         double limit;                        /* its scope's memory.high, bytes resident; 0 = none */
+        double last_recovery_sec;            /* last recovery move (default policy), -1 = none */
         PressureLevel scope_level;
         /* controller side */
         PolicyVM pvm;
@@ -342,9 +344,17 @@ static void balloon_tick(Sim *s, SimVM *v) {
 /* Host memory: touches of swapped-out pages come back in, and when resident memory exceeds RAM
  * the host evicts, coldest first (free-in-guest, then cache, then working set), with a share
  * of evictions misplaced as a real LRU does. */
+/* The host workload's resident memory at time t (hot: never evicted). */
+static double hog_bytes(const Sim *s) {
+        const SimConfig *cfg = s->cfg;
+        if (cfg->hog_fraction <= 0 || s->now < cfg->hog_start_sec || s->now >= cfg->hog_end_sec)
+                return 0;
+        return s->host.ram * cfg->hog_fraction * MIN(1.0, (s->now - cfg->hog_start_sec) / HOG_RAMP_SEC);
+}
+
 static void host_tick(Sim *s) {
         Host *h = &s->host;
-        double resident = h->overhead;
+        double resident = h->overhead + hog_bytes(s);
 
         for (size_t i = 0; i < s->n; i++) {
                 SimVM *v = s->vms + i;
@@ -435,6 +445,11 @@ static void policy_call(Sim *s, PressureLevel host_event, const PressureLevel *s
                 PolicyVM *p = s->pvms + i;
                 p->actual_bytes = (uint64_t) v->actual;
                 p->scope_event = scope_events ? scope_events[i] : PRESSURE_NONE;
+                if ((host_event != PRESSURE_NONE || p->scope_event != PRESSURE_NONE) && v->last_recovery_sec >= 0) {
+                        if (s->now - v->last_recovery_sec < (double) v->knobs.recovery_delay_usec / USEC_PER_SEC)
+                                s->res->recovery_returns++;
+                        v->last_recovery_sec = -1;
+                }
                 p->scope_level = s->cfg->scope_events ? v->scope_level : PRESSURE_NONE;
         }
         s->phost.event = host_event;
@@ -456,6 +471,10 @@ static void policy_call(Sim *s, PressureLevel host_event, const PressureLevel *s
         for (size_t i = 0; i < s->n; i++) {
                 PolicyVM *p = s->pvms + i;
                 if (p->new_target_bytes != p->target_bytes) {
+                        if (p->reason == POLICY_REASON_RECOVERY) {
+                                s->res->recovery_moves++;
+                                s->vms[i].last_recovery_sec = s->now;
+                        }
                         p->target_bytes = p->new_target_bytes;
                         set_target(s, s->vms + i, (double) p->new_target_bytes);
                 }
@@ -629,7 +648,7 @@ static void mom_cycle(Sim *s) {
 /* ---- scenario --------------------------------------------------------------------------------- */
 
 static void vm_setup(SimVM *v, Workload w, double ram, uint64_t *rng, const SimConfig *cfg) {
-        *v = (SimVM) { .workload = w, .ram = ram, .target = ram, .actual = ram };
+        *v = (SimVM) { .workload = w, .ram = ram, .target = ram, .actual = ram, .last_recovery_sec = -1 };
         switch (w) {
         case WORKLOAD_IDLE:
                 v->base = ram * rng_uniform(rng, 0.12, 0.20);
@@ -661,6 +680,7 @@ static void vm_setup(SimVM *v, Workload w, double ram, uint64_t *rng, const SimC
         default:
                 break;
         }
+        v->io_bytes_per_sec *= cfg->io_scale > 0 ? cfg->io_scale : 1;
         /* A long-running guest: its working set and a warm cache, the rest touched once and
          * freed (so the host still backs all of its RAM). */
         v->ws = v->base;
@@ -831,6 +851,11 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                                         res->time_above_sec[j] += PSI_WINDOW_SEC;
                         if (l > PRESSURE_NONE)
                                 last_pressure_sec = s.now;
+                        if (l > PRESSURE_NONE && old == PRESSURE_NONE) {
+                                res->pressure_episodes++;
+                                if (cfg->hog_fraction > 0 && s.now >= cfg->hog_start_sec && s.now < cfg->hog_end_sec)
+                                        res->hog_episodes++;
+                        }
                         res->peak_stall_pct = MAX(res->peak_stall_pct, stall * 100);
 
                         for (size_t i = 0; i < s.n; i++) {
@@ -939,6 +964,7 @@ void sim_config_default(SimConfig *cfg) {
                 .scope_events = true,
                 .guest_self_deflate = true,
                 .spike_ramp_sec = 15,
+                .io_scale = 1,
         };
 }
 

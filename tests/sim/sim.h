@@ -43,6 +43,10 @@ typedef struct SimConfig {
         unsigned scope_limit_percent;  /* some idle and steady VMs' scopes get memory.high at this
                                         * share of their RAM (0: none): scope pressure the balloon
                                         * can relieve */
+        double hog_fraction;           /* a host workload of this share of host RAM (0: none) ... */
+        double hog_start_sec, hog_end_sec;  /* ... ramping up over HOG_RAMP_SEC from start, held until
+                                             * end: memory the host needs back and keeps */
+        double io_scale;               /* guests' read rates (cache refill) times this (default 1) */
         const char *csv_path;          /* NULL: no CSV */
         const PolicyKnobs *knobs;      /* policy knobs for seed/default; NULL: the defaults */
 } SimConfig;
@@ -60,6 +64,11 @@ typedef struct SimResult {
         uint64_t policy_calls, stats_calls, timer_wakeups;
         double self_deflate_bytes;
         double peak_reclaimed_bytes;
+        unsigned pressure_episodes;    /* host level none -> low or above */
+        unsigned hog_episodes;         /* ... of them while the host workload held its memory */
+        uint64_t recovery_moves;       /* balloon moves up (default/seed: reason recovery) */
+        uint64_t recovery_returns;     /* a pressure event within RecoveryDelaySec= of a recovery
+                                        * move of a VM (per VM): a give-back that did not last */
         double pressure_end_sec;       /* last PSI window at low or above; -1 = none */
         double recovery_sec;           /* from then until 95 % of maxima are back (for good);
                                         * -1 = never */

@@ -371,7 +371,7 @@ static void test_self_deflate_hold_off(void **state) {
                 again.state.last_actual_bytes = 2 * GIB;
                 host.level = PRESSURE_MEDIUM;
                 policy_decide(&host, &again, 1, now);
-                assert_int_equal(again.reason, POLICY_REASON_GUEST_PRESSURE);
+                assert_int_equal(again.reason, POLICY_REASON_ADOPT_SELF_DEFLATE);
                 assert_true(again.new_target_bytes > vm.actual_bytes);
                 host.level = PRESSURE_LOW;
         }
@@ -494,6 +494,39 @@ static void test_stale_sample_after_inflate(void **state) {
                 assert_true(vm.target_bytes >= 2560 * MIB + 4 * GIB / 10);
         }
         assert_true(vm.target_bytes < 3 * GIB);   /* it did take what was there */
+}
+
+/* A sample the guest took before our inflation, seen after it (TCG guests, busy hosts): its
+ * use looks smaller by what we took, and the next sample seems to grow by as much. That is our
+ * own move, not the guest's growth: no guest pressure, no relief that would undo the take. A
+ * real growth on top of it still counts. */
+static void test_sample_skew_not_growth(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 512 * MIB);
+        vm_stats(&vm, now, 412 * MIB);                  /* 100 MiB used, sample 1 */
+        host.level = PRESSURE_MEDIUM;
+        policy_decide(&host, &vm, 1, now);
+        assert_false(vm.guest_pressure);
+
+        vm.actual_bytes = vm.target_bytes = 461 * MIB;  /* we inflated by 51 MiB ... */
+        vm_stats(&vm, now + USEC_PER_SEC, 412 * MIB);   /* ... sample 2 taken before it landed */
+        policy_decide(&host, &vm, 1, now += 2 * USEC_PER_SEC);
+        assert_false(vm.guest_pressure);
+
+        vm_stats(&vm, now + USEC_PER_SEC, 361 * MIB);   /* sample 3: 100 MiB used, as all along */
+        policy_decide(&host, &vm, 1, now += 2 * USEC_PER_SEC);
+        assert_false(vm.guest_pressure);
+        assert_int_equal(vm.new_target_bytes, vm.target_bytes);
+
+        vm_stats(&vm, now + USEC_PER_SEC, 311 * MIB);   /* sample 4: the guest really grew 50 MiB */
+        policy_decide(&host, &vm, 1, now += 2 * USEC_PER_SEC);
+        assert_true(vm.guest_pressure);
+        assert_int_equal(vm.reason, POLICY_REASON_GUEST_PRESSURE);
 }
 
 /* A scope event with the host quiet inflates that VM, once per guest-stats sample. */
@@ -630,6 +663,7 @@ static void random_knobs(PolicyKnobs *k) {
         k->reserve_bytes = rnd_range(0, 1 * GIB);
         k->reserve_percent = rnd_range(0, 30);
         k->recovery_delay_usec = rnd_range(0, 120 * USEC_PER_SEC);
+        k->recovery_delay_max_usec = rnd_chance(30) ? 0 : rnd_range(0, 600 * USEC_PER_SEC);
         k->recovery_permille = rnd_range(1, 300);
         k->recovery_interval_usec = rnd_range(USEC_PER_MSEC, 10 * USEC_PER_SEC);
         k->hold_off_usec = rnd_range(0, 300 * USEC_PER_SEC);
@@ -767,7 +801,10 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
                 assert_int_equal(k->preset, POLICY_PRESET_DEFAULT);
                 uint32_t permille = k->recovery_permille;
                 uint64_t growth = 0;
-                if (vm->reason == POLICY_REASON_GUEST_PRESSURE) {
+                /* An adoption may come with relief on top (and keeps its reason). */
+                if (vm->reason == POLICY_REASON_GUEST_PRESSURE ||
+                    (vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE && vm->guest_pressure &&
+                     host->event < PRESSURE_CRITICAL && host->level < PRESSURE_CRITICAL)) {
                         assert_true(vm->guest_pressure);
                         assert_true(host->event < PRESSURE_CRITICAL && host->level < PRESSURE_CRITICAL);
                         permille = MAX(permille, k->guest_pressure_permille);
@@ -782,6 +819,72 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
                 uint64_t step = MAX(MAX(pre->ram_bytes / 1000 * permille, MIB), growth);
                 assert_true(vm->new_target_bytes - base <= step + MIB);
         }
+}
+
+/* Pressure back soon after a recovery step doubles the cool-down, up to RecoveryDelayMaxSec=; a
+ * long quiet spell resets it; RecoveryDelayMaxSec= at or below RecoveryDelaySec= turns it off. */
+static void test_recovery_backoff(void **state) {
+        static const unsigned expected_sec[] = { 30, 60, 120, 240, 240 };
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC, t;
+
+        policy_knobs_init_default(&k);
+        assert_int_equal(k.recovery_delay_max_usec, 240 * USEC_PER_SEC);
+        vm_init(&vm, &k, 4 * GIB);
+        vm.target_bytes = vm.actual_bytes = 2 * GIB;
+        assert_int_equal(policy_vm_recovery_delay(&vm), k.recovery_delay_usec);
+
+        for (size_t i = 0; i < ELEMENTSOF(expected_sec); i++) {
+                usec_t event = now, delay = expected_sec[i] * USEC_PER_SEC;
+
+                /* A host event (the first, or pressure back 10 s after a recovery step). The
+                 * guest's own use stays at 1 GiB: no guest pressure, plain recovery. */
+                host.event = host.level = PRESSURE_LOW;
+                vm_stats(&vm, now, vm.actual_bytes - GIB);
+                policy_decide(&host, &vm, 1, now);
+                vm_apply(&vm);
+                assert_int_equal(policy_vm_recovery_delay(&vm), delay);
+
+                /* The level back at none arms the timer at the cool-down in force ... */
+                host.event = host.level = PRESSURE_NONE;
+                t = policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+                assert_int_equal(t, event + delay);
+                /* ... nothing grows before it ... */
+                vm_stats(&vm, t - USEC_PER_SEC, vm.actual_bytes - GIB);
+                policy_decide(&host, &vm, 1, t - USEC_PER_SEC);
+                assert_int_equal(vm.new_target_bytes, vm.target_bytes);
+                /* ... and the recovery step comes then. */
+                vm_stats(&vm, t, vm.actual_bytes - GIB);
+                policy_decide(&host, &vm, 1, now = t);
+                assert_int_equal(vm.reason, POLICY_REASON_RECOVERY);
+                assert_true(vm.new_target_bytes > vm.target_bytes);
+                vm_apply(&vm);
+                now += 10 * USEC_PER_SEC;
+        }
+
+        /* Pressure long after the last step, after a quiet spell of RecoveryDelayMaxSec=: reset. */
+        now += 600 * USEC_PER_SEC;
+        host.event = host.level = PRESSURE_LOW;
+        vm_stats(&vm, now, vm.actual_bytes - GIB);
+        policy_decide(&host, &vm, 1, now);
+        vm_apply(&vm);
+        assert_int_equal(policy_vm_recovery_delay(&vm), k.recovery_delay_usec);
+
+        /* A return after the backed-off cool-down's own recovery steps is a return, not a quiet
+         * spell: at the cap, the cool-down stays at the cap. */
+        vm.state.recovery_delay_usec = k.recovery_delay_max_usec;
+        vm.state.last_recovery_usec = now + 240 * USEC_PER_SEC;
+        policy_decide(&host, &vm, 1, now += 250 * USEC_PER_SEC);
+        assert_int_equal(policy_vm_recovery_delay(&vm), k.recovery_delay_max_usec);
+
+        /* Off: the cool-down never grows. */
+        k.recovery_delay_max_usec = 0;
+        vm.state.recovery_delay_usec = 0;
+        vm.state.last_recovery_usec = now - USEC_PER_SEC;
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_int_equal(policy_vm_recovery_delay(&vm), k.recovery_delay_usec);
 }
 
 static void test_random_properties(void **state) {
@@ -902,7 +1005,9 @@ int main(void) {
                 cmocka_unit_test(test_relief_after_take),
                 cmocka_unit_test(test_scope_once_per_sample),
                 cmocka_unit_test(test_stale_sample_after_inflate),
+                cmocka_unit_test(test_sample_skew_not_growth),
                 cmocka_unit_test(test_recovery),
+                cmocka_unit_test(test_recovery_backoff),
                 cmocka_unit_test(test_random_properties),
                 cmocka_unit_test(test_idle_no_timer),
         };
