@@ -1,0 +1,553 @@
+#!/usr/bin/python3
+"""Benchmarks of autoballoond (DESIGN §6): start-up, idle wake-ups, RSS, and reaction time from
+a real PSI event to the `balloon` command, at 1, 100 and 1,000 VMs.
+
+Everything is real except the guests: the real systemd-machined on a private bus (abtest.Env),
+one real scope per VM (CreateMachineWithNetwork, class vm, one cheap `sleep` leader each), the
+daemon run inside the namespace with the limits of this shell, a real memory stall in a cgroup of
+our own that the daemon watches as HostPressureSource=. The VMs are one fake QMP process
+serving N sockets (fake-qmp --fake-many=N); each machine's drop-in names its socket
+(QMPSocket=), as an operator would for a VM whose QMP socket is not on its command line.
+
+    AB_BUILDDIR=build /usr/bin/python3 tests/bench/bench-daemon.py [--vms 1,100,1000]
+        [--idle-seconds 60] [--idle-at 1,1000] [--stall-seconds 20] [--json FILE]
+
+Clocks: the kernel's event is stamped by a separate process (psi-stamp) that arms the same
+trigger as the daemon's Low level on the same memory.pressure file and stamps its POLLPRI with
+CLOCK_REALTIME; the fake QMP device stamps each command it receives with CLOCK_REALTIME (µs) in
+its record log. Both are the same clock on the same machine. A second stamp process, armed
+later, checks that two triggers with the same spec fire together (the "trigger skew" line).
+"""
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "../lib"))
+import abtest  # noqa: E402
+from abtest import Fail, log  # noqa: E402
+
+MIB = 1 << 20
+VM_RAM = "512M"
+# The daemon's Low trigger below, in the kernel's syntax: psi-stamp arms exactly this.
+LOW_TRIGGER = "some 100000 2000000"
+# Only the Low level fires in these runs (Medium/Critical thresholds the stall cannot reach), so
+# that every kernel event psi-stamp sees is one the daemon acts on, and the first balloon after
+# it belongs to it. The reaction path (trigger -> policy -> QMP) is the same for every level.
+CONFIG = """[Manager]
+HostPressureSource={host}
+MachinesDirectory={machines}
+RuntimeMachinesDirectory={runtime}
+DeflateOnExit=yes
+
+[Pressure]
+Low=some 100ms 2s
+Medium=some 1900ms 2s
+Critical=full 2s 2s
+"""
+
+LEADERS = r"""
+import os, signal, sys
+pids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        os.execv("/bin/sleep", ["sleep", "infinity"])
+    pids.append(pid)
+sys.stdout.write("".join("%d\n" % p for p in pids))
+sys.stdout.flush()
+while True:
+    signal.pause()
+"""
+
+
+def psi_stamp(path, trigger, seconds):
+    """--stamp mode: print the CLOCK_REALTIME of every POLLPRI of a trigger, for `seconds`."""
+    # Real-time priority: the stamp must not wait for a CPU behind the daemon, the fake and the
+    # stall worker that the same kernel event wakes (2 CPUs here). It runs for microseconds.
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+        rt = "fifo"
+    except OSError:
+        rt = "other"
+    t = abtest.PsiTrigger(path, trigger)
+    print("armed %s %.6f" % (rt, time.time()), flush=True)
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        for _fd, ev in t.poll.poll(int(left * 1000) + 1):
+            now = time.time()
+            if ev & select.POLLERR:
+                print("error", flush=True)
+                return 1
+            if ev & select.POLLPRI:
+                print("event %.6f %.6f" % (now, time.monotonic()), flush=True)
+    t.close()
+    return 0
+
+
+def quantiles(xs):
+    xs = sorted(xs)
+    if not xs:
+        return {"n": 0}
+
+    def q(p):
+        return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+    return {"n": len(xs), "min": xs[0], "median": statistics.median(xs), "p95": q(0.95), "max": xs[-1]}
+
+
+def fmt_ms(q):
+    if not q.get("n"):
+        return "n=0"
+    return "median %.2f ms, p95 %.2f ms (min %.2f, max %.2f, n=%d)" % (
+        q["median"] * 1e3, q["p95"] * 1e3, q["min"] * 1e3, q["max"] * 1e3, q["n"])
+
+
+def proc_status(pid):
+    out = {}
+    for line in open("/proc/%d/status" % pid):
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kib(s):
+    return int(s.split()[0])
+
+
+class Bench:
+    def __init__(self, env, args):
+        self.env, self.args = env, args
+        self.fake_exe = os.path.join(abtest.BUILDDIR, "tests/fake-qmp/fake-qmp")
+        self.daemon_exe = os.path.join(abtest.BUILDDIR, "controller/autoballoond")
+        for exe in (self.fake_exe, self.daemon_exe):
+            if not os.access(exe, os.X_OK):
+                raise abtest.Skip("%s is not built" % exe)
+        self.n_registered = 0
+        self.results = {}
+
+    # ---- environment ------------------------------------------------------------------------
+    def setup(self, max_vms):
+        env = self.env
+        self.vm_dir = env.file("vms")
+        os.makedirs(self.vm_dir, exist_ok=True)
+        os.makedirs(env.file("machines.d"), exist_ok=True)
+        self.record = env.file("fake-record.log")
+        t = time.monotonic()
+        self.fake = env.spawn([self.fake_exe, "--fake-many=%d" % max_vms, "--fake-dir=" + self.vm_dir,
+                               "--record=" + self.record, "-m", VM_RAM],
+                              name="fake-qmp", stderr=env.file("fake-qmp.log"))
+        env.wait_for(lambda: os.path.exists(os.path.join(self.vm_dir, "control.sock")), 20,
+                     "fake-qmp with %d VMs" % max_vms)
+        log("fake-qmp serving %d VMs (one process, pid %d) after %.2f s" %
+            (max_vms, self.fake.host_pid, time.monotonic() - t))
+        self.leaders = []
+
+    def host_pressure(self, n):
+        """A fresh cgroup of our own (next to machine.slice, removed with the env) as the host
+        pressure source of this run. Fresh, because a trigger armed on a cgroup that stalled
+        before fires on its first window as if that old stall were new (measured: the daemon
+        restarted after a stall saw "full 2 s in 2 s", i.e. critical, on the next stall's first
+        event), and the runs must not depend on each other."""
+        env = self.env
+        self.host_cg = "/%s/ab-bench-host-%d" % (env.name, n)
+        self.host_dir = env.cgroup2 + self.host_cg
+        os.makedirs(self.host_dir, exist_ok=True)
+        self.config = env.file("autoballoond.conf")
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(host="/sys/fs/cgroup%s/memory.pressure" % self.host_cg,
+                                  machines=env.file("machines.d"), runtime=env.file("machines.run.d")))
+
+    def vm_name(self, i):
+        return "vm-%04d" % (i + 1)   # fake-qmp --fake-many's names
+
+    def register(self, n):
+        """Register VMs up to n in total with machined: a `sleep` leader each, a drop-in naming the
+        fake's socket, CreateMachineWithNetwork as libvirt calls it."""
+        env = self.env
+        k = n - self.n_registered
+        if k <= 0:
+            return
+        t = time.monotonic()
+        helper = env.spawn(["/usr/bin/python3", "-c", LEADERS, str(k)], name="leaders",
+                           stdout=subprocess.PIPE, stderr=env.file("leaders.log"))
+        pids = [int(helper.popen.stdout.readline()) for _ in range(k)]
+        self.leaders.append(helper)
+        for j, pid in enumerate(pids):
+            name = self.vm_name(self.n_registered + j)
+            with open(env.file("machines.d/%s.conf" % name), "w") as f:
+                f.write("[Machine]\nQMPSocket=%s/%s.qmp\n" % (self.vm_dir, name))
+        self.create_machines([(self.vm_name(self.n_registered + j), pid) for j, pid in enumerate(pids)])
+        self.n_registered = n
+        log("registered %d machines with machined in %.2f s (%d in total)" % (k, time.monotonic() - t, n))
+
+    def create_machines(self, machines, in_flight=16):
+        """CreateMachineWithNetwork for each (name, leader ns pid), a few calls in flight."""
+        import dbus
+        import uuid
+        mgr = self.env.bus.get_object(abtest.M1, abtest.M1_PATH, introspect=False)
+        create = mgr.get_dbus_method("CreateMachineWithNetwork", abtest.M1 + ".Manager")
+        todo = list(machines)
+        state = {"pending": 0, "errors": []}
+
+        def done(*_):
+            state["pending"] -= 1
+
+        def fail(e):
+            state["pending"] -= 1
+            state["errors"].append(str(e))
+        while todo or state["pending"]:
+            while todo and state["pending"] < in_flight:
+                name, pid = todo.pop(0)
+                state["pending"] += 1
+                create(name, dbus.Array(uuid.uuid4().bytes, signature="y"), "autoballoon-bench", "vm",
+                       dbus.UInt32(pid), "", dbus.Array([], signature="i"), dbus.Array([], signature="(sv)"),
+                       signature="sayssusaia(sv)", reply_handler=done, error_handler=fail, timeout=60)
+            self.env.pump(0.001)
+        if state["errors"]:
+            raise Fail("CreateMachine failed %d times: %s" % (len(state["errors"]), state["errors"][:3]))
+
+    # ---- the daemon -----------------------------------------------------------------------------
+    def start_daemon(self, n):
+        """Start autoballoond with NOTIFY_SOCKET on a socket of ours; returns start-up figures."""
+        env = self.env
+        sock_path = env.file("notify.sock")
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(sock_path)
+        ns.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.notify = {"ready": None, "all_managed": None, "messages": 0, "last_status": ""}
+        self.notify_sock = ns
+        want = "%d machines (%d managed)" % (n, n)
+
+        def reader():
+            # Drained all the time, like systemd would: sd_notify() blocks on a full queue.
+            while True:
+                try:
+                    data = ns.recv(65536)
+                except OSError:
+                    return
+                now = time.monotonic()
+                text = data.decode(errors="replace")
+                self.notify["messages"] += 1
+                for line in text.splitlines():
+                    if line == "READY=1" and self.notify["ready"] is None:
+                        self.notify["ready"] = now
+                    if line.startswith("STATUS="):
+                        self.notify["last_status"] = line[7:]
+                        if line[7:].startswith(want) and self.notify["all_managed"] is None:
+                            self.notify["all_managed"] = now
+        threading.Thread(target=reader, daemon=True).start()
+
+        denv = {k: v for k, v in os.environ.items() if k != "DBUS_SYSTEM_BUS_ADDRESS"}
+        denv["NOTIFY_SOCKET"] = sock_path
+        self.daemon_log = env.file("autoballoond-%d.log" % n)
+        t0 = time.monotonic()
+        self.daemon = env.spawn([self.daemon_exe, "--config=" + self.config], name="autoballoond",
+                                stdout=self.daemon_log, stderr=self.daemon_log, env=denv)
+        pid = self.daemon.host_pid
+        self.startup_stat = self.perf_stat(pid, "start-%d" % n)
+        end = t0 + 60 + n * 0.1
+        while self.notify["ready"] is None or self.notify["all_managed"] is None:
+            if not self.daemon.alive():
+                raise Fail("autoballoond exited (%s):\n%s" % (self.daemon.popen.returncode,
+                                                              open(self.daemon_log).read()[-3000:]))
+            if time.monotonic() > end:
+                raise Fail("autoballoond: not all %d machines managed after %.0f s; last STATUS=%s" %
+                           (n, end - t0, self.notify["last_status"]))
+            time.sleep(0.002)
+        cpu = proc_cpu_seconds(pid)
+        owned = env.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                         "NameHasOwner", abtest.AB)
+        if not owned:
+            raise Fail("READY=1 but %s is not on the bus" % abtest.AB)
+        r = {"ready_s": self.notify["ready"] - t0, "all_managed_s": self.notify["all_managed"] - t0,
+             "cpu_s": cpu}
+        log("N=%d: READY=1 after %.3f s, all %d managed after %.3f s, %.3f s CPU" %
+            (n, r["ready_s"], n, r["all_managed_s"], cpu))
+        return r
+
+    def perf(self, pid, what):
+        """--perf DIR: `perf record -g` of the daemon during one phase (for perf report)."""
+        if not self.args.perf:
+            return None
+        os.makedirs(self.args.perf, exist_ok=True)
+        out = os.path.join(self.args.perf, "perf-%s.data" % what)
+        p = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-p", str(pid), "-o", out],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        return p
+
+    def perf_stop(self, p):
+        if p:
+            p.send_signal(signal.SIGINT)
+            p.wait(30)
+
+    def perf_stat(self, pid, what):
+        """--perf-stat EVENTS (e.g. uprobes made with `perf probe -x autoballoond FUNC`): counts
+        during one phase, printed to DIR/perf-stat-WHAT.txt (--perf DIR)."""
+        if not self.args.perf_stat:
+            return None
+        os.makedirs(self.args.perf or ".", exist_ok=True)
+        out = os.path.join(self.args.perf or ".", "perf-stat-%s.txt" % what)
+        p = subprocess.Popen(["perf", "stat", "-e", self.args.perf_stat, "-p", str(pid), "-o", out],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        return p
+
+    def stop_daemon(self, n):
+        """SIGTERM: DeflateOnExit= returns every guest to its maximum, then the daemon exits."""
+        t = time.monotonic()
+        perf = self.perf(self.daemon.host_pid, "stop-%d" % n)
+        rc = self.daemon.stop(signal.SIGTERM, 120)
+        self.perf_stop(perf)
+        self.env.procs.remove(self.daemon)
+        self.notify_sock.close()
+        dt = time.monotonic() - t
+        log("N=%d: daemon stopped (exit code %s) %.2f s after SIGTERM" % (n, rc, dt))
+        if rc != 0:
+            raise Fail("autoballoond exit code %s on SIGTERM" % rc)
+        return {"stop_s": round(dt, 3)}
+
+    def fake_status(self):
+        out = self.env.fake_control(os.path.join(self.vm_dir, "control.sock"), "status", timeout=30)
+        return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+    def wait_all_at_max(self, n, timeout=20):
+        names = {self.vm_name(i) for i in range(n)}
+
+        def ok():
+            return all(s["actual"] == s["ram"] and s["target"] == s["ram"]
+                       for s in self.fake_status() if s["vm"] in names)
+        self.env.wait_for(ok, timeout, "every VM back at its maximum", interval=0.2)
+
+    # ---- measurements ---------------------------------------------------------------------------
+    def idle(self, n, seconds):
+        """Wake-ups of the idle daemon: VMs at their maximum, no pressure."""
+        pid = self.daemon.host_pid
+        time.sleep(2)  # let the start-up replies settle
+        s0, c0 = proc_status(pid), proc_cpu_seconds(pid)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        s1, c1 = proc_status(pid), proc_cpu_seconds(pid)
+        dt = time.monotonic() - t0
+        r = {"seconds": round(dt, 1),
+             "voluntary_ctxt_switches": int(s1["voluntary_ctxt_switches"]) - int(s0["voluntary_ctxt_switches"]),
+             "nonvoluntary_ctxt_switches": int(s1["nonvoluntary_ctxt_switches"]) -
+             int(s0["nonvoluntary_ctxt_switches"]),
+             "cpu_s": round(c1 - c0, 3), "threads": int(s1["Threads"])}
+        log("N=%d idle %.1f s: %d voluntary + %d involuntary context switches, %.3f s CPU, %d thread(s)" %
+            (n, dt, r["voluntary_ctxt_switches"], r["nonvoluntary_ctxt_switches"], r["cpu_s"], r["threads"]))
+        return r
+
+    def memory(self, n):
+        pid = self.daemon.host_pid
+        s = proc_status(pid)
+        r = {"VmRSS_kib": kib(s["VmRSS"]), "VmHWM_kib": kib(s["VmHWM"]),
+             "RssAnon_kib": kib(s["RssAnon"]), "fds": len(os.listdir("/proc/%d/fd" % pid))}
+        log("N=%d: VmRSS %d KiB, VmHWM %d KiB, RssAnon %d KiB, %d fds" %
+            (n, r["VmRSS_kib"], r["VmHWM_kib"], r["RssAnon_kib"], r["fds"]))
+        return r
+
+    def stamp(self, seconds):
+        p = subprocess.Popen(["/usr/bin/python3", os.path.abspath(__file__), "--stamp",
+                              self.host_dir + "/memory.pressure", LOW_TRIGGER, str(seconds)],
+                             stdout=subprocess.PIPE, text=True)
+        line = p.stdout.readline()
+        if not line.startswith("armed"):
+            raise Fail("psi-stamp did not arm its trigger: %r" % line)
+        return p
+
+    def reaction(self, n, stall_seconds):
+        """Real stall in the host pressure cgroup; kernel event (psi-stamp) -> first `balloon`
+        the fake received, per event; and the last VM's first `balloon` after each event."""
+        pid = self.daemon.host_pid
+        offset = os.path.getsize(self.record) if os.path.exists(self.record) else 0
+        stamp = self.stamp(stall_seconds + 3)
+        time.sleep(0.5)
+        control = self.stamp(stall_seconds + 2.5)   # armed later: the skew check
+        c0 = proc_cpu_seconds(pid)
+        perf = self.perf(pid, "stall-%d" % n)
+        pstat = self.perf_stat(pid, "stall-%d" % n)
+        stall = self.env.stall(self.host_cg, seconds=stall_seconds)
+        result = stall.wait()
+        self.perf_stop(perf)
+        self.perf_stop(pstat)
+        stamped = [l.split() for l in stamp.stdout if l.startswith("event")]
+        events = [float(x[1]) for x in stamped]
+        control_events = [float(l.split()[1]) for l in control.stdout if l.startswith("event")]
+        stamp.wait()
+        control.wait()
+        c1 = proc_cpu_seconds(pid)
+        time.sleep(0.5)
+
+        balloons = []   # (time, vm)
+        with open(self.record) as f:
+            f.seek(offset)
+            for line in f:
+                if '"execute":"balloon"' in line:
+                    rec = json.loads(line)
+                    balloons.append((rec["time"], rec["vm"]))
+        balloons.sort()
+
+        first, last, n_vms, missed = [], [], [], 0
+        for k, t in enumerate(events):
+            # the balloons an event causes come before the next event (>= 2 s later)
+            end = min(events[k + 1] if k + 1 < len(events) else t + 2.0, t + 2.0)
+            got = {}
+            for bt, vm in balloons:
+                if t <= bt < end and vm not in got:
+                    got[vm] = bt
+            if not got:
+                missed += 1
+                continue
+            first.append(min(got.values()) - t)
+            last.append(max(got.values()) - t)
+            n_vms.append(len(got))
+        skew = []
+        for t in control_events:
+            near = min(events, key=lambda e: abs(e - t)) if events else None
+            if near is not None and abs(near - t) < 1.0:
+                skew.append(abs(near - t))
+        r = {"events": len(events), "events_without_balloon": missed, "balloons": len(balloons),
+             "raw": {"events": events, "events_monotonic": [float(x[2]) for x in stamped],
+                     "balloons_first_vm": [
+                 bt for bt, vm in balloons if vm == self.vm_name(0)]},
+             "first": quantiles(first), "last": quantiles(last),
+             "vms_per_event": quantiles(n_vms), "trigger_skew": quantiles(skew),
+             "daemon_cpu_s": round(c1 - c0, 3), "stall": result}
+        log("N=%d: %d kernel events in %.0f s of stall (%s %% some), %d balloon commands, %d events "
+            "without one" % (n, len(events), result["seconds"], result["some_percent"], len(balloons), missed))
+        log("N=%d: event -> first balloon: %s" % (n, fmt_ms(r["first"])))
+        log("N=%d: event -> last VM's first balloon: %s; VMs per event: median %s" %
+            (n, fmt_ms(r["last"]), r["vms_per_event"].get("median")))
+        log("N=%d: trigger skew (two identical triggers): %s; daemon CPU during the stall %.3f s" %
+            (n, fmt_ms(r["trigger_skew"]), r["daemon_cpu_s"]))
+        return r
+
+    # ---- the whole run ---------------------------------------------------------------------------
+    def run(self):
+        a = self.args
+        self.setup(max(a.vms))
+        for n in a.vms:
+            self.register(n)
+            self.host_pressure(n)
+            r = {"n": n}
+            r["startup"] = self.start_daemon(n)
+            self.perf_stop(self.startup_stat)
+            r["memory_after_start"] = self.memory(n)
+            if n in a.idle_at:
+                r["idle"] = self.idle(n, a.idle_seconds)
+            r["reaction"] = self.reaction(n, a.stall_seconds)
+            r["memory_after_stall"] = self.memory(n)
+            r["stop"] = self.stop_daemon(n)
+            self.keep(self.daemon_log)
+            self.wait_all_at_max(n)
+            self.results[n] = r
+        self.keep(self.record)
+        return self.results
+
+    def keep(self, path):
+        """--keep DIR: copy a log out of the state dir before the environment removes it."""
+        if self.args.keep and os.path.exists(path):
+            os.makedirs(self.args.keep, exist_ok=True)
+            subprocess.run(["cp", path, self.args.keep], check=False)
+
+
+def summary(results, args):
+    lines = ["", "autoballoond benchmarks (%s, %d CPUs, kernel %s)" %
+             (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.cpu_count(), os.uname().release), ""]
+    lines.append("%-6s %10s %12s %10s %9s %9s %8s" % ("VMs", "READY s", "managed s", "start CPU",
+                                                       "RSS KiB", "HWM KiB", "fds"))
+    for n, r in sorted(results.items()):
+        s, m = r["startup"], r["memory_after_stall"]
+        lines.append("%-6d %10.3f %12.3f %9.3fs %9d %9d %8d" % (
+            n, s["ready_s"], s["all_managed_s"], s["cpu_s"], m["VmRSS_kib"], m["VmHWM_kib"], m["fds"]))
+    lines.append("")
+    lines.append("%-6s %7s %26s %26s %10s %10s" % ("VMs", "events", "first balloon med/p95 ms",
+                                                  "last VM med/p95 ms", "VMs/event", "skew ms"))
+    for n, r in sorted(results.items()):
+        x = r["reaction"]
+        f, l, sk = x["first"], x["last"], x["trigger_skew"]
+        lines.append("%-6d %7d %26s %26s %10s %10s" % (
+            n, x["events"],
+            "%.2f / %.2f" % (f["median"] * 1e3, f["p95"] * 1e3) if f.get("n") else "-",
+            "%.2f / %.2f" % (l["median"] * 1e3, l["p95"] * 1e3) if l.get("n") else "-",
+            x["vms_per_event"].get("median", "-"),
+            "%.3f" % (sk["max"] * 1e3) if sk.get("n") else "-"))
+    lines.append("")
+    for n, r in sorted(results.items()):
+        if "idle" in r:
+            i = r["idle"]
+            lines.append("idle %d VM(s), %.0f s: %d voluntary + %d involuntary context switches, %.3f s CPU" %
+                         (n, i["seconds"], i["voluntary_ctxt_switches"], i["nonvoluntary_ctxt_switches"], i["cpu_s"]))
+    ns = sorted(results)
+    if len(ns) >= 2:
+        lo, hi = results[ns[0]]["memory_after_stall"], results[ns[-1]]["memory_after_stall"]
+        lines.append("per-VM memory: %.1f KiB RSS per VM (%d -> %d VMs), %.2f fds per VM" %
+                     ((hi["VmRSS_kib"] - lo["VmRSS_kib"]) / (ns[-1] - ns[0]), ns[0], ns[-1],
+                      (hi["fds"] - lo["fds"]) / (ns[-1] - ns[0])))
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--stamp":
+        return psi_stamp(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vms", default="1,100,1000")
+    p.add_argument("--idle-at", default="1,1000")
+    p.add_argument("--idle-seconds", type=float, default=60)
+    p.add_argument("--stall-seconds", type=float, default=20)
+    p.add_argument("--json", help="write the figures here as JSON")
+    p.add_argument("--keep", metavar="DIR", help="copy the daemon's logs and the fake's record here")
+    p.add_argument("--perf-stat", metavar="EVENTS", help="perf stat -e EVENTS of the daemon per phase")
+    p.add_argument("--perf", metavar="DIR", help="perf record the daemon during each stall and stop, into DIR")
+    a = p.parse_args()
+    a.vms = sorted(int(x) for x in a.vms.split(","))
+    a.idle_at = {int(x) for x in a.idle_at.split(",") if x}
+    if os.geteuid() != 0:
+        print("SKIP: needs root")
+        return abtest.SKIP
+    signal.signal(signal.SIGTERM, abtest._on_signal)
+    signal.signal(signal.SIGINT, abtest._on_signal)
+    import atexit
+    atexit.register(abtest._atexit)
+    t = time.monotonic()
+    os.environ["AB_ENV_POLICY"] = " ".join([os.path.join(abtest.SRCDIR, "dbus/org.autoballoon1.conf"),
+                                            os.path.join(HERE, "bus-limits.conf")])
+    with abtest.Env("abt-bench") as env:
+        abtest._current = env
+        # no catch-all signal match of ours: dbus-daemon would copy every PropertiesChanged of
+        # 1,000 VMs to us, on the same 2 CPUs as the daemon
+        env.bus.remove_signal_receiver(env._on_signal, path_keyword="path",
+                                       interface_keyword="interface", member_keyword="member")
+        results = Bench(env, a).run()
+    abtest._current = None
+    text = summary(results, a)
+    print(text)
+    print("\n(total %.0f s)" % (time.monotonic() - t))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"results": results, "summary": text}, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
