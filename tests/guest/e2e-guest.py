@@ -169,15 +169,37 @@ def meminfo(g):
     return {l.split(':')[0]: int(l.split()[1]) for l in out.splitlines()}
 
 
+def in_parallel(*calls):
+    """Runs the calls in threads; returns their results (re-raises the first error)."""
+    results, errors = [None] * len(calls), []
+
+    def run(i, c):
+        try:
+            results[i] = c()
+        except BaseException as e:
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def test_basic():
     build()
-    g = Guest('stock', 'stock', 'on')
-    check('virtio0' in g.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), 'stock: balloon bound')
-    check(g.sh(f'test -e {AUTO}')[0] != 0, 'stock: no auto_deflate in sysfs (really the stock module)')
-    basic_balloon(g)
-    g.stop()
-    g = Guest('patched', 'patched', 'on')
+    # The stock and the patched guest boot side by side (one boot's time saved).
+    st, g = in_parallel(lambda: Guest('stock', 'stock', 'on'),
+                        lambda: Guest('patched', 'patched', 'on'))
+    check('virtio0' in st.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), 'stock: balloon bound')
+    check(st.sh(f'test -e {AUTO}')[0] != 0, 'stock: no auto_deflate in sysfs (really the stock module)')
+    basic_balloon(st)
+    st.stop()
     check('virtio0' in g.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), 'patched: balloon bound')
+    check('virtio_balloon: loading out-of-tree module' in g.ok('dmesg'),
+          'patched: the out-of-tree module is the one loaded')
     a = g.auto()
     check(a['active'] == 1, 'patched: auto_deflate active with deflate-on-oom=on')
     params = g.ok('grep . /sys/module/virtio_balloon/parameters/*')
@@ -191,13 +213,6 @@ def test_basic():
     g = Guest('patched-off', 'patched', 'off')
     check(g.auto()['active'] == 0, 'patched: auto_deflate inactive without deflate-on-oom')
     basic_balloon(g)
-
-
-def inflate_half(g):
-    """Inflates the guest to half its RAM; returns MemAvailable (MiB) afterwards."""
-    g.qmp.balloon_to(BALLOON_TARGET_MIB)
-    time.sleep(1)
-    return meminfo(g)['MemAvailable'] // 1024
 
 
 def run_workload(g, inflate=True):
@@ -216,25 +231,6 @@ def run_workload(g, inflate=True):
     res['guest_seconds'] = float(m.group(1)) if m else None
     log(f'{g.name}: {res}')
     return res
-
-
-def in_parallel(*calls):
-    """Runs the calls in threads; returns their results (re-raises the first error)."""
-    results, errors = [None] * len(calls), []
-
-    def run(i, c):
-        try:
-            results[i] = c()
-        except BaseException as e:
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def test_oom():
