@@ -333,16 +333,23 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         if (!stats_fresh(vm, now))
                 return;
 
-        /* A guest's sample is taken some time before the host sees it. If we inflated in
-         * between, the sample's available still counts the pages we took while actual no
-         * longer does: its use looks smaller by up to that inflation, and the next sample seems
-         * to grow by as much — our own move mistaken for the guest's growth (seen on real TCG
-         * guests: a relief step of exactly twice the last inflation, right after it). So growth
-         * is counted net of what actual fell between the sightings of the previous two samples. */
+        /* The guest's available memory and the balloon's actual size are not read at the same
+         * moment: the guest takes its sample some time before the host sees it, and QEMU reports
+         * actual late (BALLOON_CHANGE is throttled to one a second) while the driver is still
+         * moving. A balloon move around a sample makes the guest's use look off by up to that
+         * move, and the next sample seems to grow by as much: our own move mistaken for the
+         * guest's growth. Seen on real TCG guests: relief of exactly twice the last inflation
+         * right after it, and recovery steps feeding relief, which fed more relief. Growth
+         * between two samples is counted net of the moves that can fake it: the previous sample
+         * looks too small by an inflation that landed after the guest took it (actual fell in
+         * the interval before) or a deflation the guest had and QEMU had not reported yet
+         * (actual rose since); this one looks too big by an inflation the guest has made and
+         * QEMU not yet reported (actual still above target). */
         uint64_t discount = 0;
         if (s->updated_usec != st->last_stats_usec) {
-                discount = st->stats_shrink_bytes;
-                st->stats_shrink_bytes = st->last_stats_usec != 0 ? sub_sat(st->stats_actual_bytes, vm->actual_bytes) : 0;
+                discount = st->fell_prev_bytes + st->rose_bytes + sub_sat(vm->actual_bytes, vm->target_bytes);
+                st->fell_prev_bytes = st->fell_bytes;
+                st->fell_bytes = st->rose_bytes = 0;
                 st->stats_actual_bytes = vm->actual_bytes;   /* a new sample: actual as of now */
         }
         uint64_t used = guest_used(vm);
@@ -432,6 +439,10 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
         vm->reason = POLICY_REASON_NONE;
         vm->reason_level = PRESSURE_NONE;
 
+        if (st->last_actual_bytes != 0) {
+                st->fell_bytes += sub_sat(st->last_actual_bytes, vm->actual_bytes);
+                st->rose_bytes += sub_sat(vm->actual_bytes, st->last_actual_bytes);
+        }
         observe_guest(vm, now);
 
         if (vm_event) {

@@ -119,9 +119,9 @@ typedef struct PolicyVMState {
         uint64_t last_actual_bytes;       /* previous actual, to tell a self-deflate from our inflate */
         usec_t last_stats_usec;           /* updated_usec of the previous guest-stats sample */
         uint64_t stats_actual_bytes;      /* actual when that sample was first seen */
-        uint64_t stats_shrink_bytes;      /* how far actual fell between the first sightings of the
-                                           * last two samples: an inflation that may have been in
-                                           * flight while the guest took its sample */
+        uint64_t fell_bytes, rose_bytes;  /* how far actual fell and rose since the last sample ... */
+        uint64_t fell_prev_bytes;         /* ... and fell in the interval before: balloon moves in
+                                           * flight around a sample skew the guest's use it shows */
         uint64_t last_used_bytes;         /* actual - available at the previous guest-stats sample:
                                            * the guest's own use, net of our balloon moves */
         uint64_t last_major_faults;
