@@ -215,6 +215,13 @@ def test_basic():
     basic_balloon(g)
 
 
+def inflate_half(g):
+    """Inflates the guest to half its RAM; returns MemAvailable (MiB) afterwards."""
+    g.qmp.balloon_to(BALLOON_TARGET_MIB)
+    time.sleep(1)
+    return meminfo(g)['MemAvailable'] // 1024
+
+
 def run_workload(g, inflate=True):
     """Runs the workload (in an inflated guest); returns a dict of outcomes."""
     if inflate:
