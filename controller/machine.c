@@ -203,7 +203,7 @@ static void on_balloon_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_byt
         machine_set_state(machine, machine->config.knobs.enabled ? MACHINE_MANAGED : MACHINE_UNMANAGED,
                           machine->config.knobs.enabled ? NULL : "Enabled=no");
         machine_emit(machine, "ActualMemory", "TargetMemory", "MemorySize", NULL);
-        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        manager_schedule_policy(machine->manager);
 }
 
 static void on_balloon_actual(Balloon *b, uint64_t actual_bytes, void *userdata) {
@@ -213,7 +213,7 @@ static void on_balloon_actual(Balloon *b, uint64_t actual_bytes, void *userdata)
                 return;
         machine->actual_bytes = actual_bytes;
         machine_emit(machine, "ActualMemory", NULL);
-        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        manager_schedule_policy(machine->manager);
 }
 
 static void on_balloon_stats(Balloon *b, const GuestStats *stats, void *userdata) {
@@ -221,7 +221,7 @@ static void on_balloon_stats(Balloon *b, const GuestStats *stats, void *userdata
 
         machine->stats = *stats;
         machine_emit(machine, "GuestAvailableMemory", NULL);
-        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        manager_schedule_policy(machine->manager);
 }
 
 /* A guest still booting has a balloon device but no driver behind it yet; QEMU sends no

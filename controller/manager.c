@@ -74,6 +74,8 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
         }
         if (host_event != PRESSURE_NONE || scope_event != PRESSURE_NONE)
                 m->last_pressure_usec = now;
+        /* This run sees every update a scheduled one was for. */
+        sd_event_source_set_enabled(m->policy_defer, SD_EVENT_OFF);
 
         vms = calloc(m->n_machines ?: 1, sizeof *vms);
         if (!vms) {
@@ -119,6 +121,28 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                 m->policy_again = false;
                 manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
         }
+}
+
+static int on_policy_defer(sd_event_source *s, void *userdata) {
+        manager_run_policy(userdata, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        return 0;
+}
+
+/* Guest stats, BALLOON_CHANGE and balloon-ready arrive from N VMs at once (a stats round, the
+ * moves of one event, start-up), and every policy run looks at all N VMs: one run per update
+ * was quadratic (docs/benchmarks.md: at 1,000 VMs 3x the CPU per stall, and the next PSI event
+ * waited behind it). One run after the updates of this wakeup decides the same. */
+void manager_schedule_policy(Manager *m) {
+        if (!m->policy_defer) {
+                if (sd_event_add_defer(m->event, &m->policy_defer, on_policy_defer, m) < 0) {
+                        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
+                        return;
+                }
+                sd_event_source_set_description(m->policy_defer, "policy-coalesce");
+                /* after every QMP and bus source already pending (they run at NORMAL) */
+                sd_event_source_set_priority(m->policy_defer, SD_EVENT_PRIORITY_NORMAL + 1);
+        }
+        sd_event_source_set_enabled(m->policy_defer, SD_EVENT_ONESHOT);
 }
 
 /* --- guest stats ----------------------------------------------------------------------------- */
@@ -536,6 +560,7 @@ Manager *manager_free(Manager *m) {
         discovery_free(m->discovery);
         psi_watch_free(m->host_psi);
         sd_event_source_disable_unref(m->policy_timer);
+        sd_event_source_disable_unref(m->policy_defer);
         sd_event_source_disable_unref(m->stats_timer);
         sd_event_source_disable_unref(m->exit_timer);
         auth_registry_free(m->auth);

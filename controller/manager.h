@@ -29,6 +29,7 @@ typedef struct Manager {
         usec_t last_pressure_usec;          /* last host or scope event, for the policy's cool-down */
 
         sd_event_source *policy_timer;      /* armed only when the policy asks for a wake-up */
+        sd_event_source *policy_defer;      /* one policy run after a burst of guest updates */
         sd_event_source *stats_timer;       /* guest-stats polling, only while something moves */
         bool in_policy;                     /* re-entrancy guard: a move can complete synchronously */
         bool policy_again;
@@ -53,6 +54,9 @@ void manager_begin_exit(Manager *m);
 Machine *manager_find_machine(Manager *m, const char *name);
 /* Re-run the policy now. host_event / scope_event: the trigger that fired (or NONE). */
 void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_machine, PressureLevel scope_event);
+/* Re-run the policy once the updates already queued are read: for guest stats, BALLOON_CHANGE
+ * and balloon-ready, which come from all VMs at once. */
+void manager_schedule_policy(Manager *m);
 /* Arm or disarm guest-stats polling after a state change. */
 void manager_update_stats_polling(Manager *m);
 void manager_exit_progress(Manager *m);
