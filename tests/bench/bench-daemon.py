@@ -11,12 +11,16 @@ serving N sockets (fake-qmp --fake-many=N); each machine's drop-in names its soc
 
     AB_BUILDDIR=build /usr/bin/python3 tests/bench/bench-daemon.py [--vms 1,100,1000]
         [--idle-seconds 60] [--idle-at 1,1000] [--stall-seconds 20] [--json FILE]
+        [--keep DIR] [--nofile SOFT] [--perf DIR] [--perf-stat EVENTS]
 
-Clocks: the kernel's event is stamped by a separate process (psi-stamp) that arms the same
-trigger as the daemon's Low level on the same memory.pressure file and stamps its POLLPRI with
-CLOCK_REALTIME; the fake QMP device stamps each command it receives with CLOCK_REALTIME (µs) in
-its record log. Both are the same clock on the same machine. A second stamp process, armed
-later, checks that two triggers with the same spec fire together (the "trigger skew" line).
+Clocks: the kernel's event is stamped by a separate SCHED_FIFO process (--stamp) that arms the
+same trigger as the daemon's Low level on the same memory.pressure file and stamps its POLLPRI
+with CLOCK_REALTIME; the fake QMP device stamps each command it receives with CLOCK_REALTIME (µs)
+in its record log ("fake" columns). Both are the same clock on the same machine. A second stamp
+process, armed later, checks that two triggers with the same spec fire together ("skew"). The
+daemon's stderr goes through a SCHED_FIFO process (--tslog) that stamps each line as it arrives;
+the daemon logs a move right after sending its `balloon`, which gives the daemon-side time
+("daemon" columns) without the fake's own queueing (one process serving 1,000 sockets).
 """
 import argparse
 import json
@@ -93,6 +97,31 @@ def psi_stamp(path, trigger, seconds):
             if ev & select.POLLPRI:
                 print("event %.6f %.6f" % (now, time.monotonic()), flush=True)
     t.close()
+    return 0
+
+
+def ts_log(path):
+    """--tslog mode: copy stdin (the daemon's stderr) to path, each line prefixed with the
+    CLOCK_REALTIME at which it arrived. Real-time priority, so a line is stamped when the daemon
+    writes it: the daemon logs each move right after sending its `balloon`, so this is the
+    daemon-side send time, without the fake's own queueing."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(40))
+    except OSError:
+        pass
+    out = open(path, "w")
+    rest = b""
+    while True:
+        data = os.read(0, 1 << 16)
+        now = time.time()
+        if not data:
+            break
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        out.write("".join("%.6f %s\n" % (now, l.decode(errors="replace")) for l in lines))
+        out.flush()
+    if rest:
+        out.write("%.6f %s\n" % (time.time(), rest.decode(errors="replace")))
     return 0
 
 
@@ -196,6 +225,32 @@ class Bench:
         self.create_machines([(self.vm_name(self.n_registered + j), pid) for j, pid in enumerate(pids)])
         self.n_registered = n
         log("registered %d machines with machined in %.2f s (%d in total)" % (k, time.monotonic() - t, n))
+        self.settle()
+
+    def settle(self, timeout=60):
+        """Wait until the namespace's systemd, dbus-daemon and machined are idle (no CPU tick in
+        0.5 s): they work for a while after a batch of CreateMachine calls, and a start-up
+        measured during that would measure them."""
+        pids = [self.env.pid1] + [int(p) for p in open("/proc/%d/task/%d/children" % (
+            self.env.pid1, self.env.pid1)).read().split()]
+
+        def ticks():
+            total = 0
+            for p in pids:
+                try:
+                    total += proc_cpu_seconds(p)
+                except FileNotFoundError:
+                    pass
+            return total
+        t = time.monotonic()
+        last = ticks()
+        while time.monotonic() - t < timeout:
+            time.sleep(0.5)
+            now = ticks()
+            if now == last:
+                break
+            last = now
+        log("systemd, dbus-daemon and machined idle after %.1f s" % (time.monotonic() - t))
 
     def create_machines(self, machines, in_flight=16):
         """CreateMachineWithNetwork for each (name, leader ns pid), a few calls in flight."""
@@ -225,7 +280,9 @@ class Bench:
 
     # ---- the daemon -----------------------------------------------------------------------------
     def start_daemon(self, n):
-        """Start autoballoond with NOTIFY_SOCKET on a socket of ours; returns start-up figures."""
+        """Start autoballoond with NOTIFY_SOCKET on a socket of ours; returns start-up figures.
+        --nofile SOFT runs it with that soft RLIMIT_NOFILE (systemd's default for services is
+        1024), to see what the unit as shipped could manage."""
         env = self.env
         sock_path = env.file("notify.sock")
         if os.path.exists(sock_path):
@@ -259,9 +316,15 @@ class Bench:
         denv = {k: v for k, v in os.environ.items() if k != "DBUS_SYSTEM_BUS_ADDRESS"}
         denv["NOTIFY_SOCKET"] = sock_path
         self.daemon_log = env.file("autoballoond-%d.log" % n)
+        rfd, wfd = os.pipe()
+        self.tslog = subprocess.Popen(["/usr/bin/python3", os.path.abspath(__file__), "--tslog", self.daemon_log],
+                                      stdin=rfd)
+        os.close(rfd)
         t0 = time.monotonic()
-        self.daemon = env.spawn([self.daemon_exe, "--config=" + self.config], name="autoballoond",
-                                stdout=self.daemon_log, stderr=self.daemon_log, env=denv)
+        limit = ["prlimit", "--nofile=%d:" % self.args.nofile, "--"] if self.args.nofile else []
+        self.daemon = env.spawn(limit + [self.daemon_exe, "--config=" + self.config], name="autoballoond",
+                                stdout=wfd, stderr=wfd, env=denv)
+        os.close(wfd)
         pid = self.daemon.host_pid
         self.startup_stat = self.perf_stat(pid, "start-%d" % n)
         end = t0 + 60 + n * 0.1
@@ -319,6 +382,7 @@ class Bench:
         rc = self.daemon.stop(signal.SIGTERM, 120)
         self.perf_stop(perf)
         self.env.procs.remove(self.daemon)
+        self.tslog.wait(10)
         self.notify_sock.close()
         dt = time.monotonic() - t
         log("N=%d: daemon stopped (exit code %s) %.2f s after SIGTERM" % (n, rc, dt))
@@ -383,7 +447,7 @@ class Bench:
         stamp = self.stamp(stall_seconds + 3)
         time.sleep(0.5)
         control = self.stamp(stall_seconds + 2.5)   # armed later: the skew check
-        c0 = proc_cpu_seconds(pid)
+        c0, f0 = proc_cpu_seconds(pid), proc_cpu_seconds(self.fake.host_pid)
         perf = self.perf(pid, "stall-%d" % n)
         pstat = self.perf_stat(pid, "stall-%d" % n)
         stall = self.env.stall(self.host_cg, seconds=stall_seconds)
@@ -395,7 +459,7 @@ class Bench:
         control_events = [float(l.split()[1]) for l in control.stdout if l.startswith("event")]
         stamp.wait()
         control.wait()
-        c1 = proc_cpu_seconds(pid)
+        c1, f1 = proc_cpu_seconds(pid), proc_cpu_seconds(self.fake.host_pid)
         time.sleep(0.5)
 
         balloons = []   # (time, vm)
@@ -406,6 +470,24 @@ class Bench:
                     rec = json.loads(line)
                     balloons.append((rec["time"], rec["vm"]))
         balloons.sort()
+
+        sent = []   # (time, vm): the daemon's log line for the move, stamped on arrival
+        with open(self.daemon_log) as f:
+            for line in f:
+                ts, _, msg = line.partition(" ")
+                if "balloon target" in msg and msg.startswith("Machine "):
+                    sent.append((float(ts), msg.split()[1].rstrip(":")))
+        sent.sort()
+        d_first, d_last = [], []
+        for k, t in enumerate(events):
+            end = min(events[k + 1] if k + 1 < len(events) else t + 2.0, t + 2.0)
+            got = {}
+            for st, vm in sent:
+                if t <= st < end and vm not in got:
+                    got[vm] = st
+            if got:
+                d_first.append(min(got.values()) - t)
+                d_last.append(max(got.values()) - t)
 
         first, last, n_vms, missed = [], [], [], 0
         for k, t in enumerate(events):
@@ -431,15 +513,18 @@ class Bench:
                      "balloons_first_vm": [
                  bt for bt, vm in balloons if vm == self.vm_name(0)]},
              "first": quantiles(first), "last": quantiles(last),
+             "daemon_first": quantiles(d_first), "daemon_last": quantiles(d_last),
              "vms_per_event": quantiles(n_vms), "trigger_skew": quantiles(skew),
-             "daemon_cpu_s": round(c1 - c0, 3), "stall": result}
+             "daemon_cpu_s": round(c1 - c0, 3), "fake_cpu_s": round(f1 - f0, 3), "stall": result}
         log("N=%d: %d kernel events in %.0f s of stall (%s %% some), %d balloon commands, %d events "
             "without one" % (n, len(events), result["seconds"], result["some_percent"], len(balloons), missed))
         log("N=%d: event -> first balloon: %s" % (n, fmt_ms(r["first"])))
         log("N=%d: event -> last VM's first balloon: %s; VMs per event: median %s" %
             (n, fmt_ms(r["last"]), r["vms_per_event"].get("median")))
-        log("N=%d: trigger skew (two identical triggers): %s; daemon CPU during the stall %.3f s" %
-            (n, fmt_ms(r["trigger_skew"]), r["daemon_cpu_s"]))
+        log("N=%d: daemon side (its move log line): first %s; last VM %s" %
+            (n, fmt_ms(r["daemon_first"]), fmt_ms(r["daemon_last"])))
+        log("N=%d: trigger skew (two identical triggers): %s; CPU during the stall: daemon %.3f s, "
+            "fake-qmp %.3f s" % (n, fmt_ms(r["trigger_skew"]), r["daemon_cpu_s"], r["fake_cpu_s"]))
         return r
 
     # ---- the whole run ---------------------------------------------------------------------------
@@ -472,42 +557,48 @@ class Bench:
 
 
 def summary(results, args):
+    ms = lambda q, k: "%.1f" % (q[k] * 1e3) if q.get("n") else "-"
     lines = ["", "autoballoond benchmarks (%s, %d CPUs, kernel %s)" %
              (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.cpu_count(), os.uname().release), ""]
-    lines.append("%-6s %10s %12s %10s %9s %9s %8s" % ("VMs", "READY s", "managed s", "start CPU",
-                                                       "RSS KiB", "HWM KiB", "fds"))
+    lines.append("start-up and memory")
+    lines.append("%-6s %8s %10s %9s %9s %9s %6s %8s" % ("VMs", "READY s", "managed s", "CPU s",
+                                                      "RSS KiB", "HWM KiB", "fds", "stop s"))
     for n, r in sorted(results.items()):
         s, m = r["startup"], r["memory_after_stall"]
-        lines.append("%-6d %10.3f %12.3f %9.3fs %9d %9d %8d" % (
-            n, s["ready_s"], s["all_managed_s"], s["cpu_s"], m["VmRSS_kib"], m["VmHWM_kib"], m["fds"]))
+        lines.append("%-6d %8.3f %10.3f %9.3f %9d %9d %6d %8.2f" % (
+            n, s["ready_s"], s["all_managed_s"], s["cpu_s"], m["VmRSS_kib"], m["VmHWM_kib"], m["fds"],
+            r["stop"]["stop_s"]))
     lines.append("")
-    lines.append("%-6s %7s %26s %26s %10s %10s" % ("VMs", "events", "first balloon med/p95 ms",
-                                                  "last VM med/p95 ms", "VMs/event", "skew ms"))
+    lines.append("reaction, PSI event -> balloon (ms; median / p95 over the events)")
+    lines.append("%-6s %6s %15s %15s %15s %15s %7s %7s %7s" % (
+        "VMs", "events", "fake: first", "fake: last VM", "daemon: first", "daemon: last", "CPU s", "fake s",
+        "skew"))
     for n, r in sorted(results.items()):
         x = r["reaction"]
-        f, l, sk = x["first"], x["last"], x["trigger_skew"]
-        lines.append("%-6d %7d %26s %26s %10s %10s" % (
-            n, x["events"],
-            "%.2f / %.2f" % (f["median"] * 1e3, f["p95"] * 1e3) if f.get("n") else "-",
-            "%.2f / %.2f" % (l["median"] * 1e3, l["p95"] * 1e3) if l.get("n") else "-",
-            x["vms_per_event"].get("median", "-"),
-            "%.3f" % (sk["max"] * 1e3) if sk.get("n") else "-"))
+        pair = lambda q: "%s / %s" % (ms(q, "median"), ms(q, "p95"))
+        lines.append("%-6d %6d %15s %15s %15s %15s %7.2f %7.2f %7s" % (
+            n, x["events"], pair(x["first"]), pair(x["last"]), pair(x["daemon_first"]), pair(x["daemon_last"]),
+            x["daemon_cpu_s"], x["fake_cpu_s"], ms(x["trigger_skew"], "max")))
+        if x["events_without_balloon"]:
+            lines.append("       (%d event(s) with no balloon within 2 s)" % x["events_without_balloon"])
     lines.append("")
     for n, r in sorted(results.items()):
         if "idle" in r:
             i = r["idle"]
-            lines.append("idle %d VM(s), %.0f s: %d voluntary + %d involuntary context switches, %.3f s CPU" %
+            lines.append("idle, %d VM(s), %.0f s: %d voluntary + %d involuntary context switches, %.3f s CPU" %
                          (n, i["seconds"], i["voluntary_ctxt_switches"], i["nonvoluntary_ctxt_switches"], i["cpu_s"]))
     ns = sorted(results)
     if len(ns) >= 2:
         lo, hi = results[ns[0]]["memory_after_stall"], results[ns[-1]]["memory_after_stall"]
-        lines.append("per-VM memory: %.1f KiB RSS per VM (%d -> %d VMs), %.2f fds per VM" %
+        lines.append("per VM: %.1f KiB RSS (%d -> %d VMs), %.2f fds" %
                      ((hi["VmRSS_kib"] - lo["VmRSS_kib"]) / (ns[-1] - ns[0]), ns[0], ns[-1],
                       (hi["fds"] - lo["fds"]) / (ns[-1] - ns[0])))
     return "\n".join(lines)
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--tslog":
+        return ts_log(sys.argv[2])
     if len(sys.argv) > 1 and sys.argv[1] == "--stamp":
         return psi_stamp(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -516,6 +607,7 @@ def main():
     p.add_argument("--idle-seconds", type=float, default=60)
     p.add_argument("--stall-seconds", type=float, default=20)
     p.add_argument("--json", help="write the figures here as JSON")
+    p.add_argument("--nofile", type=int, help="the daemon's soft RLIMIT_NOFILE (default: this shell's)")
     p.add_argument("--keep", metavar="DIR", help="copy the daemon's logs and the fake's record here")
     p.add_argument("--perf-stat", metavar="EVENTS", help="perf stat -e EVENTS of the daemon per phase")
     p.add_argument("--perf", metavar="DIR", help="perf record the daemon during each stall and stop, into DIR")
