@@ -74,7 +74,7 @@ def demo(env):
         idle = realguest.start_guest(env, "vm-idle", outdir, mem="512M", memcg=memcg, deflate_on_oom="on")
         busy = realguest.start_guest(env, "vm-busy", outdir, mem="512M", memcg=memcg, deflate_on_oom="on")
         config = env.write_config(host_pressure="/proc/pressure/memory",
-                                  extra="\n[Defaults]\nRecoveryDelaySec=10s\n")
+                                  extra="\n[Defaults]\nRecoveryDelaySec=10s\nRecoveryDelayMaxSec=30s\n")
         env.start_daemon(config=config, args=("--log-level=info",))
         for g in (idle, busy):
             env.wait_property(env.machine_path(g.name), "State", "managed", timeout=20)
