@@ -163,8 +163,10 @@ def kib(s):
 class Bench:
     def __init__(self, env, args):
         self.env, self.args = env, args
-        self.fake_exe = os.path.join(abtest.BUILDDIR, "tests/fake-qmp/fake-qmp")
-        self.daemon_exe = os.path.join(abtest.BUILDDIR, "controller/autoballoond")
+        # absolute: the commands run in the namespace, from another working directory
+        build = os.path.abspath(abtest.BUILDDIR)
+        self.fake_exe = os.path.join(build, "tests/fake-qmp/fake-qmp")
+        self.daemon_exe = os.path.join(build, "controller/autoballoond")
         for exe in (self.fake_exe, self.daemon_exe):
             if not os.access(exe, os.X_OK):
                 raise abtest.Skip("%s is not built" % exe)
