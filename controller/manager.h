@@ -22,6 +22,7 @@ typedef struct Manager {
 
         Machine **machines;
         size_t n_machines;
+        void *machines_by_name;             /* tsearch(3) index: the bus looks machines up by name */
 
         PsiWatch *host_psi;
         char *host_pressure_path;           /* the resolved pressure file */
