@@ -45,6 +45,7 @@ struct Machine {
         uint64_t actual_bytes;        /* as the guest reports it */
         uint64_t target_bytes;        /* what we last asked for (or actual, until we move it) */
         GuestStats stats;
+        usec_t stats_requested_usec;  /* last qom-get guest-stats asked before a decision */
         PolicyVMState policy_state;
 
         struct {

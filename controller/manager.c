@@ -72,12 +72,96 @@ static void arm_policy_timer(Manager *m, usec_t when) {
         sd_event_source_set_enabled(m->policy_timer, SD_EVENT_ONESHOT);
 }
 
+/* A host event decided on missing or stale guest stats would squeeze blindly (DESIGN §4).
+ * QEMU keeps the statistics the guest last pushed (every StatsIntervalSec), so asking for
+ * them costs one QMP round trip, not a wait for the guest: the event waits for those
+ * replies, at most STATS_WAIT_MAX_USEC. A VM that was asked within STATS_RETRY_USEC and still
+ * has none (no stats queue, an old driver) is not waited for again. */
+#define STATS_WAIT_MAX_USEC (250 * USEC_PER_MSEC)
+#define STATS_RETRY_USEC (10 * USEC_PER_SEC)
+
+static bool machine_stats_fresh(const Machine *machine, usec_t now) {
+        return machine->stats.valid &&
+                machine->stats.updated_usec + machine->config.knobs.stats_max_age_usec >= now;
+}
+
+static bool machine_stats_awaited(const Machine *machine, usec_t now) {
+        return machine_controllable(machine) && !machine_stats_fresh(machine, now) &&
+                machine->stats_requested_usec > 0 && now < machine->stats_requested_usec + STATS_WAIT_MAX_USEC;
+}
+
+/* Asks every VM without fresh stats for them; returns true if any answer is awaited. */
+static bool request_missing_stats(Manager *m, usec_t now) {
+        bool waiting = false;
+
+        for (size_t i = 0; i < m->n_machines; i++) {
+                Machine *machine = m->machines[i];
+                if (!machine_controllable(machine) || machine_stats_fresh(machine, now))
+                        continue;
+                if (machine->stats_requested_usec > 0 && now < machine->stats_requested_usec + STATS_RETRY_USEC) {
+                        waiting = waiting || machine_stats_awaited(machine, now);
+                        continue;
+                }
+                if (balloon_poll_stats(machine->balloon) >= 0) {
+                        machine->stats_requested_usec = now;
+                        waiting = true;
+                }
+        }
+        return waiting;
+}
+
+static bool stats_awaited(Manager *m, usec_t now) {
+        for (size_t i = 0; i < m->n_machines; i++)
+                if (machine_stats_awaited(m->machines[i], now))
+                        return true;
+        return false;
+}
+
+static int on_deferred_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        PressureLevel event = m->deferred_host_event;
+
+        m->deferred_host_event = PRESSURE_NONE;
+        if (event != PRESSURE_NONE) {
+                log_debug("Guest statistics did not all arrive within %llu ms; deciding without them.",
+                          (unsigned long long) (STATS_WAIT_MAX_USEC / USEC_PER_MSEC));
+                manager_run_policy(m, event, NULL, PRESSURE_NONE);
+        }
+        return 0;
+}
+
+static void defer_host_event(Manager *m, PressureLevel event, usec_t now) {
+        m->deferred_host_event = MAX(m->deferred_host_event, event);
+        if (!m->deferred_timer) {
+                if (sd_event_add_time(m->event, &m->deferred_timer, CLOCK_MONOTONIC, now + STATS_WAIT_MAX_USEC, 0,
+                                      on_deferred_timer, m) < 0) {
+                        m->deferred_host_event = PRESSURE_NONE;
+                        manager_run_policy(m, event, NULL, PRESSURE_NONE);
+                        return;
+                }
+                sd_event_source_set_description(m->deferred_timer, "stats-wait");
+                return;
+        }
+        int enabled = SD_EVENT_OFF;
+        sd_event_source_get_enabled(m->deferred_timer, &enabled);
+        if (enabled == SD_EVENT_OFF) {
+                sd_event_source_set_time(m->deferred_timer, now + STATS_WAIT_MAX_USEC);
+                sd_event_source_set_enabled(m->deferred_timer, SD_EVENT_ONESHOT);
+        }
+}
+
 void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_machine, PressureLevel scope_event) {
         _cleanup_free_ PolicyVM *vms = NULL;
         usec_t now = now_usec(), when;
 
         if (m->exiting)
                 return;
+        /* The stats a deferred host event waited for are in: decide it now. */
+        if (m->deferred_host_event != PRESSURE_NONE && !stats_awaited(m, now)) {
+                host_event = MAX(host_event, m->deferred_host_event);
+                m->deferred_host_event = PRESSURE_NONE;
+                sd_event_source_set_enabled(m->deferred_timer, SD_EVENT_OFF);
+        }
         if (m->in_policy) {
                 /* A move that completes synchronously lands here; decide again afterwards. */
                 m->policy_again = true;
@@ -219,6 +303,11 @@ static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel lev
                          pressure_level_to_string(level));
                 m->host_level = level;
                 manager_bus_emit_host_changed(m);
+        }
+        if (event != PRESSURE_NONE &&
+            (m->deferred_host_event != PRESSURE_NONE || request_missing_stats(m, now_usec()))) {
+                defer_host_event(m, event, now_usec());
+                return;
         }
         manager_run_policy(m, event, NULL, PRESSURE_NONE);
 }
@@ -577,6 +666,7 @@ Manager *manager_free(Manager *m) {
         discovery_free(m->discovery);
         psi_watch_free(m->host_psi);
         sd_event_source_disable_unref(m->policy_timer);
+        sd_event_source_disable_unref(m->deferred_timer);
         sd_event_source_disable_unref(m->policy_defer);
         sd_event_source_disable_unref(m->stats_timer);
         sd_event_source_disable_unref(m->exit_timer);

@@ -30,6 +30,8 @@ typedef struct Manager {
         usec_t last_pressure_usec;          /* last host or scope event, for the policy's cool-down */
 
         sd_event_source *policy_timer;      /* armed only when the policy asks for a wake-up */
+        PressureLevel deferred_host_event;  /* a host event waiting for guest stats (no blind squeeze) */
+        sd_event_source *deferred_timer;    /* ... but not longer than STATS_WAIT_MAX_USEC */
         sd_event_source *policy_defer;      /* one policy run after a burst of guest updates */
         sd_event_source *stats_timer;       /* guest-stats polling, only while something moves */
         bool in_policy;                     /* re-entrancy guard: a move can complete synchronously */
