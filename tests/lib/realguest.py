@@ -182,8 +182,10 @@ def start_guest(env, name, outdir, mem="512M", memcg=None, deflate_on_oom="on",
     return Guest(env, name, proc, rundir)
 
 
-def host_hog(env, memcg, mib, hold_seconds, outdir):
-    """A host workload: memhog MiB in the host memcg, held for hold_seconds."""
+def host_hog(env, memcg, mib, hold_seconds, outdir, passes=1):
+    """A host workload: memhog MiB in the host memcg, every page written `passes` times
+    (a workload that keeps using its memory, so the pressure lasts while it does not fit),
+    then held for hold_seconds."""
     hog = os.path.join(outdir, "tools/memhog")
-    return env.spawn([hog, str(mib), "1", str(hold_seconds)], name="host-hog", memcg=memcg.dir,
+    return env.spawn([hog, str(mib), str(passes), str(hold_seconds)], name="host-hog", memcg=memcg.dir,
                      stdout=env.file("host-hog.log"), stderr=env.file("host-hog.log"))
