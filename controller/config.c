@@ -10,13 +10,6 @@
 #include "config.h"
 #include "log.h"
 
-static const char *const default_triggers[_PRESSURE_LEVEL_MAX] = {
-        /* 10 % / 20 % of a second stalled (some), 10 % fully stalled: the levels at which
-         * systemd-oomd and low-memory-monitor also start to care. */
-        [PRESSURE_LOW] = "some 100ms 1s",
-        [PRESSURE_MEDIUM] = "some 200ms 1s",
-        [PRESSURE_CRITICAL] = "full 100ms 1s",
-};
 
 void config_init(Config *c) {
         *c = (Config) {
@@ -27,8 +20,6 @@ void config_init(Config *c) {
                 .stats_interval_sec = 2,
                 .deflate_on_exit = true,
         };
-        for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
-                (void) psi_trigger_parse(default_triggers[l], &c->pressure[l]);
         policy_knobs_init_default(&c->defaults);
 }
 
@@ -77,6 +68,10 @@ int knob_describe_range(const KnobInfo *k, char **ret) {
         case KNOB_PRESET:
                 r = asprintf(ret, "one of: default, seed");
                 break;
+        case KNOB_TRIGGER:
+                r = asprintf(ret, "a PSI trigger \"some|full STALL WINDOW\" with 500ms <= WINDOW <= 10s "
+                             "and 0 < STALL <= WINDOW (e.g. \"some 100ms 1s\")");
+                break;
         }
         return r < 0 ? -ENOMEM : 0;
 }
@@ -117,6 +112,14 @@ int knob_parse(const KnobInfo *k, const char *value, PolicyKnobs *knobs, char **
                 if (p < 0)
                         return knob_error(k, value, -EINVAL, error);
                 *(PolicyPreset *) knob_ptr(k, knobs) = p;
+                return 0;
+        }
+        case KNOB_TRIGGER: {
+                PsiTriggerSpec spec;
+                r = psi_trigger_parse(value, &spec);
+                if (r < 0)
+                        return knob_error(k, value, r, error);
+                *(PsiTriggerSpec *) knob_ptr(k, knobs) = spec;
                 return 0;
         }
         case KNOB_SIZE:
@@ -168,6 +171,12 @@ int knob_format(const KnobInfo *k, const PolicyKnobs *knobs, char **ret) {
         case KNOB_PRESET:
                 r = asprintf(ret, "%s", policy_preset_to_string(*(const PolicyPreset *) p));
                 break;
+        case KNOB_TRIGGER: {
+                char buf[64];
+                psi_trigger_format(p, buf, sizeof buf);
+                r = asprintf(ret, "%s", buf);
+                break;
+        }
         case KNOB_SIZE:
                 r = asprintf(ret, "%" PRIu64, *(const uint64_t *) p);
                 break;
@@ -270,7 +279,9 @@ static int handler(void *user, const char *section, const char *name, const char
                 };
                 for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
                         if (streq(name, names[l])) {
-                                if (psi_trigger_parse(value, &s->config->pressure[l]) < 0) {
+                                /* the same as [Defaults] LowPressure= etc.: the host's triggers and
+                                 * every scope's unless a machine sets its own */
+                                if (psi_trigger_parse(value, &s->config->defaults.trigger[l]) < 0) {
                                         log_warning("%s:%d: Invalid PSI trigger \"%s\" for %s=: expected "
                                                     "\"some|full STALL WINDOW\" with 500ms <= WINDOW <= 10s, "
                                                     "0 < STALL <= WINDOW. Ignoring.",
@@ -622,6 +633,8 @@ size_t knob_size(const KnobInfo *k) {
                 return sizeof(bool);
         case KNOB_PRESET:
                 return sizeof(PolicyPreset);
+        case KNOB_TRIGGER:
+                return sizeof(PsiTriggerSpec);
         case KNOB_SIZE:
         case KNOB_USEC:
                 return sizeof(uint64_t);
@@ -631,6 +644,10 @@ size_t knob_size(const KnobInfo *k) {
 }
 
 bool knob_equal(const KnobInfo *k, const PolicyKnobs *a, const PolicyKnobs *b) {
+        if (k->type == KNOB_TRIGGER) {   /* has padding: compare the fields */
+                const PsiTriggerSpec *x = knob_cptr(k, a), *y = knob_cptr(k, b);
+                return x->full == y->full && x->stall_usec == y->stall_usec && x->window_usec == y->window_usec;
+        }
         return memcmp(knob_cptr(k, a), knob_cptr(k, b), knob_size(k)) == 0;
 }
 

@@ -20,7 +20,6 @@ typedef struct Config {
         char *runtime_config_directory;    /* runtime drop-ins for the main config, read after PATH.d/ */
         unsigned stats_interval_sec;       /* guest-stats polling while anything is in motion */
         bool deflate_on_exit;
-        PsiTriggerSpec pressure[_PRESSURE_LEVEL_MAX];
         PolicyKnobs defaults;
         unsigned n_errors;                 /* bad lines seen (each logged with file:line) */
 } Config;

@@ -4,6 +4,7 @@
 
 #include "config.h"
 #include "knob-bus.h"
+#include "psi.h"
 
 char knob_bus_type(const KnobInfo *k) {
         switch (k->type) {
@@ -13,6 +14,7 @@ char knob_bus_type(const KnobInfo *k) {
         case KNOB_USEC:
                 return 't';
         case KNOB_PRESET:
+        case KNOB_TRIGGER:
                 return 's';
         default:
                 return 'u';
@@ -41,6 +43,11 @@ int knob_bus_append(sd_bus_message *m, const KnobInfo *k, const PolicyKnobs *kno
                 return sd_bus_message_append_basic(m, 'b', &b);
         }
         case 's':
+                if (k->type == KNOB_TRIGGER) {
+                        char buf[64];
+                        psi_trigger_format(p, buf, sizeof buf);
+                        return sd_bus_message_append_basic(m, 's', buf);
+                }
                 return sd_bus_message_append_basic(m, 's', policy_preset_to_string(*(const PolicyPreset *) p));
         default:
                 return sd_bus_message_append_basic(m, knob_bus_type(k), p);
@@ -56,6 +63,9 @@ int knob_bus_describe_range(const KnobInfo *k, char **ret) {
                 return (*ret = strdup("a boolean (b)")) ? 0 : -ENOMEM;
         case KNOB_PRESET:
                 return (*ret = strdup("one of \"default\", \"seed\" (s)")) ? 0 : -ENOMEM;
+        case KNOB_TRIGGER:
+                return (*ret = strdup("a PSI trigger \"some|full STALL WINDOW\", 500ms <= WINDOW <= 10s, "
+                                      "0 < STALL <= WINDOW, plain numbers in microseconds (s)")) ? 0 : -ENOMEM;
         case KNOB_SIZE:
                 what = "a size in bytes (t)";
                 break;
@@ -103,6 +113,17 @@ int knob_bus_read(sd_bus_message *m, const KnobInfo *k, PolicyKnobs *knobs, sd_b
                 r = sd_bus_message_read_basic(m, 's', &s);
                 if (r < 0)
                         return r;
+                if (k->type == KNOB_TRIGGER) {
+                        PsiTriggerSpec spec;
+                        if (psi_trigger_parse(s, &spec) < 0) {
+                                _cleanup_free_ char *quoted = NULL;
+                                if (asprintf(&quoted, "\"%s\"", s) < 0)
+                                        return -ENOMEM;
+                                return range_error(k, quoted, error);
+                        }
+                        *(PsiTriggerSpec *) knob_ptr(k, knobs) = spec;
+                        return 0;
+                }
                 p = policy_preset_from_string(s);
                 if (p < 0) {
                         _cleanup_free_ char *quoted = NULL;

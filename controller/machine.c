@@ -152,16 +152,19 @@ int machine_resize(Machine *machine, uint64_t target_bytes) {
         return 0;
 }
 
+static int machine_watch_scope(Machine *machine);
+
 void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t knobs_set) {
         char *changed[64 + 3];
         size_t n = 0;
-        bool bounds = false, was_enabled = machine->config.knobs.enabled;
+        bool bounds = false, triggers = false, was_enabled = machine->config.knobs.enabled;
 
         for (size_t i = 0; i < policy_knobs_count && n < 64; i++) {
                 const KnobInfo *k = &policy_knobs[i];
                 if (knob_equal(k, knobs, &machine->config.knobs))
                         continue;
                 changed[n++] = (char *) k->name;
+                triggers = triggers || k->type == KNOB_TRIGGER;
                 bounds = bounds || streq(k->name, "MinimumMemory") || streq(k->name, "MaximumMemory") ||
                          streq(k->name, "MinimumMemoryPercent");
         }
@@ -175,6 +178,8 @@ void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t kn
         }
         changed[n] = NULL;
         (void) machine_bus_emit_changed(machine, changed);
+        if (triggers && (machine->qmp || machine->psi))   /* started: re-arm with the new thresholds */
+                (void) machine_watch_scope(machine);
 
         if (knobs->enabled != was_enabled && machine->balloon && balloon_is_ready(machine->balloon)) {
                 if (!knobs->enabled && machine->state == MACHINE_MANAGED)
@@ -365,6 +370,25 @@ fail:
         return r;
 }
 
+/* Scope pressure: that VM first. Missing PSI is not fatal: host pressure still works. Called
+ * again when the machine's trigger knobs change: the kernel cannot re-arm a trigger fd. */
+static int machine_watch_scope(Machine *machine) {
+        Manager *m = machine->manager;
+        _cleanup_free_ char *p = NULL;
+        int r;
+
+        machine->psi = psi_watch_free(machine->psi);
+        machine->scope_level = PRESSURE_NONE;
+        if (!m->cgroup2_mount)
+                return 0;
+        if (asprintf(&p, "%s%s/memory.pressure", m->cgroup2_mount, machine->control_group) < 0)
+                return -ENOMEM;
+        r = psi_watch_new(&machine->psi, m->event, p, machine->config.knobs.trigger, on_scope_pressure, machine);
+        if (r < 0)
+                log_warning_errno(r, "Machine %s: cannot watch %s, scope pressure ignored: %m", machine->name, p);
+        return 0;
+}
+
 int machine_start(Machine *machine) {
         Manager *m = machine->manager;
         int r;
@@ -387,16 +411,9 @@ int machine_start(Machine *machine) {
                 machine->qmp_socket_source = "cmdline";
         }
 
-        /* Scope pressure: that VM first. Missing PSI is not fatal: host pressure still works. */
-        if (m->cgroup2_mount) {
-                _cleanup_free_ char *p = NULL;
-                if (asprintf(&p, "%s%s/memory.pressure", m->cgroup2_mount, machine->control_group) < 0)
-                        return -ENOMEM;
-                r = psi_watch_new(&machine->psi, m->event, p, m->config.pressure, on_scope_pressure, machine);
-                if (r < 0)
-                        log_warning_errno(r, "Machine %s: cannot watch %s, scope pressure ignored: %m",
-                                          machine->name, p);
-        }
+        r = machine_watch_scope(machine);
+        if (r < 0)
+                return r;
 
         r = qmp_client_new(&machine->qmp, m->event, machine->qmp_socket, &qmp_callbacks, machine);
         if (r < 0)

@@ -353,7 +353,7 @@ static int property_get_triggers(sd_bus *bus, const char *path, const char *inte
         if (r < 0)
                 return r;
         for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++) {
-                const PsiTriggerSpec *spec = m->host_psi ? psi_watch_spec(m->host_psi, l) : &m->config.pressure[l];
+                const PsiTriggerSpec *spec = m->host_psi ? psi_watch_spec(m->host_psi, l) : &m->config.defaults.trigger[l];
                 r = sd_bus_message_append(reply, "(sstt)", pressure_level_to_string(l), spec->full ? "full" : "some",
                                           spec->stall_usec, spec->window_usec);
                 if (r < 0)
@@ -514,7 +514,7 @@ static const sd_bus_vtable manager_vtable_fixed[] = {
         SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("HostPressureSource", "s", property_get_string, offsetof(Manager, host_pressure_path), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("HostPressure", "s", property_get_level, offsetof(Manager, host_level), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
-        SD_BUS_PROPERTY("PressureTriggers", "a(sstt)", property_get_triggers, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("PressureTriggers", "a(sstt)", property_get_triggers, 0, 0),
         SD_BUS_PROPERTY("HostPressureSomeAvg10", "d", property_get_host_average, 0, 0),
         SD_BUS_PROPERTY("HostPressureSomeAvg60", "d", property_get_host_average, 0, 0),
         SD_BUS_PROPERTY("HostPressureFullAvg10", "d", property_get_host_average, 0, 0),

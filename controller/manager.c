@@ -428,17 +428,38 @@ static const DiscoveryCallbacks discovery_callbacks = {
 
 /* --- configuration ---------------------------------------------------------------------------- */
 
+/* The host's triggers are the default ones; armed again whenever they change. */
+static void watch_host(Manager *m) {
+        int r;
+
+        m->host_psi = psi_watch_free(m->host_psi);
+        if (!m->host_pressure_path)
+                return;
+        r = psi_watch_new(&m->host_psi, m->event, m->host_pressure_path, m->config.defaults.trigger,
+                          on_host_pressure, m);
+        if (r < 0)
+                log_error_errno(r, "Cannot watch host pressure (%s): %m. Only per-VM scope pressure will act.",
+                                m->host_pressure_path);
+        else
+                log_info("Watching host memory pressure at %s.", m->host_pressure_path);
+}
+
 static void manager_set_defaults(Manager *m, const PolicyKnobs *defaults) {
         char *changed[64 + 1];
         size_t n = 0;
+        bool triggers = false;
 
         for (size_t i = 0; i < policy_knobs_count && n < 64; i++)
-                if (!knob_equal(&policy_knobs[i], defaults, &m->config.defaults))
+                if (!knob_equal(&policy_knobs[i], defaults, &m->config.defaults)) {
                         changed[n++] = (char *) policy_knobs[i].name;
+                        triggers = triggers || policy_knobs[i].type == KNOB_TRIGGER;
+                }
         changed[n] = NULL;
         m->config.defaults = *defaults;
         if (n > 0)
                 manager_bus_emit_defaults_changed(m, changed);
+        if (triggers && m->bus)
+                watch_host(m);
 }
 
 void manager_apply_defaults(Manager *m, const PolicyKnobs *defaults) {
@@ -463,10 +484,6 @@ static void swap_str(char **a, char **b) {
         *b = t;
 }
 
-static bool trigger_spec_equal(const PsiTriggerSpec *a, const PsiTriggerSpec *b) {
-        return a->full == b->full && a->stall_usec == b->stall_usec && a->window_usec == b->window_usec;
-}
-
 int manager_reload(Manager *m) {
         Config c;
         int r;
@@ -479,12 +496,9 @@ int manager_reload(Manager *m) {
                                        m->config_path);
         }
 
-        /* What is bound to open files stays as it is until a restart. */
-        bool same_psi = streq(c.host_pressure_source, m->config.host_pressure_source);
-        for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
-                same_psi = same_psi && trigger_spec_equal(&c.pressure[l], &m->config.pressure[l]);
-        if (!same_psi)
-                log_notice("HostPressureSource= and [Pressure] changes take effect when autoballoond restarts.");
+        /* The source is resolved once (it may be a unit); thresholds are knobs, re-armed below. */
+        if (!streq(c.host_pressure_source, m->config.host_pressure_source))
+                log_notice("HostPressureSource= changes take effect when autoballoond restarts.");
 
         swap_str(&m->config.machines_directory, &c.machines_directory);
         swap_str(&m->config.runtime_machines_directory, &c.runtime_machines_directory);
@@ -586,13 +600,10 @@ int manager_start(Manager *m) {
 
         r = resolve_host_pressure(m, &m->host_pressure_path);
         if (r >= 0)
-                r = psi_watch_new(&m->host_psi, m->event, m->host_pressure_path, m->config.pressure,
-                                  on_host_pressure, m);
-        if (r < 0)
-                log_error_errno(r, "Cannot watch host pressure (%s): %m. Only per-VM scope pressure will act.",
-                                m->host_pressure_path ?: m->config.host_pressure_source);
+                watch_host(m);
         else
-                log_info("Watching host memory pressure at %s.", m->host_pressure_path);
+                log_error_errno(r, "Cannot watch host pressure (%s): %m. Only per-VM scope pressure will act.",
+                                m->config.host_pressure_source);
 
         r = discovery_new(&m->discovery, m->bus, m->event, &discovery_callbacks, m);
         if (r < 0)

@@ -71,6 +71,14 @@ void policy_knobs_init_default(PolicyKnobs *k) {
         *k = (PolicyKnobs) {
                 .preset = POLICY_PRESET_DEFAULT,
                 .enabled = true,
+                /* 10 % / 20 % of a second with some task stalled, 10 % with all stalled: where
+                 * systemd-oomd and low-memory-monitor also start to care. Without
+                 * CAP_SYS_RESOURCE the kernel wants 2 s windows; psi.c rounds and says so. */
+                .trigger = {
+                        [PRESSURE_LOW] = { .full = false, .stall_usec = 100 * USEC_PER_MSEC, .window_usec = USEC_PER_SEC },
+                        [PRESSURE_MEDIUM] = { .full = false, .stall_usec = 200 * USEC_PER_MSEC, .window_usec = USEC_PER_SEC },
+                        [PRESSURE_CRITICAL] = { .full = true, .stall_usec = 100 * USEC_PER_MSEC, .window_usec = USEC_PER_SEC },
+                },
                 /* A quarter of RAM: enough for any distribution to boot and keep sshd and the
                  * journal alive; the working-set floor usually binds well above it. */
                 .minimum_percent = 25,
@@ -127,6 +135,12 @@ void policy_knobs_init_default(PolicyKnobs *k) {
 const KnobInfo policy_knobs[] = {
         KNOB("Preset", KNOB_PRESET, preset, 0, _POLICY_PRESET_MAX - 1,
              "Policy: \"default\", or \"seed\" (the 2013 auto-ballooning: fixed steps per event, nothing else)"),
+        KNOB("LowPressure", KNOB_TRIGGER, trigger[PRESSURE_LOW], 0, 0,
+             "PSI trigger of the low level: \"some|full STALL WINDOW\" (e.g. \"some 100ms 1s\")"),
+        KNOB("MediumPressure", KNOB_TRIGGER, trigger[PRESSURE_MEDIUM], 0, 0,
+             "PSI trigger of the medium level"),
+        KNOB("CriticalPressure", KNOB_TRIGGER, trigger[PRESSURE_CRITICAL], 0, 0,
+             "PSI trigger of the critical level"),
         KNOB("Enabled", KNOB_BOOL, enabled, 0, 1,
              "Whether the policy moves this machine's balloon at all"),
         KNOB("MinimumMemory", KNOB_SIZE, minimum_bytes, 0, SIZE_KNOB_MAX,

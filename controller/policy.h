@@ -27,6 +27,14 @@ typedef enum PolicyPreset {
 } PolicyPreset;
 
 const char *policy_preset_to_string(PolicyPreset p);
+
+/* A PSI trigger as the kernel takes it (psi.h arms it). Pure data, so that the pressure
+ * thresholds are knobs like any other: per machine for its scope, defaults for the host. */
+typedef struct PsiTriggerSpec {
+        bool full;               /* "full" instead of "some" */
+        usec_t stall_usec;       /* stall within ... */
+        usec_t window_usec;      /* ... this window makes the trigger fire */
+} PsiTriggerSpec;
 PolicyPreset policy_preset_from_string(const char *s);
 
 /* The tunables of one machine. The manager holds a default copy; each machine starts from it
@@ -62,6 +70,8 @@ typedef struct PolicyKnobs {
                                           * is under (non-critical) pressure */
         usec_t working_set_window_usec;  /* the working set is the guest's peak use over this
                                           * long: a guest between two spikes is not idle */
+        PsiTriggerSpec trigger[_PRESSURE_LEVEL_MAX]; /* PSI thresholds per level: the host's from the
+                                                      * defaults, a scope's from its machine */
 } PolicyKnobs;
 
 void policy_knobs_init_default(PolicyKnobs *k);
@@ -74,6 +84,7 @@ typedef enum KnobType {
         KNOB_PERCENT,    /* uint32_t 0..100 */
         KNOB_USEC,       /* usec_t; "30s" in config, t (µs) on D-Bus */
         KNOB_PRESET,     /* PolicyPreset; "default"/"seed", s on D-Bus */
+        KNOB_TRIGGER,    /* PsiTriggerSpec; "some 100ms 1s" in config and on D-Bus (s) */
 } KnobType;
 
 typedef struct KnobInfo {

@@ -5,12 +5,6 @@
 
 #include "policy.h"
 
-typedef struct PsiTriggerSpec {
-        bool full;               /* "full" instead of "some" */
-        usec_t stall_usec;       /* stall within ... */
-        usec_t window_usec;      /* ... this window makes the trigger fire */
-} PsiTriggerSpec;
-
 /* "some 100ms 1s", "full 150000 2000000" (plain numbers are µs, as the kernel takes them). */
 int psi_trigger_parse(const char *s, PsiTriggerSpec *ret);
 /* The kernel's format: "some 100000 1000000". */

@@ -46,9 +46,9 @@ static void test_defaults(void **state) {
         config_init(&c);
         assert_string_equal(c.host_pressure_source, "/proc/pressure/memory");
         assert_true(c.deflate_on_exit);
-        assert_int_equal(c.pressure[PRESSURE_LOW].window_usec, USEC_PER_SEC);
-        assert_false(c.pressure[PRESSURE_LOW].full);
-        assert_true(c.pressure[PRESSURE_CRITICAL].full);
+        assert_int_equal(c.defaults.trigger[PRESSURE_LOW].window_usec, USEC_PER_SEC);
+        assert_false(c.defaults.trigger[PRESSURE_LOW].full);
+        assert_true(c.defaults.trigger[PRESSURE_CRITICAL].full);
         assert_true(c.defaults.enabled);
         config_done(&c);
 }
@@ -73,10 +73,10 @@ static void test_load(void **state) {
         assert_string_equal(c.host_pressure_source, "machine.slice");
         assert_int_equal(c.stats_interval_sec, 5);
         assert_false(c.deflate_on_exit);
-        assert_int_equal(c.pressure[PRESSURE_LOW].stall_usec, 150000);
-        assert_int_equal(c.pressure[PRESSURE_LOW].window_usec, 2000000);
+        assert_int_equal(c.defaults.trigger[PRESSURE_LOW].stall_usec, 150000);
+        assert_int_equal(c.defaults.trigger[PRESSURE_LOW].window_usec, 2000000);
         /* the bad Medium= line kept the default */
-        assert_int_equal(c.pressure[PRESSURE_MEDIUM].stall_usec, 200000);
+        assert_int_equal(c.defaults.trigger[PRESSURE_MEDIUM].stall_usec, 200000);
         assert_int_equal(c.defaults.weight, 300);
         assert_int_equal(c.defaults.minimum_bytes, 256 * MIB);
         assert_int_equal(c.defaults.maximum_bytes, 0);

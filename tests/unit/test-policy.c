@@ -77,6 +77,8 @@ static uint64_t knob_value(const PolicyKnobs *k, const KnobInfo *ki) {
                 return *(const uint64_t *) p;
         case KNOB_PRESET:
                 return (uint64_t) *(const PolicyPreset *) p;
+        case KNOB_TRIGGER:
+                return 0;   /* validated by psi_trigger_parse, not by a range */
         default:
                 return *(const uint32_t *) p;
         }
