@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config.h"
 #include "policy.h"
 #include "sim.h"
 
@@ -976,57 +977,17 @@ double sim_recovery_bound_sec(const PolicyKnobs *k) {
                PSI_WINDOW_SEC + STATS_INTERVAL_SEC;
 }
 
+/* KEY=VALUE as in a config file, parsed by the daemon's own knob_parse(). */
 int sim_knob_set(PolicyKnobs *k, const char *assignment) {
+        _cleanup_free_ char *error = NULL;
         char name[64];
         const char *eq = strchr(assignment, '=');
         if (!eq || (size_t) (eq - assignment) >= sizeof name)
                 return -EINVAL;
         memcpy(name, assignment, eq - assignment);
         name[eq - assignment] = 0;
-        const char *value = eq + 1;
         const KnobInfo *ki = policy_knob_find(name);
         if (!ki)
                 return -ENOENT;
-
-        void *p = (char *) k + ki->offset;
-        uint64_t v;
-        char *end;
-        int r;
-        switch (ki->type) {
-        case KNOB_BOOL:
-                if ((r = parse_boolean(value)) < 0)
-                        return r;
-                *(bool *) p = r;
-                return 0;
-        case KNOB_PRESET:
-                if ((r = policy_preset_from_string(value)) < 0)
-                        return r;
-                *(PolicyPreset *) p = (PolicyPreset) r;
-                return 0;
-        case KNOB_SIZE:
-                r = parse_size(value, &v);
-                break;
-        case KNOB_USEC:
-                r = parse_duration(value, &v);
-                break;
-        case KNOB_PERMILLE: {
-                double d = strtod(value, &end);   /* percent, "2.5%" or "2.5" */
-                r = end == value || (*end && !streq(end, "%")) || d < 0 ? -EINVAL : 0;
-                v = (uint64_t) llround(d * 10);
-                break;
-        }
-        default:
-                v = strtoull(value, &end, 10);
-                r = end == value || (*end && !streq(end, "%")) ? -EINVAL : 0;
-                break;
-        }
-        if (r < 0)
-                return r;
-        if (v < ki->min || v > ki->max)
-                return -ERANGE;
-        if (ki->type == KNOB_SIZE || ki->type == KNOB_USEC)
-                *(uint64_t *) p = v;
-        else
-                *(uint32_t *) p = (uint32_t) v;
-        return 0;
+        return knob_parse(ki, eq + 1, k, &error);
 }
