@@ -671,6 +671,19 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
         tdestroy(m->machines_by_name, noop_free);
+
+        /* Triggers first, all at once: one by one they cost an RCU grace period each. */
+        size_t max_fds = 3 * (m->n_machines + 1), n_fds = 0;
+        _cleanup_free_ int *fds = calloc(max_fds, sizeof(int));
+        if (fds) {
+                for (size_t i = 0; i < m->n_machines; i++)
+                        if (m->machines[i]->psi)
+                                n_fds += psi_watch_take_fds(m->machines[i]->psi, fds + n_fds, max_fds - n_fds);
+                if (m->host_psi)
+                        n_fds += psi_watch_take_fds(m->host_psi, fds + n_fds, max_fds - n_fds);
+                psi_close_many(fds, n_fds);
+        }
+
         for (size_t i = 0; i < m->n_machines; i++)
                 machine_free(m->machines[i]);
         free(m->machines);
