@@ -223,12 +223,11 @@ static int property_get_default_knob(sd_bus *bus, const char *path, const char *
 }
 
 /* busctl set-property: a runtime change of one knob. sd-bus replies as soon as a setter
- * returns, so polkit is asked synchronously here (methods ask asynchronously). */
-static int property_set_machine_knob(sd_bus *bus, const char *path, const char *interface, const char *property,
-                                     sd_bus_message *value, void *userdata, sd_bus_error *error) {
-        Machine *machine = userdata;
+ * returns, so polkit is asked synchronously here (methods ask asynchronously). Reads the new
+ * value into a copy of current; *ret_k says which knob. */
+static int read_knob_write(sd_bus *bus, const char *property, sd_bus_message *value, const PolicyKnobs *current,
+                           PolicyKnobs *ret, const KnobInfo **ret_k, sd_bus_error *error) {
         const KnobInfo *k = policy_knob_find(property);
-        PolicyKnobs knobs = machine->config.knobs;
         int r;
 
         if (!k)
@@ -236,7 +235,19 @@ static int property_set_machine_knob(sd_bus *bus, const char *path, const char *
         r = auth_check_sync(sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
         if (r < 0)
                 return r;
-        r = knob_bus_read(value, k, &knobs, error);
+        *ret = *current;
+        *ret_k = k;
+        return knob_bus_read(value, k, ret, error);
+}
+
+static int property_set_machine_knob(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *value, void *userdata, sd_bus_error *error) {
+        Machine *machine = userdata;
+        const KnobInfo *k;
+        PolicyKnobs knobs;
+        int r;
+
+        r = read_knob_write(bus, property, value, &machine->config.knobs, &knobs, &k, error);
         if (r < 0)
                 return r;
         return machine_set_knobs(sd_bus_get_current_message(bus), machine, &knobs, knob_bit(k), true, error);
@@ -245,16 +256,11 @@ static int property_set_machine_knob(sd_bus *bus, const char *path, const char *
 static int property_set_default_knob(sd_bus *bus, const char *path, const char *interface, const char *property,
                                      sd_bus_message *value, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        const KnobInfo *k = policy_knob_find(property);
-        PolicyKnobs knobs = m->config.defaults;
+        const KnobInfo *k;
+        PolicyKnobs knobs;
         int r;
 
-        if (!k)
-                return -ENOENT;
-        r = auth_check_sync(sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
-        if (r < 0)
-                return r;
-        r = knob_bus_read(value, k, &knobs, error);
+        r = read_knob_write(bus, property, value, &m->config.defaults, &knobs, &k, error);
         if (r < 0)
                 return r;
         return manager_set_default_knobs(sd_bus_get_current_message(bus), m, &knobs, knob_bit(k), true, error);
