@@ -7,7 +7,7 @@ BUILD="meson ninja-build pkg-config gcc clang make libsystemd-dev libjson-c-dev 
        libcmocka-dev libsmartcols-dev scdoc"
 RUNTIME="dbus systemd systemd-container polkitd util-linux"
 TEST="qemu-system-x86 busybox-static cpio kmod xz-utils zstd socat bc gnuplot-nox
-      libclang-rt-14-dev python3 python3-dbus python3-gi bsdutils patch libc6-dev"
+      libclang-rt-14-dev python3 python3-dbus python3-gi bsdutils patch libc6-dev dkms"
 
 missing=""
 for p in $BUILD $RUNTIME $TEST; do

@@ -8,10 +8,14 @@ e2e-guest.py SOURCE_ROOT BUILD_ROOT TEST
                then the hold: no re-inflation toward the old target (no ping-pong)
   not-eager    drop_caches and streaming 2x RAM deflate at most 5 % (item 3)
   series-6.12  the 6.12 series builds against Debian's 6.12 headers and boots (item 5)
+  dkms         guest/dkms-install.sh with the real dkms, into private trees, for the 6.1
+               guest kernel: the module lands in updates/dkms, depmod prefers it, and a
+               guest booted with it runs it
 
 Guests run one at a time from BUILD_ROOT/guest-tests/TEST; every QEMU started here is
 stopped (by its PID) and the run dir removed, also on failure or SIGTERM. Figures are
 printed as "FIGURE key=value" lines and written to BUILD_ROOT/guest-tests/TEST.json."""
+import glob
 import json
 import os
 import re
@@ -340,13 +344,79 @@ def test_series_612():
     figure('seconds', r['seconds'])
 
 
+def test_dkms():
+    """guest/dkms-install.sh, run with the real dkms on the host for the guest's kernel.
+    Every tree dkms writes to is private (--sourcetree/--dkmstree/--installtree); the
+    linux-source .deb comes from build-all.sh's cache (LINUX_SOURCE_DEB)."""
+    build()
+    check(shutil.which('dkms') is not None, 'dkms is installed (scripts/install-deps.sh)')
+    krel = open(os.path.join(OUTDIR, 'kernel-release')).read().strip()
+    image = os.path.join(OUTDIR, 'k', krel, 'image')
+    headers = os.path.join(OUTDIR, 'k', krel, 'kb', 'usr', 'src', f'linux-headers-{krel}')
+    t = os.path.join(WORKDIR, 'dkms')
+    root = os.path.join(t, 'root')
+    moddir = os.path.join(root, 'lib', 'modules', krel)
+    # The guest's /lib/modules as far as depmod needs it: its index files and the in-tree
+    # virtio drivers, so that the stock virtio_balloon.ko is there to be overridden.
+    os.makedirs(moddir)
+    src_moddir = os.path.join(image, 'lib', 'modules', krel)
+    for f in glob.glob(os.path.join(src_moddir, 'modules.builtin*')) + \
+            [os.path.join(src_moddir, 'modules.order')]:
+        shutil.copy(f, moddir)
+    shutil.copytree(os.path.join(src_moddir, 'kernel', 'drivers', 'virtio'),
+                    os.path.join(moddir, 'kernel', 'drivers', 'virtio'))
+    debs = os.environ.get('DEB_CACHE') or os.path.join(OUTDIR, 'debs')   # as build-all.sh
+    src_deb = glob.glob(os.path.join(debs, 'linux-source-6.1_*.deb'))
+    check(len(src_deb) == 1, f'linux-source-6.1 in build-all.sh\'s cache ({debs})')
+    env = dict(os.environ, LINUX_SOURCE_DEB=src_deb[0])
+    args = ['sh', os.path.join(SRC, 'guest', 'dkms-install.sh'),
+            '--sourcetree', os.path.join(t, 'src'), '--dkmstree', os.path.join(t, 'tree'),
+            '--installtree', os.path.join(root, 'lib', 'modules'), '-k', krel,
+            '--kernelsourcedir', headers, '--no-depmod']
+    for run in ('install', 're-install'):
+        t0 = time.monotonic()
+        r = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        print(r.stdout[-2500:], flush=True)
+        check(r.returncode == 0, f'dkms-install.sh ({run}) succeeded in {time.monotonic() - t0:.1f}s')
+    status = subprocess.run(['dkms', 'status', '--dkmstree', os.path.join(t, 'tree'),
+                             '--sourcetree', os.path.join(t, 'src'),
+                             '--installtree', os.path.join(root, 'lib', 'modules')],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+    check(f'autoballoon-virtio-balloon/0.1, {krel}, x86_64: installed' in status and
+          'WARNING' not in status,
+          f'dkms status: {status.strip()}')
+    subprocess.run(['depmod', '-b', root, krel], check=True)
+
+    def modinfo(field):
+        return subprocess.run(['modinfo', '-b', root, '-k', krel, '-F', field, 'virtio_balloon'],
+                              stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    ko = modinfo('filename')
+    check(ko.endswith('/updates/dkms/virtio_balloon.ko'),
+          f'depmod resolves virtio_balloon to the dkms module ({os.path.relpath(ko, moddir)})')
+    check(modinfo('version') == '0.1-autoballoon', 'the dkms module carries its package version')
+    check('auto_deflate' in modinfo('parm'), 'the dkms module has the auto_deflate parameters')
+    # Boot a guest whose "patched" module is the one dkms built.
+    gdir = os.path.join(t, 'guest')
+    os.makedirs(gdir)
+    os.symlink(os.path.join(OUTDIR, 'vmlinuz'), os.path.join(gdir, 'vmlinuz'))
+    subprocess.run([os.path.join(SRC, 'guest', 'mkinitramfs.sh'), image, krel,
+                    os.path.join(OUTDIR, 'tools'), os.path.join(gdir, 'initramfs.cpio.gz')],
+                   env=dict(os.environ, KO_PATCHED=ko), check=True)
+    g = Guest('dkms', 'patched', 'on', outdir=gdir)
+    check(g.ok('cat /sys/module/virtio_balloon/version').strip() == '0.1-autoballoon',
+          'guest: the loaded virtio_balloon is the dkms build')
+    check('virtio0' in g.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), 'guest: balloon bound')
+    check(g.auto()['active'] == 1, 'guest: auto_deflate active with deflate-on-oom=on')
+    basic_balloon(g)
+
+
 def main():
     def on_signal(signum, frame):
         raise SystemExit(f'killed by signal {signum}')
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     tests = {'basic': test_basic, 'oom': test_oom, 'not-eager': test_not_eager,
-             'series-6.12': test_series_612}
+             'series-6.12': test_series_612, 'dkms': test_dkms}
     shutil.rmtree(WORKDIR, ignore_errors=True)
     os.makedirs(WORKDIR)
     rc = 1
