@@ -629,16 +629,25 @@ int machine_bus_emit_changed(Machine *machine, char **props) {
         return sd_bus_emit_properties_changed_strv(m->bus, machine->object_path, BUS_MACHINE_IFACE, props);
 }
 
+/* ObjectManager clients (GetManagedObjects once, then InterfacesAdded/Removed, as gdbus and
+ * sd-bus's own clients do) and clients of our own MachineAdded/MachineRemoved see the same
+ * set of machines. */
 void manager_bus_emit_machine_added(Manager *m, Machine *machine) {
-        if (m->bus)
-                (void) sd_bus_emit_signal(m->bus, BUS_PATH, BUS_MANAGER_IFACE, "MachineAdded", "so",
-                                          machine->name, machine->object_path);
+        if (!m->bus)
+                return;
+        (void) sd_bus_emit_object_added(m->bus, machine->object_path);
+        (void) sd_bus_emit_signal(m->bus, BUS_PATH, BUS_MANAGER_IFACE, "MachineAdded", "so",
+                                  machine->name, machine->object_path);
 }
 
+/* Called while the machine can still be found by its path: InterfacesRemoved lists the
+ * interfaces the object has. */
 void manager_bus_emit_machine_removed(Manager *m, Machine *machine) {
-        if (m->bus)
-                (void) sd_bus_emit_signal(m->bus, BUS_PATH, BUS_MANAGER_IFACE, "MachineRemoved", "so",
-                                          machine->name, machine->object_path);
+        if (!m->bus)
+                return;
+        (void) sd_bus_emit_object_removed(m->bus, machine->object_path);
+        (void) sd_bus_emit_signal(m->bus, BUS_PATH, BUS_MANAGER_IFACE, "MachineRemoved", "so",
+                                  machine->name, machine->object_path);
 }
 
 void manager_bus_emit_host_changed(Manager *m) {

@@ -43,9 +43,9 @@ static void remove_machine_at(Manager *m, size_t i) {
         Machine *machine = m->machines[i];
 
         log_info("Machine %s is gone.", machine->name);
+        manager_bus_emit_machine_removed(m, machine);
         tdelete(machine, &m->machines_by_name, machine_compare_name);
         m->machines[i] = m->machines[--m->n_machines];
-        manager_bus_emit_machine_removed(m, machine);
         machine_free(machine);
 }
 

@@ -210,6 +210,14 @@ def test(env):
     env.wait_signal("MachineAdded", lambda s: s[4] == ["vm3", env.machine_path("vm3")], timeout=2, since=t)
     env.terminate_machine("vm3")
     env.wait_signal("MachineRemoved", lambda s: s[4] == ["vm3", env.machine_path("vm3")], timeout=2, since=t)
+    # the same, for ObjectManager clients: InterfacesAdded carries the properties
+    s = env.wait_signal("InterfacesAdded", lambda s: s[1] == AB_PATH and s[4][0] == env.machine_path("vm3"),
+                        timeout=2, since=t)
+    props = s[4][1].get(AB_MACHINE, {})
+    check(props.get("Name") == "vm3" and "State" in props and "TargetMemory" in props,
+          "InterfacesAdded carries the Machine properties: %r" % sorted(props)[:8])
+    env.wait_signal("InterfacesRemoved", lambda s: s[4][0] == env.machine_path("vm3") and AB_MACHINE in s[4][1],
+                    timeout=2, since=t)
 
     # 3. invalid values: InvalidArgs naming the property (and range), nothing changed
     before1, before_m = snapshot(env, p1, AB_MACHINE), snapshot(env, AB_PATH, AB_MANAGER)

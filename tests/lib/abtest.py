@@ -610,7 +610,8 @@ def main(test, name):
     atexit.register(_atexit)
     rc = 0
     try:
-        with Env("abt-" + name) as env:
+        # AB_ENV_PREFIX: a second checkout's tests can run beside a "make check"
+        with Env(os.environ.get("AB_ENV_PREFIX", "abt-") + name) as env:
             _current = env
             test(env)
         print("PASS: %s" % name)
