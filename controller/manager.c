@@ -672,23 +672,14 @@ Manager *manager_free(Manager *m) {
                 return NULL;
         tdestroy(m->machines_by_name, noop_free);
 
-        /* Triggers first, all at once: one by one they cost an RCU grace period each. */
-        size_t max_fds = 3 * (m->n_machines + 1), n_fds = 0;
-        _cleanup_free_ int *fds = calloc(max_fds, sizeof(int));
-        if (fds) {
-                for (size_t i = 0; i < m->n_machines; i++)
-                        if (m->machines[i]->psi)
-                                n_fds += psi_watch_take_fds(m->machines[i]->psi, fds + n_fds, max_fds - n_fds);
-                if (m->host_psi)
-                        n_fds += psi_watch_take_fds(m->host_psi, fds + n_fds, max_fds - n_fds);
-                psi_close_many(fds, n_fds);
-        }
-
         for (size_t i = 0; i < m->n_machines; i++)
                 machine_free(m->machines[i]);
         free(m->machines);
         discovery_free(m->discovery);
         psi_watch_free(m->host_psi);
+        /* Every trigger fd is now queued for the closer: close them all at once. */
+        uint64_t n_closed = psi_close_finish();
+        log_debug("Closed %" PRIu64 " PSI trigger(s) off the event loop.", n_closed);
         sd_event_source_disable_unref(m->policy_timer);
         sd_event_source_disable_unref(m->deferred_timer);
         sd_event_source_disable_unref(m->policy_defer);

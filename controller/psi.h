@@ -28,10 +28,13 @@ int psi_watch_new(PsiWatch **ret, sd_event *e, const char *path,
                   const PsiTriggerSpec specs[_PRESSURE_LEVEL_MAX], psi_cb_t cb, void *userdata);
 PsiWatch *psi_watch_free(PsiWatch *w);
 static inline void psi_watch_freep(PsiWatch **w) { if (*w) psi_watch_free(*w); }
-/* Closing an armed trigger waits for an RCU grace period in the kernel (~17 ms measured):
- * at exit, hand the fds out and close them all at once with psi_close_many(). Returns how
- * many fds were stored in fds[] (at most max); the watch closes none of them afterwards. */
-size_t psi_watch_take_fds(PsiWatch *w, int *fds, size_t max);
+/* Closing an armed trigger waits for an RCU grace period in the kernel (~17 ms measured), so
+ * psi_watch_free() never closes on the caller's thread: it hands its fds to psi_close_later(),
+ * whose thread closes them, many at once in parallel. psi_close_finish() closes what is still
+ * queued (in parallel, on the caller's thread) and waits for the closer; fds handed over after
+ * it are closed at once. Returns how many fds the closer closed in all. */
+void psi_close_later(int fd);
+uint64_t psi_close_finish(void);
 /* Closes n fds from several threads, so their grace periods overlap. */
 void psi_close_many(int *fds, size_t n);
 PressureLevel psi_watch_level(const PsiWatch *w);

@@ -159,6 +159,26 @@ def proc_cpu_seconds(pid):
 def kib(s):
     return int(s.split()[0])
 
+# A separate process on its own bus connection asks the daemon for a property every 2 ms and
+# reports how long each answer took: the daemon's event loop being busy (or blocked in a
+# close()) shows as a slow answer. Prints "ready", then on stdin EOF one JSON line.
+PROBE = r"""
+import dbus, json, select, sys, time
+bus = dbus.bus.BusConnection(sys.argv[1])
+get = bus.get_object("org.autoballoon1", "/org/autoballoon1", introspect=False).get_dbus_method(
+    "Get", "org.freedesktop.DBus.Properties")
+lat = []
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0.002)[0]:
+    t = time.monotonic()
+    get("org.autoballoon1.Manager", "LowPressure", timeout=300)
+    lat.append(time.monotonic() - t)
+lat.sort()
+print(json.dumps({"gets": len(lat), "max_s": lat[-1] if lat else None,
+                  "p99_s": lat[int(0.99 * (len(lat) - 1))] if lat else None,
+                  "over_20ms": sum(x > 0.020 for x in lat)}), flush=True)
+"""
+
 
 class Bench:
     def __init__(self, env, args):
@@ -171,6 +191,7 @@ class Bench:
             if not os.access(exe, os.X_OK):
                 raise abtest.Skip("%s is not built" % exe)
         self.n_registered = 0
+        self.removed = set()
         self.results = {}
 
     # ---- environment ------------------------------------------------------------------------
@@ -397,7 +418,8 @@ class Bench:
         return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
     def wait_all_at_max(self, n, timeout=20):
-        names = {self.vm_name(i) for i in range(n)}
+        # VMs terminated by removal() are gone for the daemon; the fake still serves them
+        names = {self.vm_name(i) for i in range(n)} - self.removed
 
         def ok():
             return all(s["actual"] == s["ram"] and s["target"] == s["ram"]
@@ -529,6 +551,58 @@ class Bench:
             "fake-qmp %.3f s" % (n, fmt_ms(r["trigger_skew"]), r["daemon_cpu_s"], r["fake_cpu_s"]))
         return r
 
+    def probe(self):
+        p = subprocess.Popen(["/usr/bin/python3", "-c", PROBE, self.env.address], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        if p.stdout.readline().strip() != "ready":
+            raise Fail("the loop-lag probe did not start")
+        return p
+
+    @staticmethod
+    def probe_result(p):
+        p.stdin.close()
+        r = json.loads(p.stdout.readline())
+        p.wait(10)
+        return r
+
+    def rearm(self, n):
+        """A trigger knob changed on the Manager (busctl set-property ... LowPressure): every VM
+        without its own value re-arms its scope triggers, the host too. The Set's round trip,
+        and the slowest answer a prober got meanwhile (the loop blocked)."""
+        import dbus
+        r = {}
+        for label, value in (("set", "some 120ms 2s"), ("restore", "some 100ms 2s")):
+            probe = self.probe()
+            time.sleep(0.2)
+            t = time.monotonic()
+            self.env.call(abtest.AB, abtest.AB_PATH, abtest.PROPS, "Set", abtest.AB_MANAGER, "LowPressure",
+                          dbus.String(value, variant_level=1), timeout=300)
+            dt = time.monotonic() - t
+            time.sleep(1.0)
+            pr = self.probe_result(probe)
+            r[label] = {"set_s": round(dt, 4), "probe": pr}
+            log("N=%d: LowPressure=%s: Set answered in %.1f ms; slowest Get meanwhile %.1f ms "
+                "(%d of %d over 20 ms)" % (n, value, dt * 1e3, pr["max_s"] * 1e3, pr["over_20ms"], pr["gets"]))
+        return r
+
+    def removal(self, n, k=10):
+        """k VMs terminated with machined, one every 0.3 s: the slowest Get meanwhile."""
+        probe = self.probe()
+        names = [self.vm_name(n - 1 - i) for i in range(k)]
+        self.removed.update(names)
+        t = time.monotonic()
+        for name in names:
+            self.env.terminate_machine(name)
+            time.sleep(0.3)
+        self.env.wait_for(lambda: not any(x in self.env.ab_machines() for x in names), 30,
+                          "%d machines gone from the daemon" % k)
+        dt = time.monotonic() - t
+        time.sleep(0.5)
+        pr = self.probe_result(probe)
+        log("N=%d: %d VMs removed in %.2f s; slowest Get meanwhile %.1f ms (%d of %d over 20 ms)" %
+            (n, k, dt, pr["max_s"] * 1e3, pr["over_20ms"], pr["gets"]))
+        return {"k": k, "probe": pr}
+
     # ---- the whole run ---------------------------------------------------------------------------
     def run(self):
         a = self.args
@@ -544,6 +618,9 @@ class Bench:
                 r["idle"] = self.idle(n, a.idle_seconds)
             r["reaction"] = self.reaction(n, a.stall_seconds)
             r["memory_after_stall"] = self.memory(n)
+            r["rearm"] = self.rearm(n)
+            if n == max(a.vms):   # the last run: removing VMs would change the next ones
+                r["removal"] = self.removal(n)
             r["stop"] = self.stop_daemon(n)
             self.keep(self.daemon_log)
             self.wait_all_at_max(n)
@@ -589,6 +666,17 @@ def summary(results, args):
             i = r["idle"]
             lines.append("idle, %d VM(s), %.0f s: %d voluntary + %d involuntary context switches, %.3f s CPU" %
                          (n, i["seconds"], i["voluntary_ctxt_switches"], i["nonvoluntary_ctxt_switches"], i["cpu_s"]))
+    lines.append("")
+    lines.append("event loop while triggers are re-armed or closed (slowest answer to a Get every 2 ms)")
+    for n, r in sorted(results.items()):
+        for label in ("set", "restore"):
+            x = r["rearm"][label]
+            lines.append("%d VM(s), Manager LowPressure %s: Set %.1f ms, slowest Get %.1f ms" %
+                         (n, label, x["set_s"] * 1e3, x["probe"]["max_s"] * 1e3))
+        if "removal" in r:
+            x = r["removal"]
+            lines.append("%d VM(s), %d removed one by one: slowest Get %.1f ms, %d Gets over 20 ms" %
+                         (n, x["k"], x["probe"]["max_s"] * 1e3, x["probe"]["over_20ms"]))
     ns = sorted(results)
     if len(ns) >= 2:
         lo, hi = results[ns[0]]["memory_after_stall"], results[ns[-1]]["memory_after_stall"]
