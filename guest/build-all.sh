@@ -98,14 +98,18 @@ if [ ! -f "$K/.kb-done" ]; then
 	sed -i "s|^include /usr/src/|include $K/kb/usr/src/|" "$K/kb/usr/src/linux-headers-$KREL/Makefile"
 	touch "$K/.kb-done"
 fi
-if [ ! -f "$K/.src-done" ]; then
+# The driver, and checkpatch.pl with its data files (tests/guest runs it on the series).
+if [ ! -f "$K/.src-done-2" ]; then
 	say "extracting drivers/virtio/virtio_balloon.c from $(basename "$SRC_DEB") (slow: one xz stream)"
 	rm -rf "$K/src"; mkdir -p "$K/src"
 	dpkg-deb --fsys-tarfile "$SRC_DEB" |
 		tar -xO "./usr/src/linux-source-$SERIES.tar.xz" |
 		tar -xJ -C "$K/src" --strip-components=1 \
-			"linux-source-$SERIES/drivers/virtio/virtio_balloon.c"
-	touch "$K/.src-done"
+			"linux-source-$SERIES/drivers/virtio/virtio_balloon.c" \
+			"linux-source-$SERIES/scripts/checkpatch.pl" \
+			"linux-source-$SERIES/scripts/spelling.txt" \
+			"linux-source-$SERIES/scripts/const_structs.checkpatch"
+	touch "$K/.src-done-2"
 fi
 
 # 4. Patched module: pristine source + the series, built against Debian's headers.

@@ -8,6 +8,7 @@ e2e-guest.py SOURCE_ROOT BUILD_ROOT TEST
                then the hold: no re-inflation toward the old target (no ping-pong)
   not-eager    drop_caches and streaming 2x RAM deflate at most 5 % (item 3)
   series-6.12  the 6.12 series builds against Debian's 6.12 headers and boots (item 5)
+  checkpatch   the kernel's checkpatch.pl --strict (from linux-source-6.1) on the 6.1 series
   dkms         guest/dkms-install.sh with the real dkms, into private trees, for the 6.1
                guest kernel: the module lands in updates/dkms, depmod prefers it, and a
                guest booted with it runs it
@@ -369,9 +370,39 @@ def test_not_eager():
     check(a['deflated_kb'] <= balloon_mib * 1024 * 5 // 100, 'sysfs agrees: deflated_kb within 5 %')
 
 
+# What checkpatch may say of the series: the sign-off must come from a person, and without a
+# kernel git tree it cannot look up the reverted commit the messages cite.
+CHECKPATCH_ALLOWED = ('ERROR: Missing Signed-off-by: line(s)',
+                      "WARNING: Unknown commit id 'da10329cb057', maybe rebased or not pulled?")
+
+
+def checkpatch(series, outdir):
+    krel = open(os.path.join(outdir, 'kernel-release')).read().strip()
+    script = os.path.join(outdir, 'k', krel, 'src', 'scripts', 'checkpatch.pl')
+    check(os.path.exists(script), f'checkpatch.pl of {krel} extracted by build-all.sh')
+    patches = sorted(glob.glob(os.path.join(SRC, 'guest', 'patches', f'linux-{series}', '*.patch')))
+    check(len(patches) == 3, f'{series} series: {len(patches)} patches')
+    for p in patches:
+        r = subprocess.run(['perl', script, '--no-tree', '--strict', p],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        found = [l for l in r.stdout.splitlines() if re.match(r'(ERROR|WARNING|CHECK):', l)]
+        other = [l for l in found if l not in CHECKPATCH_ALLOWED]
+        if other:
+            print(r.stdout, flush=True)
+        check(not other, f'checkpatch --strict ({krel}) on {os.path.basename(p)}: '
+              + (f'{len(other)} finding(s) beyond the sign-off and the no-tree commit lookup'
+                 if other else f'clean but for {len(found)} allowed finding(s)'))
+
+
+def test_checkpatch():
+    build()
+    checkpatch('6.1', OUTDIR)
+
+
 def test_series_612():
     out612 = os.path.join(BUILD, 'guest-6.12')
     build('6.12', out612)
+    checkpatch('6.12', out612)
     g = Guest('patched-6.12', 'patched', 'on', outdir=out612)
     check(g.ok('uname -r').startswith('6.12'), f'guest runs {g.ok("uname -r").strip()}')
     check('virtio0' in g.ok('ls /sys/bus/virtio/drivers/virtio_balloon/'), '6.12 patched: balloon bound')
@@ -455,7 +486,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     tests = {'basic': test_basic, 'oom': test_oom, 'not-eager': test_not_eager,
-             'series-6.12': test_series_612, 'dkms': test_dkms}
+             'series-6.12': test_series_612, 'dkms': test_dkms, 'checkpatch': test_checkpatch}
     shutil.rmtree(WORKDIR, ignore_errors=True)
     os.makedirs(WORKDIR)
     rc = 1
