@@ -75,7 +75,7 @@ def build(series='6.1', outdir=OUTDIR):
 class Guest:
     """One QEMU guest started by run-guest.sh; stop() kills only that PID."""
 
-    def __init__(self, name, balloon, deflate_on_oom, outdir=OUTDIR, params=()):
+    def __init__(self, name, balloon, deflate_on_oom, outdir=OUTDIR, params=(), cpu=None):
         self.name, self.rundir = name, os.path.join(WORKDIR, name)
         self.pid = None
         os.makedirs(self.rundir, exist_ok=True)
@@ -86,6 +86,8 @@ class Guest:
                 '--timeout', '180']
         for p in params:
             args += ['--param', p]
+        if cpu is not None:
+            args += ['--prefix', f'taskset -c {cpu}']
         t0 = time.monotonic()
         r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         m = re.search(r'qemu-pid (\d+)', r.stdout)
@@ -246,28 +248,34 @@ def run_workload(g, inflate=True, command=None):
     return res
 
 
+def pinned_cpu():
+    """The host CPU every timed guest runs on (None on a 1-CPU host). Timed runs go one at a
+    time, each in a fresh guest, always on the same CPU. Side by side on this shared 2-CPU
+    machine the stock guest's QEMU (its vCPU plus the I/O of its thrashing) took CPU from
+    the patched one (5.7 s beside it, 3.1-4.2 s alone), and pinning each to a CPU of its
+    own did not remove it. Fresh, because memory a guest has touched once is already backed
+    on the host, and touching it again is about twice as fast under TCG."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[0] if len(cpus) >= 2 else None
+
+
+def timed_run(name, balloon, deflate_on_oom, command=None, inflate=True):
+    """Boots a fresh guest, inflates it to half (or not), runs the workload, stops it unless
+    the caller wants it back (returns (result, MemAvailable after inflating, guest))."""
+    g = Guest(name, balloon, deflate_on_oom, cpu=pinned_cpu())
+    avail = inflate_half(g) if inflate else None
+    time.sleep(1)
+    return run_workload(g, inflate=False, command=command), avail, g
+
+
 def test_oom():
     build()
     results = {}
-    # 1. Patched and stock (both deflate-on-oom=on: upstream's OOM notifier, 1 MiB per
-    # OOM event) side by side, so that both see the same host load: this 2-core machine
-    # is shared, and TCG guests run at whatever speed the host gives them.
-    # A third guest, never inflated, runs the same workload at the same time: the time
-    # the workload takes with all the memory it wants, the floor for any deflate.
-    g, s, u = in_parallel(lambda: Guest('patched', 'patched', 'on'),
-                          lambda: Guest('stock-on', 'stock', 'on'),
-                          lambda: Guest('unconstrained', 'stock', 'on'))
-    avail, _ = in_parallel(lambda: inflate_half(g), lambda: inflate_half(s))
-    r, rs, ru = in_parallel(lambda: run_workload(g, inflate=False),
-                            lambda: run_workload(s, inflate=False),
-                            lambda: run_workload(u, inflate=False))
-    results['patched'], results['stock-on'], results['unconstrained'] = r, rs, ru
-    check(ru['completed'], 'unconstrained: workload completed')
-    u.stop()
+    # 1. Patched (deflate-on-oom=on): completes, gives back no more than needed, holds.
+    r, avail, g = timed_run('patched', 'patched', 'on')
+    results['patched'] = r
     check(r['completed'] and r['rc'] == 0 and not r['oom_kill'],
           'patched: workload completed without a guest OOM kill')
-    check(rs['completed'], 'stock deflate-on-oom=on: workload completed (slowly)')
-    s.stop()
     a = g.auto()
     log(f'patched counters: {a}')
     need_mib = HOG_MIB + WORKING_SET_MIB - avail
@@ -292,13 +300,39 @@ def test_oom():
     check(g.auto()['holding'] == 0, f'patched: a new host target ({new_target} MiB) is followed')
     g.stop()
 
-    # 2. Stock, deflate-on-oom=off: the guest OOM-kills the workload.
-    g = Guest('stock-off', 'stock', 'off')
-    r = results['stock-off'] = run_workload(g)
-    check(not r['completed'] and r['oom_kill'], 'stock deflate-on-oom=off: workload OOM-killed')
+    # 2. Stock, deflate-on-oom=on: upstream's OOM notifier, 1 MiB per OOM event. Then one
+    # more of each, alternating: the comparison takes the best of two for both, as
+    # benchmarks do (host noise only ever adds time; a 5 s run is easily hit by a burst).
+    r, _, g = timed_run('stock-on', 'stock', 'on')
     g.stop()
+    results['stock-on'] = r
+    check(r['completed'], 'stock deflate-on-oom=on: workload completed (slowly)')
+    r2, _, g = timed_run('patched-2', 'patched', 'on')
+    g.stop()
+    check(r2['completed'] and not r2['oom_kill'], 'patched, second run: completed without OOM kill')
+    s2, _, g = timed_run('stock-on-2', 'stock', 'on')
+    g.stop()
+    check(s2['completed'], 'stock deflate-on-oom=on, second run: completed')
+    results['patched-2'], results['stock-on-2'] = r2, s2
 
-    p, s, u = results['patched'], results['stock-on'], results['unconstrained']
+    # 3. Stock, deflate-on-oom=off: the guest OOM-kills the workload.
+    r, _, g = timed_run('stock-off', 'stock', 'off')
+    g.stop()
+    results['stock-off'] = r
+    check(not r['completed'] and r['oom_kill'], 'stock deflate-on-oom=off: workload OOM-killed')
+
+    # 4. Never inflated: the time with all the memory it wants, the floor for any deflate.
+    r, _, g = timed_run('unconstrained', 'stock', 'on', inflate=False)
+    g.stop()
+    results['unconstrained'] = r
+    check(r['completed'], 'unconstrained (never inflated): workload completed')
+
+    best = lambda *runs: min(runs, key=lambda x: x['seconds'])
+    p = best(results['patched'], results['patched-2'])
+    s = best(results['stock-on'], results['stock-on-2'])
+    u = results['unconstrained']
+    figure('patched.runs_seconds', [results['patched']['seconds'], results['patched-2']['seconds']])
+    figure('stock-on.runs_seconds', [results['stock-on']['seconds'], results['stock-on-2']['seconds']])
     for k in ('seconds', 'stall_some_ms'):
         figure(f'patched.{k}', p[k])
         figure(f'stock-on.{k}', s[k])
@@ -306,22 +340,23 @@ def test_oom():
     speedup = s['seconds'] / p['seconds']
     figure('speedup', round(speedup, 2))
     figure('patched_over_unconstrained', round(p['seconds'] / u['seconds'], 2))
-    check(speedup >= 3, f'patched completes {speedup:.1f}x faster than stock deflate-on-oom (>= 3x)')
-    check(p['stall_some_ms'] < s['stall_some_ms'],
-          f'patched stalls less: {p["stall_some_ms"]} ms < {s["stall_some_ms"]} ms (PSI some)')
+    check(speedup >= 3, f'patched completes {speedup:.1f}x faster than stock deflate-on-oom '
+          f'(>= 3x; best of two each)')
+    check(max(results['patched']['stall_some_ms'], results['patched-2']['stall_some_ms']) <
+          min(results['stock-on']['stall_some_ms'], results['stock-on-2']['stall_some_ms']),
+          f'patched stalls less, in every run: {p["stall_some_ms"]} ms < {s["stall_some_ms"]} ms (PSI some)')
 
-    # 3. The heap alone, no file working set: the case where upstream's OOM path is at its
-    # cheapest (nothing to reclaim, so each allocation reaches the notifier at once). Here
-    # the unconstrained time bounds what any deflate can gain: stock/unconstrained is the
-    # best speed-up possible, and this busybox guest has no page cache to thrash.
+    # 5. The heap alone, no file working set: upstream's OOM path at its cheapest (this
+    # busybox guest has no evictable page cache, so every allocation reaches the notifier
+    # at once). stock/unconstrained is the most any deflate could gain here.
     hog = f'memhog {HOG_MIB}'
-    g, s, u = in_parallel(lambda: Guest('anon-patched', 'patched', 'on'),
-                          lambda: Guest('anon-stock-on', 'stock', 'on'),
-                          lambda: Guest('anon-unconstrained', 'stock', 'on'))
-    avail, _ = in_parallel(lambda: inflate_half(g), lambda: inflate_half(s))
-    p, s_, u_ = in_parallel(lambda: run_workload(g, inflate=False, command=hog),
-                            lambda: run_workload(s, inflate=False, command=hog),
-                            lambda: run_workload(u, inflate=False, command=hog))
+    p, avail, g = timed_run('anon-patched', 'patched', 'on', command=hog)
+    a = g.auto()
+    g.stop()
+    s_, _, g = timed_run('anon-stock-on', 'stock', 'on', command=hog)
+    g.stop()
+    u_, _, g = timed_run('anon-unconstrained', 'stock', 'on', command=hog, inflate=False)
+    g.stop()
     results['anon-patched'], results['anon-stock-on'], results['anon-unconstrained'] = p, s_, u_
     check(p['completed'] and p['rc'] == 0 and not p['oom_kill'],
           'anon, patched: heap completed without a guest OOM kill')
@@ -334,7 +369,6 @@ def test_oom():
     figure('anon.stock_over_unconstrained', round(s_['seconds'] / u_['seconds'], 2))
     check(p['stall_some_ms'] < s_['stall_some_ms'],
           f'anon, patched stalls less: {p["stall_some_ms"]} ms < {s_["stall_some_ms"]} ms (PSI some)')
-    a = g.auto()
     log(f'anon, patched counters: {a}')
     check(a['deflated_kb'] // 1024 <= HOG_MIB - avail + 48,
           f'anon, patched: deflated {a["deflated_kb"] // 1024} MiB, no more than needed '
