@@ -40,9 +40,12 @@ def test(env):
         t0 = time.monotonic()
         # it keeps writing its 380 MiB (30 passes): pressure lasts until the host has room
         hog = realguest.host_hog(env, memcg, 380, 60, outdir, passes=30)
-        moved = env.wait_for(lambda: env.ab_get(path, "ActualMemory") <= actual0 - 32 * MIB,
-                             60, "the balloon to inflate by 32 MiB under host pressure")
-        log("balloon inflated by >= 32 MiB %.1f s after the host workload started" % (time.monotonic() - t0))
+        # One real move is enough (the first is 25 MiB, sized from the guest's stats). Whether
+        # a second event comes depends on how fast the host swaps its way to room: once the
+        # guest's idle pages are in zram, the stall can end (seen: one event, then none).
+        moved = env.wait_for(lambda: env.ab_get(path, "ActualMemory") <= actual0 - 20 * MIB,
+                             60, "the balloon to inflate by 20 MiB under host pressure")
+        log("balloon inflated by >= 20 MiB %.1f s after the host workload started" % (time.monotonic() - t0))
         # let the moves settle, then compare RSS (+ what was swapped out of QEMU)
         time.sleep(4)
         actual = env.ab_get(path, "ActualMemory")
