@@ -173,6 +173,12 @@ typedef struct PolicyVM {
         PressureLevel scope_level;        /* current level of the VM's scope */
         GuestStats stats;
         bool controllable;                /* connected and balloon ready; otherwise only observed */
+        uint64_t host_rss_bytes;          /* what the host holds for this VM: its QEMU's VmRSS ... */
+        uint64_t host_swap_bytes;         /* ... and VmSwap (UINT64_MAX: unknown). Guest memory the
+                                           * host holds but the guest does not use (touched, then
+                                           * freed) is what a take gives the host back at once */
+        bool free_page_reporting;         /* the balloon has free-page-reporting on: memory the guest
+                                           * frees goes back to the host by itself */
         /* kept across calls by the caller */
         PolicyVMState state;
         /* outputs */
@@ -184,7 +190,25 @@ typedef struct PolicyVM {
                                            * working set + reserve); minimum without fresh stats */
 } PolicyVM;
 
+/* The host's memory budget: what the host holds against what it can hold. PSI says when the
+ * host hurts; only this says how much: once swap has absorbed a shortfall PSI goes quiet while
+ * the host is still over. Read by the caller from HostMemorySource= at every decision. */
+typedef struct HostBudget {
+        bool valid;                       /* false: no source could be read; PSI steps only */
+        uint64_t capacity_bytes;          /* MemTotal, or the cgroup's memory.max/high/limit */
+        uint64_t used_bytes;              /* held in RAM, reclaimable file cache not counted */
+        uint64_t swap_bytes;              /* swap in use by the source (shown, not budgeted: only
+                                           * the guests' own swap, PolicyVM.host_swap_bytes, is) */
+        uint64_t reserve_bytes;           /* HostMemoryReserve=, resolved: headroom to keep */
+        usec_t interval_usec;             /* how often to look again while over budget or short of
+                                           * room (the caller's guest-stats interval) */
+} HostBudget;
+
+/* Over budget (> 0) or room left (< 0): used + the guests' swap + reserve - capacity. */
+int64_t host_budget_balance(const HostBudget *b, const PolicyVM *vms, size_t n_vms);
+
 typedef struct PolicyHost {
+        HostBudget budget;
         PressureLevel event;              /* a host trigger fired for this call (NONE: not a host event) */
         PressureLevel level;              /* current host level */
         usec_t last_pressure_usec;        /* last pressure event, 0 = never: recovery waits

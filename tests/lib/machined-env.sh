@@ -53,6 +53,8 @@ print_env() {
         echo "AB_ENV_CGROUP2=$CG2"
         echo "AB_ENV_CGROUP_ROOT=/$NAME"
         echo "AB_ENV_MEMCG=$(cat "$S/memcg.path" 2>/dev/null || true)"
+        # the same memcg as the namespace sees it (its v1 hierarchy is bound at /run/ab-env-memcg)
+        echo "AB_ENV_MEMCG_NS=$([ -n "$MEMV1" ] && echo "/run/ab-env-memcg$OWNMEM/$NAME")"
 }
 
 write_units() {
@@ -111,6 +113,9 @@ write_inner() {
 set -e
 mount -n -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mkdir -p /run/dbus && mount -n --bind $S/bus /run/dbus
+# the v1 memory hierarchy stays visible to the daemon under test (HostMemorySource= a v1
+# memcg, as on a hybrid host) at the path AB_ENV_MEMCG_NS names, before the unified remount
+if [ -n "$MEMV1" ]; then mkdir -p /run/ab-env-memcg && mount -n --bind $MEMV1 /run/ab-env-memcg; fi
 umount -R /sys/fs/cgroup 2>/dev/null || true
 mount -n -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
 # PID 1 raises fs.nr_open and friends: let that fail instead of changing the host

@@ -64,6 +64,8 @@ class HostMemcg:
     def __init__(self, env, name, limit, swap=None):
         self.env = env
         self.dir = os.path.join(env.vars["AB_ENV_MEMCG"], name)
+        # the same directory as the daemon inside the namespace sees it (HostMemorySource=)
+        self.ns_dir = os.path.join(env.vars["AB_ENV_MEMCG_NS"], name) if env.vars.get("AB_ENV_MEMCG_NS") else None
         os.makedirs(self.dir)
         self.zram = None
         try:
