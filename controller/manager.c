@@ -426,6 +426,10 @@ static void watch_host_memory(Manager *m) {
         _cleanup_free_ char *path = NULL;
         int r;
 
+        if (isempty(m->config.host_memory_source)) {
+                log_info("HostMemorySource= is empty: no host memory budget, balloon moves follow PSI alone.");
+                return;
+        }
         r = resolve_host_memory(m, &path);
         if (r >= 0)
                 r = host_memory_new(&m->host_memory, m->event, path, on_host_memory, m);

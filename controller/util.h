@@ -49,6 +49,10 @@ static inline bool streq_ptr(const char *a, const char *b) {
 }
 #define streq(a, b) (strcmp((a), (b)) == 0)
 
+static inline bool isempty(const char *s) {
+        return !s || !s[0];
+}
+
 static inline const char *strempty(const char *s) {
         return s ?: "";
 }
