@@ -448,8 +448,12 @@ static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, Pressu
                 return 0;
         vm_move(vm, vm->new_target_bytes - take, reason, level, now);
         vm->state.recovered_bytes = sub_sat(vm->state.recovered_bytes, take);
+        vm->state.last_take_usec = now;
         return take;
 }
+
+static uint64_t vm_host_swap(const PolicyVM *vm);
+static uint64_t add_sat(uint64_t a, uint64_t b);
 
 /* Per-call bookkeeping of one VM: adopt a self-deflate, respect bounds, count events in a row. */
 static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, usec_t now) {
@@ -466,6 +470,22 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
                 st->rose_bytes += sub_sat(vm->actual_bytes, st->last_actual_bytes);
         }
         observe_guest(vm, now);
+
+        /* What the guest touched of what recovery gave back shows in its host footprint: no
+         * longer a promise, it is in the host's use now. */
+        if (vm->host_rss_bytes != UINT64_MAX) {
+                uint64_t footprint = add_sat(MIN(vm->host_rss_bytes, vm->ram_bytes), vm_host_swap(vm));
+                if (st->last_footprint_bytes != 0)
+                        st->recovered_bytes = sub_sat(st->recovered_bytes, sub_sat(footprint, st->last_footprint_bytes));
+                st->last_footprint_bytes = footprint;
+        }
+        /* A promise lasts a cool-down: memory a guest has left untouched that long after it got
+         * it back is not a burst about to land, and on an overcommitted host keeping every
+         * give-back promised for good would leave idle guests squeezed with the host empty. */
+        if (st->recovered_usec != 0 && now - st->recovered_usec > policy_vm_recovery_delay(vm)) {
+                st->recovered_bytes = 0;
+                st->recovered_usec = 0;
+        }
 
         if (vm_event) {
                 recovery_backoff(vm, now);
@@ -627,13 +647,11 @@ static uint64_t vm_held_unused(const PolicyVM *vm) {
         return sub_sat(footprint, guest_used(vm));
 }
 
-/* Room promised: what recovery gave back that the guest has not touched yet. It may any time,
- * so it is not room for another give-back. Without a known footprint nothing is counted. */
+/* Room promised: what recovery gave back that the guest has not touched yet (vm_prepare() counts
+ * the growth of its host footprint against it). It may any time, so it is not room for another
+ * give-back. Without a known footprint nothing is counted. */
 static uint64_t vm_promised(const PolicyVM *vm) {
-        if (vm->host_rss_bytes == UINT64_MAX)
-                return 0;
-        uint64_t footprint = add_sat(MIN(vm->host_rss_bytes, vm->ram_bytes), vm_host_swap(vm));
-        return MIN(vm->state.recovered_bytes, sub_sat(vm->target_bytes, footprint));
+        return vm->host_rss_bytes == UINT64_MAX ? 0 : vm->state.recovered_bytes;
 }
 
 static bool grown_this_call(const PolicyVM *vm) {
@@ -643,9 +661,13 @@ static bool grown_this_call(const PolicyVM *vm) {
 
 /* Who gives toward the budget, and in which pass: guests in need of memory only in the second
  * (last-victim) pass, guests without fresh stats only in the first (a blind step at most). */
-static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass, usec_t now) {
+static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass, usec_t interval, usec_t now) {
         if (!vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT || vm_held_off(vm, level, now) ||
             grown_this_call(vm))
+                return false;
+        /* One take per stats interval: the next one sees what this one did to the host (a take
+         * of swapped-out guest pages can swap some in first, and the host's use lags). */
+        if (vm->state.last_take_usec != 0 && now - vm->state.last_take_usec < interval)
                 return false;
         if (!stats_fresh(vm, now))
                 return !last_pass;
@@ -664,7 +686,8 @@ static uint64_t budget_limit(const PolicyVM *vm, usec_t now) {
 
 /* Takes `over` bytes from the donors, each in proportion to what it can give divided by its
  * weight (water-filling: what one cannot give is shared by the others). Returns what was taken. */
-static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, usec_t now) {
+static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, usec_t interval,
+                            usec_t now) {
         uint64_t taken = 0;
 
         for (int pass = 0; pass < 2 && taken < over; pass++) {
@@ -677,13 +700,13 @@ static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, Pressure
                         uint64_t round_taken = 0, left = over - taken;
 
                         for (size_t i = 0; i < n_vms; i++)
-                                if (budget_donor(vms + i, level, last_pass, now))
+                                if (budget_donor(vms + i, level, last_pass, interval, now))
                                         sum += (double) budget_limit(vms + i, now) / (double) MAX(vms[i].knobs->weight, 1U);
                         if (sum <= 0)
                                 break;
                         for (size_t i = 0; i < n_vms; i++) {
                                 PolicyVM *vm = vms + i;
-                                if (!budget_donor(vm, level, last_pass, now))
+                                if (!budget_donor(vm, level, last_pass, interval, now))
                                         continue;
                                 uint64_t limit = budget_limit(vm, now);
                                 double share = (double) left * ((double) limit / (double) MAX(vm->knobs->weight, 1U)) / sum;
@@ -771,8 +794,11 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 for (size_t i = 0; i < n_vms; i++)
                         if (vms[i].knobs->preset == POLICY_PRESET_SEED && vm_managed(vms + i) && !scope_handled(vms + i, host))
                                 seed_event(vms + i, host->event, POLICY_REASON_HOST_PRESSURE, now);
-                /* With a budget, PSI says when and the budget says how much: the take below. */
-                if (!budget->valid)
+                /* With a budget, PSI says when and the budget says how much: the take below. A
+                 * stall while the budget shows no deficit is reclaim the budget cannot see (a
+                 * guest refaulting what the host swapped earlier, cache thrashing that
+                 * MemAvailable counts as free): then the PSI share, as without a budget. */
+                if (!budget->valid || balance < (int64_t) MAX(MOVE_GRANULE_BYTES, budget->capacity_bytes / BUDGET_SLACK_DIVISOR))
                         host_event_share(host, vms, n_vms, host->event, now);
         }
 
@@ -852,6 +878,7 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                                 if (!relief) {
                                         vm->state.last_recovery_usec = now;
                                         vm->state.recovered_bytes = add_sat(vm->state.recovered_bytes, step);
+                                        vm->state.recovered_usec = now;
                                 }
                         }
                         at = now + k->recovery_interval_usec;
@@ -868,7 +895,7 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 PressureLevel level = MAX(host->event, host->level);
                 bool managed = false;
 
-                if (over >= slack && budget_take(vms, n_vms, over, level, now) > 0)
+                if (over >= slack && budget_take(vms, n_vms, over, level, budget->interval_usec, now) > 0)
                         host->last_pressure_usec = now;   /* recovery waits its cool-down after a take */
                 for (size_t i = 0; i < n_vms && !managed; i++)
                         managed = vm_managed(vms + i) && vms[i].knobs->preset == POLICY_PRESET_DEFAULT;

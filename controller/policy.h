@@ -147,9 +147,13 @@ typedef struct PolicyVMState {
         usec_t used_peak_usec;            /* ... when; forgotten after working_set_window_usec */
         usec_t recovery_delay_usec;       /* the cool-down in force (back-off); 0 = RecoveryDelaySec= */
         usec_t last_recovery_usec;        /* last recovery step not yet followed by an event, 0 = none */
-        uint64_t recovered_bytes;         /* given back by recovery since the last take: the guest may
-                                           * touch it any time, so the part its host footprint does
-                                           * not show yet is room already promised */
+        uint64_t recovered_bytes;         /* given back by recovery and not yet seen in the VM's host
+                                           * footprint: the guest may touch it any time, so it is
+                                           * room already promised */
+        usec_t recovered_usec;            /* last recovery step: a promise not kept within a cool-down
+                                           * of it is dropped (the guest did not need it) */
+        uint64_t last_footprint_bytes;    /* host RSS + swap at the previous call, 0 = unknown */
+        usec_t last_take_usec;            /* last move down */
 } PolicyVMState;
 
 typedef enum PolicyReason {

@@ -106,6 +106,8 @@ def test(env):
                      "memory given back once the host has room")
         log("given back: target %d MiB after the workload ended" % (env.ab_get(path, "TargetMemory") // MIB))
         check(memcg.oom_kills() == 0, "the host memcg OOM-killed something")
+        print("".join(l for l in env.daemon_log_text().splitlines(True)
+                      if "balloon target" in l or "pressure event" in l)[-4000:])
     finally:
         memcg.close()
 
