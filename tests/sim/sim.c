@@ -1097,9 +1097,9 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 if (cfg->controller == CONTROLLER_DEFAULT) {
                         /* As the daemon does: guest stats are polled only while something is under
                          * pressure or some guest is below its maximum (no wake-ups when idle), and
-                         * at once when that starts; and while the host is over its memory budget,
-                         * which it reads at every decision (HostBudget.interval_usec). */
-                        bool needed = s.host.level != PRESSURE_NONE || budget_balance(&s) > 0;
+                         * at once when that starts. While over its memory budget, the policy asks
+                         * to be called again (HostBudget.interval_usec) through its return value. */
+                        bool needed = s.host.level != PRESSURE_NONE;
                         for (size_t i = 0; !needed && i < s.n; i++)
                                 needed = s.vms[i].scope_level != PRESSURE_NONE || s.vms[i].target < s.vms[i].ram;
                         if (needed && (stats_next_tick == 0 || tick >= stats_next_tick)) {
