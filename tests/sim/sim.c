@@ -1217,7 +1217,7 @@ int sim_timeline_load(const char *path, SimTimeline *ret) {
         int r = -EINVAL;
 
         if (!root) {
-                fprintf(stderr, "%s: %s\n", path, json_util_get_last_err());
+                fprintf(stderr, "%s: cannot read it as JSON: %s", path, json_util_get_last_err());
                 return -EINVAL;
         }
         if (json_number(root, "host_ram_mib", &mib) < 0 || mib <= 0) {
