@@ -75,10 +75,6 @@ static void *mfree(void *p) {
         return NULL;
 }
 
-static const char *strempty(const char *s) {
-        return s ?: "";
-}
-
 static void op_unlink(BalloonOp *op) {
         Balloon *b = op->balloon;
 

@@ -347,6 +347,7 @@ int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm) {
         machine->leader = dm->leader;
         machine->state = MACHINE_CONNECTING;
         guest_stats_init(&machine->stats);
+        machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
         machine->name = strdup(dm->name);
         machine->unit = strdup(dm->unit);
         machine->control_group = strdup(dm->control_group);

@@ -45,6 +45,8 @@ struct Machine {
         uint64_t actual_bytes;        /* as the guest reports it */
         uint64_t target_bytes;        /* what we last asked for (or actual, until we move it) */
         GuestStats stats;
+        uint64_t host_rss_bytes;      /* what the host holds for it: its leader's VmRSS ... */
+        uint64_t host_swap_bytes;     /* ... and VmSwap (UINT64_MAX: not read) */
         usec_t stats_requested_usec;  /* last qom-get guest-stats asked before a decision */
         PolicyVMState policy_state;
 

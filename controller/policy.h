@@ -147,6 +147,9 @@ typedef struct PolicyVMState {
         usec_t used_peak_usec;            /* ... when; forgotten after working_set_window_usec */
         usec_t recovery_delay_usec;       /* the cool-down in force (back-off); 0 = RecoveryDelaySec= */
         usec_t last_recovery_usec;        /* last recovery step not yet followed by an event, 0 = none */
+        uint64_t recovered_bytes;         /* given back by recovery since the last take: the guest may
+                                           * touch it any time, so the part its host footprint does
+                                           * not show yet is room already promised */
 } PolicyVMState;
 
 typedef enum PolicyReason {
@@ -158,6 +161,7 @@ typedef enum PolicyReason {
         POLICY_REASON_ADOPT_SELF_DEFLATE,
         POLICY_REASON_MANUAL,             /* ResizeMachine(): an operator set the target */
         POLICY_REASON_GUEST_PRESSURE,     /* grown because the guest shows pressure of its own */
+        POLICY_REASON_HOST_BUDGET,        /* taken because the host holds more than its budget */
         _POLICY_REASON_MAX,
 } PolicyReason;
 
