@@ -25,7 +25,7 @@ static void help(void) {
                "  --set Knob=VALUE   a policy knob for the seed and default runs, as in the config\n"
                "  --free-page-reporting  every balloon has free page reporting on\n"
                "  --no-swap          the host has no swap (over RAM: the host OOM killer)\n"
-               "  --host-reserve SIZE|PCT%%  HostBudget reserve (default 5%% of host RAM)\n"
+               "  --host-reserve SIZE|PCT%%  the host budget's reserve (default: HostMemoryReserve='s)\n"
                "  --swap-rate MIB    host swap bandwidth in MiB/s (default: 4 per GiB of RAM; timeline 256)\n"
                "  --timeline FILE    play a timeline (tests/bench/overcommit-timeline.json) for every\n"
                "                     controller with swap, then none and default with free page\n"
@@ -406,8 +406,13 @@ int main(int argc, char **argv) {
                         failed++;
                 }
         }
-        if (d->recovery_sec < 0 || d->recovery_sec > bound) {
-                printf("FAIL: default returned 95 %% of maxima after %.0f s, bound %.0f s\n", d->recovery_sec, bound);
+        /* With a host memory budget, memory goes back only into room: a host whose guests have
+         * touched more than it can hold ends at its budget, not at the maxima. Giving back beyond
+         * that is what made PSI-only recovery fail on real hosts (docs/simulation.md). */
+        bool at_budget = d->end_over_budget_bytes > -d->host_reserve_bytes;
+        if ((d->recovery_sec < 0 || d->recovery_sec > bound) && !at_budget) {
+                printf("FAIL: default returned 95 %% of maxima after %.0f s, bound %.0f s, and ended with %.0f MiB of "
+                       "room in the host's budget\n", d->recovery_sec, bound, -d->end_over_budget_bytes / MIB);
                 failed++;
         }
         printf("%s: %d failed checks (recovery bound %.0f s)\n", failed ? "FAIL" : "PASS", failed, bound);

@@ -44,8 +44,6 @@ static const double level_threshold[_PRESSURE_LEVEL_MAX] = { 0, 0.05, 0.15, 0.40
 #define TIMELINE_READ_BYTES_PER_SEC (100.0 * MIB)  /* a guest reading files into its cache */
 #define TIMELINE_BASE_BYTES (48.0 * MIB)           /* a booted guest's kernel and userspace ... */
 #define TIMELINE_BASE_CACHE_BYTES (16.0 * MIB)     /* ... and its page cache; the rest untouched */
-#define HOST_RESERVE_PERCENT 5                     /* --host-reserve default, until
-                                                    * HostMemoryReserve= has a default to take */
 
 /* ---- random numbers: splitmix64, so every run is reproducible from its seed --------------- */
 
@@ -158,6 +156,8 @@ typedef struct Sim {
         size_t tracked[SIM_TRACKED_MAX];
         size_t n_tracked;
         unsigned char *tl_state;             /* per timeline event: TL_* below */
+        bool budget_watch;                   /* the daemon polls stats for the budget's sake */
+        bool budget_above;                   /* host use above the budget source's wake-up threshold */
 } Sim;
 
 enum { TL_PENDING, TL_ACTIVE, TL_KILLED, TL_DONE };
@@ -443,9 +443,31 @@ static double host_used(const Sim *s) {
         return used;
 }
 
-/* As policy.h's host_budget_balance(): used + the guests' swap + reserve - capacity. */
-static double budget_balance(const Sim *s) {
-        return host_used(s) + s->host.swapped + s->host.reserve - s->host.ram;
+/* The host's budget and each VM's host footprint, as the daemon reads them (HostMemorySource=,
+ * each QEMU's VmRSS and VmSwap) before every decision. */
+static void budget_fill(Sim *s) {
+        for (size_t i = 0; i < s->n; i++) {
+                SimVM *v = s->vms + i;
+                PolicyVM *p = s->pvms + i;
+                p->host_rss_bytes = (uint64_t) (vm_footprint(v) - vm_swapped(v));
+                p->host_swap_bytes = (uint64_t) vm_swapped(v);
+                p->free_page_reporting = v->fpr;
+                p->controllable = !v->dead;
+        }
+        s->phost.budget = (HostBudget) {
+                .valid = true,
+                .capacity_bytes = (uint64_t) s->host.ram,
+                .used_bytes = (uint64_t) host_used(s),
+                .swap_bytes = (uint64_t) s->host.swapped,
+                .reserve_bytes = (uint64_t) s->host.reserve,
+                .interval_usec = (usec_t) (STATS_INTERVAL_SEC * USEC_PER_SEC),
+        };
+}
+
+/* The policy's own host_budget_balance(): used + the guests' swap + reserve - capacity. */
+static double budget_balance(Sim *s) {
+        budget_fill(s);
+        return (double) host_budget_balance(&s->phost.budget, s->pvms, s->n);
 }
 
 /* The host's OOM killer: the VM with the most memory (resident + swap, as oom_badness) dies;
@@ -594,25 +616,16 @@ static void policy_call(Sim *s, PressureLevel host_event, const PressureLevel *s
                         v->last_recovery_sec = -1;
                 }
                 p->scope_level = s->cfg->scope_events ? v->scope_level : PRESSURE_NONE;
-                /* The host's footprint of the VM, as the daemon reads QEMU's VmRSS and VmSwap. */
-                p->host_rss_bytes = (uint64_t) (vm_footprint(v) - vm_swapped(v));
-                p->host_swap_bytes = (uint64_t) vm_swapped(v);
-                p->free_page_reporting = v->fpr;
-                p->controllable = !v->dead;
         }
-        /* The host's budget, as the daemon reads HostMemorySource= at every decision. */
-        s->phost.budget = (HostBudget) {
-                .valid = true,
-                .capacity_bytes = (uint64_t) s->host.ram,
-                .used_bytes = (uint64_t) host_used(s),
-                .swap_bytes = (uint64_t) s->host.swapped,
-                .reserve_bytes = (uint64_t) s->host.reserve,
-                .interval_usec = (usec_t) (STATS_INTERVAL_SEC * USEC_PER_SEC),
-        };
+        budget_fill(s);
         s->phost.event = host_event;
         s->phost.level = s->host.level;
         usec_t next = policy_decide(&s->phost, s->pvms, s->n, now_usec);
         s->res->policy_calls++;
+        /* As the manager: within one reserve of the budget (or over), stats and footprints are
+         * kept fresh (polled every stats interval). */
+        s->budget_watch = s->phost.budget.valid &&
+                (double) host_budget_balance(&s->phost.budget, s->pvms, s->n) > -s->host.reserve;
         const char *trace = getenv("SIM_TRACE_VM");
         if (trace) {
                 size_t t = strtoul(trace, NULL, 10);
@@ -928,9 +941,22 @@ static void sim_setup(Sim *s, const SimConfig *cfg, SimResult *res) {
         if (cfg->swap_bytes_per_sec > 0)
                 s->host.swap_bytes_per_sec = cfg->swap_bytes_per_sec;
         s->host.overhead = s->host.ram * HOST_OVERHEAD_PERCENT / 100;
-        s->host.reserve = cfg->host_reserve_bytes >= 0 ? cfg->host_reserve_bytes : s->host.ram * cfg->host_reserve_fraction;
+        if (cfg->host_reserve_bytes >= 0)
+                s->host.reserve = cfg->host_reserve_bytes;
+        else if (cfg->host_reserve_fraction >= 0)
+                s->host.reserve = s->host.ram * cfg->host_reserve_fraction;
+        else {
+                /* HostMemoryReserve='s default, resolved against this host's RAM. */
+                Config c;
+                config_init(&c);
+                s->host.reserve = (double) host_memory_reserve_resolve(c.host_memory_reserve_bytes,
+                                                                       c.host_memory_reserve_permille,
+                                                                       (uint64_t) s->host.ram);
+                config_done(&c);
+        }
         res->host_ram_bytes = s->host.ram;
         res->host_swap_bytes = s->host.swap;
+        res->host_reserve_bytes = s->host.reserve;
         res->total_max_bytes = total_ram;
         if (cfg->timeline)
                 s->tl_state = calloc(MAX(cfg->timeline->n_events, 1), 1);
@@ -1097,9 +1123,18 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 if (cfg->controller == CONTROLLER_DEFAULT) {
                         /* As the daemon does: guest stats are polled only while something is under
                          * pressure or some guest is below its maximum (no wake-ups when idle), and
-                         * at once when that starts. While over its memory budget, the policy asks
-                         * to be called again (HostBudget.interval_usec) through its return value. */
-                        bool needed = s.host.level != PRESSURE_NONE;
+                         * at once when that starts; also while the host is within one reserve of
+                         * its budget. The budget source (a v1 memory cgroup, as in the real
+                         * benchmark) wakes the daemon when the host's use crosses two reserves
+                         * below capacity, either way: footprints and stats, then a decision. */
+                        bool above = host_used(&s) >= s.host.ram - 2 * s.host.reserve;
+                        if (above != s.budget_above) {
+                                s.budget_above = above;
+                                stats_update(&s);
+                                policy_call(&s, PRESSURE_NONE, NULL);
+                                res->budget_wakeups++;
+                        }
+                        bool needed = s.host.level != PRESSURE_NONE || s.budget_watch;
                         for (size_t i = 0; !needed && i < s.n; i++)
                                 needed = s.vms[i].scope_level != PRESSURE_NONE || s.vms[i].target < s.vms[i].ram;
                         if (needed && (stats_next_tick == 0 || tick >= stats_next_tick)) {
@@ -1153,10 +1188,10 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 for (size_t i = 0; i < s.n; i++)
                         oom[s.vms[i].workload] += s.vms[i].oom_kills;
                 fprintf(stderr, "%s OOMs: idle %" PRIu64 " steady %" PRIu64 " spiky %" PRIu64 " growing %" PRIu64
-                        "; policy calls %" PRIu64 " (stats %" PRIu64 ", timer %" PRIu64 "); self-deflated %.1f GiB; "
+                        "; policy calls %" PRIu64 " (stats %" PRIu64 ", timer %" PRIu64 ", budget %" PRIu64 "); self-deflated %.1f GiB; "
                         "swap full %.0f s\n",
                         controller_to_string(cfg->controller), oom[0], oom[1], oom[2], oom[3], res->policy_calls,
-                        res->stats_calls, res->timer_wakeups, res->self_deflate_bytes / GIB, res->host_swap_full_sec);
+                        res->stats_calls, res->timer_wakeups, res->budget_wakeups, res->self_deflate_bytes / GIB, res->host_swap_full_sec);
         }
 
         if (s.csv)
@@ -1182,7 +1217,7 @@ void sim_config_default(SimConfig *cfg) {
                 .spike_ramp_sec = 15,
                 .io_scale = 1,
                 .host_reserve_bytes = -1,
-                .host_reserve_fraction = HOST_RESERVE_PERCENT / 100.0,
+                .host_reserve_fraction = -1,
         };
 }
 

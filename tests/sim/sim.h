@@ -81,8 +81,9 @@ typedef struct SimConfig {
                                         * host RAM, swap, guests and duration come from it */
         bool free_page_reporting;      /* every balloon has free page reporting on */
         bool no_swap;                  /* the host has no swap: over RAM is a host OOM kill */
-        double host_reserve_bytes;     /* HostBudget.reserve_bytes; < 0: ... */
-        double host_reserve_fraction;  /* ... this share of host RAM (default 5 %) */
+        double host_reserve_bytes;     /* HostBudget.reserve_bytes (--host-reserve); < 0: ... */
+        double host_reserve_fraction;  /* ... this share of host RAM; < 0: HostMemoryReserve='s
+                                        * default (config_init()) */
         double swap_bytes_per_sec;     /* host swap bandwidth; 0: the model's default */
         const char *csv_path;          /* NULL: no CSV */
         const PolicyKnobs *knobs;      /* policy knobs for seed/default; NULL: the defaults */
@@ -97,6 +98,7 @@ typedef struct SimResult {
         double swap_in_bytes, swap_out_bytes;
         double host_swap_full_sec;
         double host_swap_bytes;        /* the host's swap size */
+        double host_reserve_bytes;     /* the budget's reserve */
         double initial_swapped_bytes;  /* swapped out at the start (steady state) */
         double peak_swapped_bytes;
         double stall_some_sec;         /* PSI "some" stall time of the host, summed */
@@ -108,7 +110,7 @@ typedef struct SimResult {
         uint64_t guest_oom_events;
         unsigned host_oom_kills;       /* VMs killed by the host's OOM killer */
         uint64_t balloon_moves;
-        uint64_t policy_calls, stats_calls, timer_wakeups;
+        uint64_t policy_calls, stats_calls, timer_wakeups, budget_wakeups;
         double self_deflate_bytes;
         double peak_reclaimed_bytes;
         unsigned pressure_episodes;    /* host level none -> low or above */
