@@ -19,6 +19,10 @@
  * sample between two moves), not worth a move: 1/256, 4 MiB per GiB. */
 #define BUDGET_SLACK_DIVISOR 256
 
+/* How long memory given back counts as promised room, in recovery intervals (10 s by default):
+ * long enough for a guest that wanted it to show it in its footprint. */
+#define PROMISE_INTERVALS 5
+
 /* consecutive_events saturates here; escalation_max is bounded by the knob range anyway. */
 #define CONSECUTIVE_EVENTS_MAX 64U
 
@@ -120,12 +124,13 @@ void policy_knobs_init_default(PolicyKnobs *k) {
                 .guest_major_fault_rate = 500,
                 /* 2 % of RAM of new use between two samples: a workload growing, not noise. */
                 .available_drop_permille = 20,
-                /* Off: memory a guest touched and freed is exactly what the host should take
-                 * first, and a peak window kept it out of reach for minutes while the host
-                 * swapped (measured on real guests: docs/policy.md). A growing guest is
-                 * protected by getting memory back fast (GuestPressureStep=), not by never
-                 * being taken from. */
-                .working_set_window_usec = 0,
+                /* Five minutes: longer than the gap between bursts of most interactive and
+                 * batch loads. It protects a guest from takes that PSI alone sizes (no budget,
+                 * or a stall the budget cannot see): a guest between two bursts looks idle.
+                 * Takes sized by the host's budget go by the guest's current use: memory it
+                 * touched and freed is exactly what an over-budget host should take first (a
+                 * peak window kept it out of reach while the host swapped, on real guests). */
+                .working_set_window_usec = 300 * USEC_PER_SEC,
                 /* 10 % of RAM per 2 s: a guest in need outruns its own shrinker-driven
                  * deflate (rate limited in the guest) by an order of magnitude. */
                 .guest_pressure_permille = 100,
@@ -281,7 +286,7 @@ static uint64_t guest_used(const PolicyVM *vm) {
         return sub_sat(actual, vm->stats.available_bytes);
 }
 
-uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
+static uint64_t vm_floor(const PolicyVM *vm, usec_t now, bool peak) {
         uint64_t min = policy_vm_minimum(vm), max = policy_vm_maximum(vm);
 
         if (!stats_fresh(vm, now))
@@ -289,10 +294,14 @@ uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
 
         uint64_t used = guest_used(vm);
         /* A spiky guest between two spikes looks idle; its working set is what it used lately. */
-        if (vm->state.used_peak_usec != 0 && now - vm->state.used_peak_usec <= vm->knobs->working_set_window_usec)
+        if (peak && vm->state.used_peak_usec != 0 && now - vm->state.used_peak_usec <= vm->knobs->working_set_window_usec)
                 used = MAX(used, vm->state.used_peak_bytes);
         uint64_t floor = used + vm_reserve(vm);
         return MAX(min, MIN(floor, max));
+}
+
+uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
+        return vm_floor(vm, now, true);
 }
 
 usec_t policy_vm_recovery_delay(const PolicyVM *vm) {
@@ -438,9 +447,10 @@ static void vm_move(PolicyVM *vm, uint64_t new_target, PolicyReason reason, Pres
 }
 
 /* Takes up to `take` bytes (rounded down to the granule) from the VM's current decision,
- * never below its floor. Returns what was taken. */
-static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, PressureLevel level, usec_t now) {
-        uint64_t spare = sub_sat(vm->new_target_bytes, vm->floor_bytes);
+ * never below floor. Returns what was taken. */
+static uint64_t vm_take_to(PolicyVM *vm, uint64_t take, uint64_t floor, PolicyReason reason, PressureLevel level,
+                           usec_t now) {
+        uint64_t spare = sub_sat(vm->new_target_bytes, floor);
 
         take = MIN(take, spare);
         take -= take % MOVE_GRANULE_BYTES;
@@ -450,6 +460,12 @@ static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, Pressu
         vm->state.recovered_bytes = sub_sat(vm->state.recovered_bytes, take);
         vm->state.last_take_usec = now;
         return take;
+}
+
+/* A take sized by PSI alone, which cannot tell how much the host needs: never below the
+ * working set's recent peak (floor_bytes). */
+static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, PressureLevel level, usec_t now) {
+        return vm_take_to(vm, take, vm->floor_bytes, reason, level, now);
 }
 
 static uint64_t vm_host_swap(const PolicyVM *vm);
@@ -479,10 +495,11 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
                         st->recovered_bytes = sub_sat(st->recovered_bytes, sub_sat(footprint, st->last_footprint_bytes));
                 st->last_footprint_bytes = footprint;
         }
-        /* A promise lasts a cool-down: memory a guest has left untouched that long after it got
-         * it back is not a burst about to land, and on an overcommitted host keeping every
-         * give-back promised for good would leave idle guests squeezed with the host empty. */
-        if (st->recovered_usec != 0 && now - st->recovered_usec > policy_vm_recovery_delay(vm)) {
+        /* A promise lasts PROMISE_INTERVALS recovery intervals: memory a guest leaves untouched
+         * that long after it got it back is not a burst about to land, and if it comes later the
+         * budget takes it back within a stats interval (the reserve absorbs it meanwhile). Kept
+         * for good, promises left idle guests squeezed on an empty host (the simulator found it). */
+        if (st->recovered_usec != 0 && now - st->recovered_usec > PROMISE_INTERVALS * vm->knobs->recovery_interval_usec) {
                 st->recovered_bytes = 0;
                 st->recovered_usec = 0;
         }
@@ -571,7 +588,8 @@ static double share_score(const PolicyVM *vm) {
  * Guests showing pressure of their own are the last victims: taken from only at critical
  * level, and only when nobody else had anything to give. Guests without stats give a small
  * blind step. */
-static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, usec_t now) {
+static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, bool escalate,
+                             usec_t now) {
         for (int pass = 0; pass < 2; pass++) {
                 bool last_pass = pass == 1;
                 double score_max = 0;
@@ -591,7 +609,9 @@ static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms
                                 /* Lighter for heavier weights, never heavier than a low step. */
                                 take = vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight);
                         else if (score_max > 0)
-                                take = (uint64_t) ((double) vm_step(vm, level, true) * (share_score(vm) / score_max));
+                                take = (uint64_t) ((double) (escalate ? vm_step(vm, level, true)
+                                                                      : permille_of(vm->ram_bytes, vm->knobs->step_permille[level])) *
+                                                   (share_score(vm) / score_max));
                         else
                                 continue;
                         taken += vm_take(vm, take, POLICY_REASON_HOST_PRESSURE, level, now);
@@ -677,7 +697,7 @@ static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass
 /* What a donor can give this call: down to its floor, limited to what the host holds for it
  * unused (the take must give the host something), a blind low step without fresh stats. */
 static uint64_t budget_limit(const PolicyVM *vm, usec_t now) {
-        uint64_t limit = sub_sat(vm->new_target_bytes, vm->floor_bytes);
+        uint64_t limit = sub_sat(vm->new_target_bytes, vm_floor(vm, now, false));
 
         if (!stats_fresh(vm, now))
                 return MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
@@ -712,7 +732,8 @@ static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, Pressure
                                 double share = (double) left * ((double) limit / (double) MAX(vm->knobs->weight, 1U)) / sum;
                                 /* Round up to the granule: a share below it would never be taken. */
                                 uint64_t want = MIN(limit, (uint64_t) share + MOVE_GRANULE_BYTES - 1);
-                                round_taken += vm_take(vm, want, POLICY_REASON_HOST_BUDGET, level, now);
+                                round_taken += vm_take_to(vm, want, vm_floor(vm, now, false), POLICY_REASON_HOST_BUDGET,
+                                                          level, now);
                         }
                         if (round_taken == 0)
                                 break;
@@ -797,9 +818,11 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 /* With a budget, PSI says when and the budget says how much: the take below. A
                  * stall while the budget shows no deficit is reclaim the budget cannot see (a
                  * guest refaulting what the host swapped earlier, cache thrashing that
-                 * MemAvailable counts as free): then the PSI share, as without a budget. */
+                 * MemAvailable counts as free): then the PSI share, as without a budget, above
+                 * each guest's working-set peak, but one level step per event: with room in the
+                 * budget, events in a row are no sign that the last step was too small. */
                 if (!budget->valid || balance < (int64_t) MAX(MOVE_GRANULE_BYTES, budget->capacity_bytes / BUDGET_SLACK_DIVISOR))
-                        host_event_share(host, vms, n_vms, host->event, now);
+                        host_event_share(host, vms, n_vms, host->event, !budget->valid, now);
         }
 
         /* Giving back. Recovery: a guest is quiet when neither the host nor its scope is under
@@ -895,8 +918,11 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 PressureLevel level = MAX(host->event, host->level);
                 bool managed = false;
 
-                if (over >= slack && budget_take(vms, n_vms, over, level, budget->interval_usec, now) > 0)
-                        host->last_pressure_usec = now;   /* recovery waits its cool-down after a take */
+                /* Recovery waits its cool-down after a take for a host over budget; a transfer to
+                 * a guest in need is no sign of that, and must not hold up everyone's recovery. */
+                if (over >= slack && budget_take(vms, n_vms, over, level, budget->interval_usec, now) > 0 &&
+                    balance >= (int64_t) slack)
+                        host->last_pressure_usec = now;
                 for (size_t i = 0; i < n_vms && !managed; i++)
                         managed = vm_managed(vms + i) && vms[i].knobs->preset == POLICY_PRESET_DEFAULT;
                 /* Over budget, or less than one reserve of room left: look again at the next stats
