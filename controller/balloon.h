@@ -23,7 +23,8 @@ typedef struct BalloonCallbacks {
         /* What attach learnt of the device's free-page-reporting property, once per attach and
          * before on_ready: 1 on, 0 off, -EOPNOTSUPP when QEMU has no such property (before 5.1),
          * another negative errno when reading it failed. Only informs: the balloon works the
-         * same either way. May be NULL. */
+         * same either way, and attach goes on after it (so it must not free or detach the
+         * balloon). May be NULL. */
         void (*on_free_page_reporting)(Balloon *b, int enabled, void *userdata);
 } BalloonCallbacks;
 
