@@ -289,6 +289,12 @@ static int property_get_available(sd_bus *bus, const char *path, const char *int
         return sd_bus_message_append(reply, "t", v);
 }
 
+static int property_get_bool(sd_bus *bus, const char *path, const char *interface, const char *property,
+                             sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        bool *b = userdata;
+        return sd_bus_message_append(reply, "b", *b);
+}
+
 static int property_get_last_move(sd_bus *bus, const char *path, const char *interface, const char *property,
                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Machine *machine = userdata;
@@ -332,6 +338,7 @@ static const sd_bus_vtable machine_vtable_fixed[] = {
         SD_BUS_PROPERTY("LastMove", "(tsstt)", property_get_last_move, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("HostResidentMemory", "t", property_get_footprint, 0, 0),
         SD_BUS_PROPERTY("HostSwapMemory", "t", property_get_footprint, 0, 0),
+        SD_BUS_PROPERTY("FreePageReporting", "b", property_get_bool, offsetof(Machine, free_page_reporting), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 };
 
 /* --- Manager ------------------------------------------------------------------------------- */

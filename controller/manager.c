@@ -190,6 +190,7 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                         .scope_event = machine == scope_machine ? scope_event : PRESSURE_NONE,
                         .scope_level = machine->scope_level,
                         .stats = machine->stats,
+                        .free_page_reporting = machine->free_page_reporting,
                         .controllable = machine_controllable(machine),
                         .host_rss_bytes = machine->host_rss_bytes,
                         .host_swap_bytes = machine->host_swap_bytes,
