@@ -701,6 +701,11 @@ static uint64_t budget_limit(const PolicyVM *vm, usec_t now) {
 
         if (!stats_fresh(vm, now))
                 return MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
+        /* With free page reporting the guest's free memory is back on the host already: a take
+         * from it would give the host nothing. What is left for the balloon is what the guest
+         * holds but can drop (its reclaimable cache: available - free). */
+        if (vm->free_page_reporting && vm->stats.free_bytes != UINT64_MAX)
+                limit = MIN(limit, sub_sat(vm->stats.available_bytes, vm->stats.free_bytes));
         return MIN(limit, vm_held_unused(vm));
 }
 

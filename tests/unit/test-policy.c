@@ -1073,6 +1073,34 @@ static void test_budget_relief_from_idle(void **state) {
         assert_true(taken <= given + MIB);
 }
 
+/* Free page reporting: the guest's free memory went back by itself, so the budget goes after its
+ * cache only, even when its host footprint (QEMU's own overhead) suggests more. */
+static void test_budget_free_page_reporting(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 1 * GIB);
+        vm.free_page_reporting = true;
+        vm_stats(&vm, now, 800 * MIB);            /* uses 224 MiB */
+        vm.stats.free_bytes = 700 * MIB;          /* 100 MiB of it cache */
+        vm_footprint(&vm, 600 * MIB, 0);
+        host.budget = budget_of(2 * GIB, 2 * GIB + 512 * MIB, 0);   /* far over */
+        policy_decide(&host, &vm, 1, now);
+        assert_int_equal(vm.reason, POLICY_REASON_HOST_BUDGET);
+        assert_int_equal(vm.new_target_bytes, 1 * GIB - 100 * MIB);
+
+        /* without it, everything down to the floor that the footprint shows unused */
+        vm_init(&vm, &k, 1 * GIB);
+        vm_stats(&vm, now, 800 * MIB);
+        vm.stats.free_bytes = 700 * MIB;
+        vm_footprint(&vm, 600 * MIB, 0);
+        policy_decide(&host, &vm, 1, now);
+        assert_true(vm.new_target_bytes < 1 * GIB - 300 * MIB);
+}
+
 /* Plenty of room, every VM at its maximum, no pressure: no timer, whatever the guests hold. */
 static void test_budget_idle_no_timer(void **state) {
         PolicyKnobs k;
@@ -1227,6 +1255,7 @@ int main(void) {
                 cmocka_unit_test(test_budget_over_but_quiet),
                 cmocka_unit_test(test_budget_relief_from_idle),
                 cmocka_unit_test(test_budget_idle_no_timer),
+                cmocka_unit_test(test_budget_free_page_reporting),
                 cmocka_unit_test(test_budget_random),
                 cmocka_unit_test(test_relief_after_take),
                 cmocka_unit_test(test_scope_once_per_sample),
