@@ -47,6 +47,17 @@ static int parse_u64(const char *s, uint64_t *ret) {
         return 0;
 }
 
+int meminfo_parse_swap_total(const char *text, uint64_t *ret) {
+        for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+                unsigned long long kib;
+                if (sscanf(l, "SwapTotal: %llu kB", &kib) == 1 && kib <= UINT64_MAX / 1024) {
+                        *ret = kib * 1024;
+                        return 0;
+                }
+        }
+        return -ENOENT;
+}
+
 int meminfo_parse(const char *text, uint64_t *ret_total, uint64_t *ret_available, uint64_t *ret_swap_used) {
         uint64_t total = UINT64_MAX, available = UINT64_MAX, swap_total = 0, swap_free = 0;
 
@@ -138,12 +149,16 @@ static int read_u64_at(const HostMemory *h, const char *file, uint64_t *ret) {
         return r < 0 ? r : memory_limit_parse(text, ret);
 }
 
-static int host_mem_total(uint64_t *ret) {
+static int host_mem_total(uint64_t *ret_total, uint64_t *ret_swap_total) {
         _cleanup_free_ char *text = NULL;
         uint64_t available, swap;
         int r = read_full_file("/proc/meminfo", &text, NULL);
 
-        return r < 0 ? r : meminfo_parse(text, ret, &available, &swap);
+        if (r < 0)
+                return r;
+        if (meminfo_parse_swap_total(text, ret_swap_total) < 0)
+                *ret_swap_total = 0;
+        return meminfo_parse(text, ret_total, &available, &swap);
 }
 
 int memcg1_mount_point(char **ret) {
@@ -182,9 +197,12 @@ int host_memory_read(HostMemory *h, HostBudget *b) {
                 r = meminfo_parse(text, &total, &available, &swap);
                 if (r < 0)
                         return r;
+                uint64_t swap_total = 0;
+                (void) meminfo_parse_swap_total(text, &swap_total);
                 b->capacity_bytes = total;
                 b->used_bytes = total - available;
                 b->swap_bytes = swap;
+                b->swap_capable = swap_total > 0;
                 b->valid = true;
                 return 0;
         }
@@ -215,9 +233,17 @@ int host_memory_read(HostMemory *h, HostBudget *b) {
                 swap = 0;           /* no swap accounting (swapaccount=0) */
 
         limit = MIN(limit, high);
-        r = host_mem_total(&total);
+        uint64_t swap_total, swap_max = UINT64_MAX;
+        r = host_mem_total(&total, &swap_total);
         if (r < 0)
                 return r;
+        /* May this cgroup swap at all: the host has swap, and no swap limit of 0 (v2
+         * memory.swap.max, v1 memory.memsw.limit_in_bytes equal to the memory limit). */
+        if (v2)
+                (void) read_u64_at(h, "memory.swap.max", &swap_max);
+        else if (read_u64_at(h, "memory.memsw.limit_in_bytes", &swap_max) >= 0 && swap_max != UINT64_MAX)
+                swap_max = swap_max > limit ? swap_max - limit : 0;
+        b->swap_capable = swap_total > 0 && swap_max > 0;
         b->capacity_bytes = MIN(limit, total);
         b->used_bytes = current > inactive_file ? current - inactive_file : 0;
         b->swap_bytes = swap;

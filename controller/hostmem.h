@@ -29,8 +29,8 @@ static inline void host_memory_freep(HostMemory **h) { host_memory_free(*h); }
 HostMemoryKind host_memory_kind(const HostMemory *h);
 const char *host_memory_path(const HostMemory *h);
 
-/* Fills b->valid, capacity_bytes, used_bytes (RAM held, reclaimable file cache not counted) and
- * swap_bytes from the source; leaves the other fields. A cgroup without a limit has the host's
+/* Fills b->valid, capacity_bytes, used_bytes (RAM held, reclaimable file cache not counted),
+ * swap_bytes and swap_capable from the source; leaves the other fields. A cgroup without a limit has the host's
  * MemTotal as capacity. */
 int host_memory_read(HostMemory *h, HostBudget *b);
 
@@ -40,6 +40,7 @@ int host_memory_set_threshold(HostMemory *h, uint64_t bytes);
 
 /* Pure parsers, for the tests. */
 int meminfo_parse(const char *text, uint64_t *ret_total, uint64_t *ret_available, uint64_t *ret_swap_used);
+int meminfo_parse_swap_total(const char *text, uint64_t *ret);
 /* "KEY VALUE" lines (memory.stat): -ENOENT when key is missing. */
 int memory_stat_get(const char *text, const char *key, uint64_t *ret);
 /* A memory.max/memory.high/limit_in_bytes value: "max" and v1's "unlimited" (near INT64_MAX)

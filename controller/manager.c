@@ -125,7 +125,8 @@ static int on_deferred_timer(sd_event_source *s, uint64_t usec, void *userdata) 
         PressureLevel event = m->deferred_host_event;
 
         m->deferred_host_event = PRESSURE_NONE;
-        if (event != PRESSURE_NONE) {
+        if (event != PRESSURE_NONE || m->deferred_budget) {
+                m->deferred_budget = false;
                 log_debug("Guest statistics did not all arrive within %llu ms; deciding without them.",
                           (unsigned long long) (STATS_WAIT_MAX_USEC / USEC_PER_MSEC));
                 manager_run_policy(m, event, NULL, PRESSURE_NONE);
@@ -159,12 +160,14 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
 
         if (m->exiting)
                 return;
-        /* The stats a deferred host event waited for are in: decide it now. */
-        if (m->deferred_host_event != PRESSURE_NONE && !stats_awaited(m, now)) {
+        /* The stats a deferred host or budget event waited for are in: decide it now. */
+        if ((m->deferred_host_event != PRESSURE_NONE || m->deferred_budget) && !stats_awaited(m, now)) {
                 host_event = MAX(host_event, m->deferred_host_event);
                 m->deferred_host_event = PRESSURE_NONE;
+                m->deferred_budget = false;
                 sd_event_source_set_enabled(m->deferred_timer, SD_EVENT_OFF);
-        }
+        } else if (m->deferred_budget && host_event == PRESSURE_NONE && scope_event == PRESSURE_NONE)
+                return;   /* still waiting: a budget take without them would be blind */
         if (m->in_policy) {
                 /* A move that completes synchronously lands here; decide again afterwards. */
                 m->policy_again = true;
@@ -395,7 +398,12 @@ static void on_host_memory(HostMemory *h, void *userdata) {
 
         log_debug("Host memory source %s: use crossed the watch threshold.", host_memory_path(h));
         refresh_footprints(m);
-        (void) request_missing_stats(m, now_usec());
+        /* As a host PSI event: wait one QMP round trip for missing guest stats, not longer. */
+        if (m->deferred_budget || m->deferred_host_event != PRESSURE_NONE || request_missing_stats(m, now_usec())) {
+                m->deferred_budget = true;
+                defer_host_event(m, PRESSURE_NONE, now_usec());
+                return;
+        }
         manager_schedule_policy(m);
 }
 

@@ -38,6 +38,7 @@ typedef struct Manager {
 
         sd_event_source *policy_timer;      /* armed only when the policy asks for a wake-up */
         PressureLevel deferred_host_event;  /* a host event waiting for guest stats (no blind squeeze) */
+        bool deferred_budget;               /* a budget event (threshold, memory.events) waiting too */
         sd_event_source *deferred_timer;    /* ... but not longer than STATS_WAIT_MAX_USEC */
         sd_event_source *policy_defer;      /* one policy run after a burst of guest updates */
         sd_event_source *stats_timer;       /* guest-stats polling, only while something moves */

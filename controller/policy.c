@@ -458,7 +458,6 @@ static uint64_t vm_take_to(PolicyVM *vm, uint64_t take, uint64_t floor, PolicyRe
                 return 0;
         vm_move(vm, vm->new_target_bytes - take, reason, level, now);
         vm->state.recovered_bytes = sub_sat(vm->state.recovered_bytes, take);
-        vm->state.last_take_usec = now;
         return take;
 }
 
@@ -498,8 +497,11 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
         /* A promise lasts PROMISE_INTERVALS recovery intervals: memory a guest leaves untouched
          * that long after it got it back is not a burst about to land, and if it comes later the
          * budget takes it back within a stats interval (the reserve absorbs it meanwhile). Kept
-         * for good, promises left idle guests squeezed on an empty host (the simulator found it). */
-        if (st->recovered_usec != 0 && now - st->recovered_usec > PROMISE_INTERVALS * vm->knobs->recovery_interval_usec) {
+         * for good, promises left idle guests squeezed on an empty host (the simulator found it).
+         * Without swap they are kept until the guest uses the memory: there a burst beyond the
+         * reserve is not a moment of swapping but the host's OOM killer taking a whole VM. */
+        if (host->budget.swap_capable && st->recovered_usec != 0 &&
+            now - st->recovered_usec > PROMISE_INTERVALS * vm->knobs->recovery_interval_usec) {
                 st->recovered_bytes = 0;
                 st->recovered_usec = 0;
         }
@@ -681,14 +683,17 @@ static bool grown_this_call(const PolicyVM *vm) {
 
 /* Who gives toward the budget, and in which pass: guests in need of memory only in the second
  * (last-victim) pass, guests without fresh stats only in the first (a blind step at most). */
-static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass, usec_t interval, usec_t now) {
+static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass, usec_t now) {
         if (!vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT || vm_held_off(vm, level, now) ||
             grown_this_call(vm))
                 return false;
-        /* One take per stats interval: the next one sees what this one did to the host (a take
-         * of swapped-out guest pages can swap some in first, and the host's use lags). */
-        if (vm->state.last_take_usec != 0 && now - vm->state.last_take_usec < interval)
+        /* One take per guest-stats sample: the next one sees what this one did to the guest and
+         * the host (a take of swapped-out guest pages can swap some in first, and the host's use
+         * lags). A blind take (no sample yet) does not hold up the first informed one. */
+        if (vm->state.budget_take_stats_usec != 0 && vm->state.budget_take_stats_usec == vm->state.last_stats_usec &&
+            vm->reason != POLICY_REASON_HOST_BUDGET)
                 return false;
+
         if (!stats_fresh(vm, now))
                 return !last_pass;
         return vm->guest_pressure == last_pass;
@@ -700,19 +705,22 @@ static uint64_t budget_limit(const PolicyVM *vm, usec_t now) {
         uint64_t limit = sub_sat(vm->new_target_bytes, vm_floor(vm, now, false));
 
         if (!stats_fresh(vm, now))
-                return MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
+                return vm->reason == POLICY_REASON_HOST_BUDGET ? 0 :
+                        MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
         /* With free page reporting the guest's free memory is back on the host already: a take
          * from it would give the host nothing. What is left for the balloon is what the guest
          * holds but can drop (its reclaimable cache: available - free). */
+        uint64_t unused = vm_held_unused(vm);
         if (vm->free_page_reporting && vm->stats.free_bytes != UINT64_MAX)
-                limit = MIN(limit, sub_sat(vm->stats.available_bytes, vm->stats.free_bytes));
-        return MIN(limit, vm_held_unused(vm));
+                unused = MIN(unused, sub_sat(vm->stats.available_bytes, vm->stats.free_bytes));
+        /* what this call took already (an earlier water-filling round, a scope or PSI take) came
+         * out of the same unused memory */
+        return MIN(limit, sub_sat(unused, sub_sat(vm->target_bytes, vm->new_target_bytes)));
 }
 
 /* Takes `over` bytes from the donors, each in proportion to what it can give divided by its
  * weight (water-filling: what one cannot give is shared by the others). Returns what was taken. */
-static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, usec_t interval,
-                            usec_t now) {
+static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, usec_t now) {
         uint64_t taken = 0;
 
         for (int pass = 0; pass < 2 && taken < over; pass++) {
@@ -725,13 +733,13 @@ static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, Pressure
                         uint64_t round_taken = 0, left = over - taken;
 
                         for (size_t i = 0; i < n_vms; i++)
-                                if (budget_donor(vms + i, level, last_pass, interval, now))
+                                if (budget_donor(vms + i, level, last_pass, now))
                                         sum += (double) budget_limit(vms + i, now) / (double) MAX(vms[i].knobs->weight, 1U);
                         if (sum <= 0)
                                 break;
                         for (size_t i = 0; i < n_vms; i++) {
                                 PolicyVM *vm = vms + i;
-                                if (!budget_donor(vm, level, last_pass, interval, now))
+                                if (!budget_donor(vm, level, last_pass, now))
                                         continue;
                                 uint64_t limit = budget_limit(vm, now);
                                 double share = (double) left * ((double) limit / (double) MAX(vm->knobs->weight, 1U)) / sum;
@@ -747,6 +755,9 @@ static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, Pressure
                                 break;
                 }
         }
+        for (size_t i = 0; i < n_vms; i++)
+                if (vms[i].reason == POLICY_REASON_HOST_BUDGET)
+                        vms[i].state.budget_take_stats_usec = vms[i].state.last_stats_usec;
         return taken;
 }
 
@@ -925,7 +936,7 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
 
                 /* Recovery waits its cool-down after a take for a host over budget; a transfer to
                  * a guest in need is no sign of that, and must not hold up everyone's recovery. */
-                if (over >= slack && budget_take(vms, n_vms, over, level, budget->interval_usec, now) > 0 &&
+                if (over >= slack && budget_take(vms, n_vms, over, level, now) > 0 &&
                     balance >= (int64_t) slack)
                         host->last_pressure_usec = now;
                 for (size_t i = 0; i < n_vms && !managed; i++)

@@ -153,7 +153,7 @@ typedef struct PolicyVMState {
         usec_t recovered_usec;            /* last recovery step: a promise not kept within a cool-down
                                            * of it is dropped (the guest did not need it) */
         uint64_t last_footprint_bytes;    /* host RSS + swap at the previous call, 0 = unknown */
-        usec_t last_take_usec;            /* last move down */
+        usec_t budget_take_stats_usec;    /* last_stats_usec when the budget last took from it */
 } PolicyVMState;
 
 typedef enum PolicyReason {
@@ -207,6 +207,8 @@ typedef struct HostBudget {
         uint64_t used_bytes;              /* held in RAM, reclaimable file cache not counted */
         uint64_t swap_bytes;              /* swap in use by the source (shown, not budgeted: only
                                            * the guests' own swap, PolicyVM.host_swap_bytes, is) */
+        bool swap_capable;                /* the source may swap at all: a burst beyond the reserve
+                                           * then swaps for a moment instead of an OOM kill */
         uint64_t reserve_bytes;           /* HostMemoryReserve=, resolved: headroom to keep */
         usec_t interval_usec;             /* how often to look again while over budget or short of
                                            * room (the caller's guest-stats interval) */

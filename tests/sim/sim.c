@@ -459,6 +459,7 @@ static void budget_fill(Sim *s) {
                 .capacity_bytes = (uint64_t) s->host.ram,
                 .used_bytes = (uint64_t) host_used(s),
                 .swap_bytes = (uint64_t) s->host.swapped,
+                .swap_capable = s->host.swap > 0,
                 .reserve_bytes = (uint64_t) s->host.reserve,
                 .interval_usec = (usec_t) (STATS_INTERVAL_SEC * USEC_PER_SEC),
         };

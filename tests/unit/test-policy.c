@@ -1175,6 +1175,11 @@ static void test_budget_random(void **state) {
                                 taken += CLAMP(pre[i].target_bytes, min, max) - vm->new_target_bytes;
                         } else if (vm->reason == POLICY_REASON_GUEST_PRESSURE)
                                 given_relief += vm->new_target_bytes - pre[i].target_bytes;
+                        else if (vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE) {
+                                /* the relief step on top of what the guest took itself */
+                                uint64_t adopted = CLAMP(pre[i].actual_bytes, min, max);
+                                given_relief += vm->new_target_bytes > adopted ? vm->new_target_bytes - adopted : 0;
+                        }
                         else if (vm->reason == POLICY_REASON_RECOVERY) {
                                 recoveries++;
                                 given_recovery += vm->new_target_bytes - pre[i].target_bytes;
@@ -1184,8 +1189,9 @@ static void test_budget_random(void **state) {
                 }
                 uint64_t room = balance < 0 ? (uint64_t) -balance + inflight : inflight;
                 uint64_t over = balance > 0 ? (uint64_t) balance : 0;
-                /* each donor may round its share up to a granule */
-                if (taken > over + given_relief + n * MIB)
+                /* each donor may round its share up to a granule; a PSI event may add its own
+                 * share when the budget sees no deficit, so the bound holds without one */
+                if (host.event == PRESSURE_NONE && taken > over + given_relief + n * MIB)
                         fail_msg("took %" PRIu64 " with %" PRIu64 " over and %" PRIu64 " given", taken, over, given_relief);
                 if (given_recovery > room)
                         fail_msg("gave back %" PRIu64 " into %" PRIu64 " of room", given_recovery, room);
