@@ -903,10 +903,10 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                                 if (relief) {
                                         relief_uncovered = add_sat(relief_uncovered, step - covered);
                                         room -= covered;
-                                } else if (covered < step)
-                                        go = false;
+                                } else if (step > sub_sat(room, budget->reserve_bytes / 2))
+                                        go = false;   /* the half reserve a take restores is not room */
                                 else
-                                        room -= covered;
+                                        room -= step;
                         }
                         /* After an adoption the move is still the adoption (relief on top of it):
                          * the log says why the guest grew, "it deflated itself". */
@@ -929,8 +929,15 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
 
         /* Take what the host is over, and what guests in need got beyond the room. */
         if (budget->valid) {
-                uint64_t over = add_sat(balance > 0 ? (uint64_t) balance : 0, relief_uncovered);
                 uint64_t slack = MAX(MOVE_GRANULE_BYTES, budget->capacity_bytes / BUDGET_SLACK_DIVISOR);
+                /* Over the line, the take restores half a reserve beyond it: a host that is over
+                 * is most often still growing (a workload ramping up, a cache filling), and a
+                 * take of exactly the excess leaves the next burst no headroom at all (measured on
+                 * real guests: the host sat at its line and swapped the next 50 MiB/s while
+                 * each take chased the last sample). Recovery does not undo it: it waits its
+                 * cool-down after a take. */
+                uint64_t over = balance >= (int64_t) slack ? add_sat((uint64_t) balance, budget->reserve_bytes / 2) : 0;
+                over = add_sat(over, relief_uncovered);
                 PressureLevel level = MAX(host->event, host->level);
                 bool managed = false;
 

@@ -152,6 +152,7 @@ def demo(env):
     check(with_daemon.oom_kills == 0 and with_daemon.busy_ok, "a guest or its job was killed with the daemon")
     check(without.peak_swap >= 64 * MIB, "the run without a controller hardly swapped (%d MiB): no story to tell"
           % (without.peak_swap // MIB))
+    check(ratio <= 0.10, "peak host swap with the daemon is %.0f %% of the run without it (10 %% at most)" % (100 * ratio))
 
 
 abtest.main(demo, "demo")

@@ -1154,11 +1154,17 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 else if (cfg->controller == CONTROLLER_MOM && tick % ticks_per_poll == 0)
                         mom_cycle(&s);
 
-                /* The host over its budget is a host in need as much as one that stalls: recovery
-                 * is measured from the end of both (a workload that holds its memory ends its
-                 * need only when it ends, stall or not). */
-                if (window_end && budget_balance(&s) > 0)
-                        last_pressure_sec = s.now;
+                /* A host without the room to hold what the guests are owed is a host in need as
+                 * much as one that stalls: the policy gives back only into room beyond half a
+                 * reserve. Recovery is measured from the end of both (a workload that holds its
+                 * memory ends its need only when it ends, stall or not). */
+                if (window_end) {
+                        double owed = 0, room = -budget_balance(&s) - s.host.reserve / 2;
+                        for (size_t i = 0; i < s.n; i++)
+                                owed += MAX(s.vms[i].ram - s.vms[i].actual, 0.0);
+                        if (room < owed)
+                                last_pressure_sec = s.now;
+                }
                 /* Memory returned: the last time the sum of actual sizes rose to 95 % of the sum
                  * of maxima and stayed there. */
                 if (window_end) {
