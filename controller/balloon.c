@@ -72,11 +72,6 @@ struct Balloon {
         BalloonOp *ops;
 };
 
-static void *mfree(void *p) {
-        free(p);
-        return NULL;
-}
-
 static void op_unlink(BalloonOp *op) {
         Balloon *b = op->balloon;
 

@@ -25,6 +25,7 @@ struct Discovery {
         void *userdata;
         sd_bus_slot *match_new, *match_removed, *match_owner;
         bool machined_running;
+        char *machined_owner;       /* machined's unique name: the only sender whose signals count */
         Lookup *lookups;            /* machines whose scope is not ready yet */
 };
 
@@ -349,11 +350,36 @@ static int lookup(Discovery *d, const char *name, const char *path) {
         return 0;
 }
 
+/* A signal "from" a well-known name is acted on only if it comes from that name's current
+ * owner. sd-bus cannot check a well-known sender on a dbus-daemon bus itself (it does not know
+ * who owns the name), and the system bus lets anyone send a unicast signal to anyone: an
+ * unprivileged user could otherwise make the daemon drop a VM with a forged MachineRemoved, or
+ * swap one VM's identity for another's with a forged MachineNew. */
+static bool from_machined(Discovery *d, sd_bus_message *m) {
+        const char *sender = sd_bus_message_get_sender(m);
+
+        if (d->machined_owner && streq_ptr(sender, d->machined_owner))
+                return true;
+        log_warning("Ignoring %s from %s: not systemd-machined (%s).", strempty(sd_bus_message_get_member(m)),
+                    strempty(sender), d->machined_owner ?: "not on the bus");
+        return false;
+}
+
+static void update_machined_owner(Discovery *d) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        const char *unique = NULL;
+
+        d->machined_owner = mfree(d->machined_owner);
+        if (sd_bus_get_name_creds(d->bus, MACHINED, SD_BUS_CREDS_UNIQUE_NAME, &creds) >= 0 &&
+            sd_bus_creds_get_unique_name(creds, &unique) >= 0 && unique)
+                d->machined_owner = strdup(unique);
+}
+
 static int on_machine_new(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         Discovery *d = userdata;
         const char *name, *path;
 
-        if (sd_bus_message_read(m, "so", &name, &path) < 0)
+        if (!from_machined(d, m) || sd_bus_message_read(m, "so", &name, &path) < 0)
                 return 0;
         (void) lookup(d, name, path);
         return 0;
@@ -363,7 +389,7 @@ static int on_machine_removed(sd_bus_message *m, void *userdata, sd_bus_error *r
         Discovery *d = userdata;
         const char *name, *path;
 
-        if (sd_bus_message_read(m, "so", &name, &path) < 0)
+        if (!from_machined(d, m) || sd_bus_message_read(m, "so", &name, &path) < 0)
                 return 0;
         cancel_lookup(d, name);
         d->cb.on_machine_removed(name, d->userdata);
@@ -378,6 +404,7 @@ static int enumerate(Discovery *d) {
         const char *name, *class, *service, *path;
         int r;
 
+        update_machined_owner(d);
         r = sd_bus_call_method(d->bus, MACHINED, MACHINED_PATH, MACHINED_MANAGER, "ListMachines",
                                &error, &reply, NULL);
         if (r < 0) {
@@ -415,8 +442,16 @@ static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret
         Discovery *d = userdata;
         const char *name, *old_owner, *new_owner;
 
+        /* Only the bus itself speaks for org.freedesktop.DBus: a unicast NameOwnerChanged from a
+         * client would otherwise announce a fake machined. */
+        if (!streq_ptr(sd_bus_message_get_sender(m), "org.freedesktop.DBus")) {
+                log_warning("Ignoring NameOwnerChanged from %s: not the bus.", strempty(sd_bus_message_get_sender(m)));
+                return 0;
+        }
         if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0 || !streq(name, MACHINED))
                 return 0;
+        free(d->machined_owner);
+        d->machined_owner = new_owner[0] ? strdup(new_owner) : NULL;
         if (new_owner[0]) {
                 log_info("systemd-machined (re)appeared on the bus; re-enumerating machines.");
                 (void) enumerate(d);
@@ -451,6 +486,7 @@ Discovery *discovery_free(Discovery *d) {
         sd_bus_slot_unref(d->match_new);
         sd_bus_slot_unref(d->match_removed);
         sd_bus_slot_unref(d->match_owner);
+        free(d->machined_owner);
         sd_bus_unref(d->bus);
         sd_event_unref(d->event);
         free(d);

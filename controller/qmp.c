@@ -11,11 +11,6 @@
 #include "log.h"
 #include "qmp.h"
 
-static void *mfree(void *p) {
-        free(p);
-        return NULL;
-}
-
 /* First reconnect delay; doubled on every failed attempt up to backoff_max_usec. Short enough
  * that a VM restarted by libvirt is picked up at once, long enough not to spin on a dead path. */
 #define QMP_BACKOFF_INITIAL_USEC (100 * USEC_PER_MSEC)

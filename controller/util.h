@@ -49,6 +49,11 @@ static inline bool streq_ptr(const char *a, const char *b) {
 }
 #define streq(a, b) (strcmp((a), (b)) == 0)
 
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
+
 static inline bool isempty(const char *s) {
         return !s || !s[0];
 }
