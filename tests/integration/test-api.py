@@ -23,7 +23,9 @@ DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 INVALID = "org.freedesktop.DBus.Error.InvalidArgs"
 NO_SUCH = "org.autoballoon1.Error.NoSuchMachine"
 # what the VM and its guest do by themselves while the test runs
-VOLATILE = {"ActualMemory", "GuestAvailableMemory", "ScopePressure", "HostPressure"}
+# what moves by itself: the guest's numbers, pressure, what the host holds for each VM, the budget
+VOLATILE = {"ActualMemory", "GuestAvailableMemory", "ScopePressure", "HostPressure", "HostResidentMemory",
+            "HostSwapMemory", "HostMemoryUsed", "HostMemorySwap", "HostMemoryBalance"}
 
 
 def busctl(env, *args, uid=None):
@@ -257,6 +259,10 @@ def test(env):
                  contains=("EffectiveMaximumMemory",))
     expect_error(env, INVALID, env.ab_call, "ResizeMachine", "vm1", dbus.UInt64(MIB),
                  contains=("EffectiveMinimumMemory",))
+    log("invalid: HostMemoryReserve")
+    for bad in ("51%", "lots", "-1"):
+        expect_error(env, INVALID, env.call, AB, AB_PATH, PROPS, "Set", AB_MANAGER, "HostMemoryReserve",
+                     dbus.String(bad, variant_level=1), contains=("HostMemoryReserve", "50%"))
     log("unknown machines")
     expect_error(env, NO_SUCH, set_props, "nope", False, [("Weight", dbus.UInt32(5, variant_level=1))])
     expect_error(env, NO_SUCH, env.ab_call, "ResizeMachine", "nope", dbus.UInt64(256 * MIB))
@@ -291,6 +297,7 @@ def test(env):
               (AB_PATH, AB_MANAGER, "SetMachineProperties", "sba(sv)", ["vm1", False, [["Weight", typed("u", 7)]]]),
               (AB_PATH, AB_MANAGER, "SetDefaultProperties", "ba(sv)", [True, [["Weight", typed("u", 7)]]]),
               (AB_PATH, AB_MANAGER, "ResizeMachine", "st", ["vm1", 300 * MIB]),
+              (AB_PATH, PROPS, "Set", "ssv", [AB_MANAGER, "HostMemoryReserve", typed("s", "50%")]),
               (AB_PATH, AB_MANAGER, "Reload", "", [])]
     for call in writes:
         r = env.call_as(NOBODY, AB, *call)
@@ -302,6 +309,15 @@ def test(env):
     check(snapshot(env, p1, AB_MACHINE) == before1, "a denied call changed vm1")
     check(not settings_changed(env, p1, t), "a denied call emitted PropertiesChanged: %s" % settings_changed(env, p1, t))
     check(not any(str(300 * MIB) in b for b in balloons(vm)), "a denied ResizeMachine reached the VM")
+
+    # 5. HostMemoryReserve: root sets it at runtime; it reads back, is announced once, and lands
+    # in the runtime drop-in of the main config
+    t = mark(env)
+    env.call(AB, AB_PATH, PROPS, "Set", AB_MANAGER, "HostMemoryReserve", dbus.String("2.5%", variant_level=1))
+    check(env.get(AB, AB_PATH, AB_MANAGER, "HostMemoryReserve") == "2.5%", "HostMemoryReserve did not read back")
+    changed_once(env, AB_PATH, "HostMemoryReserve", "2.5%", t)
+    dropin = open(env.file("conf.run.d/50-set-property.conf")).read()
+    check("[Manager]" in dropin and "HostMemoryReserve=2.5%" in dropin, "runtime drop-in: %r" % dropin)
 
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
 
