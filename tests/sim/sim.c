@@ -332,10 +332,12 @@ static double timeline_demand(Sim *s, SimVM *v) {
                         s->tl_state[e] = TL_DONE;
                         continue;
                 }
-                double dt = s->now - ev->t_sec, ramp = ev->bytes / TIMELINE_TOUCH_BYTES_PER_SEC;
+                double rate = ev->ramp_sec > 0 ? MIN(ev->bytes / ev->ramp_sec, TIMELINE_TOUCH_BYTES_PER_SEC)
+                                               : TIMELINE_TOUCH_BYTES_PER_SEC;
+                double dt = s->now - ev->t_sec, ramp = ev->bytes / rate;
                 double hold = ev->kind == TIMELINE_HOLD ? ev->hold_sec : 0;
                 if (dt < ramp)
-                        d += MIN(ev->bytes, (dt + TICK_SEC) * TIMELINE_TOUCH_BYTES_PER_SEC);
+                        d += MIN(ev->bytes, (dt + TICK_SEC) * rate);
                 else if (dt < ramp + hold)
                         d += ev->bytes;
                 else {
@@ -1339,6 +1341,8 @@ int sim_timeline_load(const char *path, SimTimeline *ret) {
                         fprintf(stderr, "%s: events[%zu]: unknown kind %s\n", path, e, kind);
                         goto finish;
                 }
+                if (ev->kind == TIMELINE_HOLD && json_number(o, "ramp_sec", &ev->ramp_sec) < 0)
+                        ev->ramp_sec = 0;   /* optional */
                 if (ev->kind == TIMELINE_HOLD && json_number(o, "hold_sec", &ev->hold_sec) < 0) {
                         fprintf(stderr, "%s: events[%zu]: hold needs hold_sec\n", path, e);
                         goto finish;

@@ -47,6 +47,7 @@ typedef struct TimelineEvent {
         TimelineKind kind;
         double bytes;
         double hold_sec;
+        double ramp_sec;          /* hold: grow to mib over this long (0: as fast as a guest can touch) */
 } TimelineEvent;
 
 typedef struct SimTimeline {
