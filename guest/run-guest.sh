@@ -10,6 +10,8 @@
 #   --qmp PATH              QMP socket [QMP_SOCKET=$RUNDIR/qmp.sock]
 #   --deflate-on-oom on|off the balloon's deflate-on-oom property [DEFLATE_ON_OOM=on]
 #   --balloon patched|stock|none  which virtio_balloon.ko the guest loads [BALLOON=patched]
+#   --free-page-reporting on|off  the balloon's free-page-reporting property: the guest
+#                           reports freed pages and QEMU discards them [FREE_PAGE_REPORTING=off]
 #   --param KEY=VAL         balloon module parameter; repeatable [BALLOON_PARAMS="k=v,k=v"]
 #   --append WORDS          extra kernel command line [APPEND]
 #   --prefix CMD            command prefix for QEMU, e.g. a cgroup-entering wrapper [QEMU_PREFIX]
@@ -33,6 +35,7 @@ RUNDIR=${RUNDIR:-}
 QMP_SOCKET=${QMP_SOCKET:-}
 DEFLATE_ON_OOM=${DEFLATE_ON_OOM:-on}
 BALLOON=${BALLOON:-patched}
+FREE_PAGE_REPORTING=${FREE_PAGE_REPORTING:-off}
 BALLOON_PARAMS=${BALLOON_PARAMS:-}
 APPEND=${APPEND:-}
 QEMU_PREFIX=${QEMU_PREFIX:-}
@@ -65,6 +68,7 @@ while [ $# -gt 0 ]; do
 	--qmp) QMP_SOCKET=$2; shift 2 ;;
 	--deflate-on-oom) DEFLATE_ON_OOM=$2; shift 2 ;;
 	--balloon) BALLOON=$2; shift 2 ;;
+	--free-page-reporting) FREE_PAGE_REPORTING=$2; shift 2 ;;
 	--param) BALLOON_PARAMS=${BALLOON_PARAMS:+$BALLOON_PARAMS,}$2; shift 2 ;;
 	--append) APPEND="$APPEND $2"; shift 2 ;;
 	--prefix) QEMU_PREFIX=$2; shift 2 ;;
@@ -74,7 +78,7 @@ while [ $# -gt 0 ]; do
 	--timeout) BOOT_TIMEOUT=$2; shift 2 ;;
 	--foreground) FOREGROUND=1; WAIT_READY=0; shift ;;
 	--stop) stop_guest "$2"; exit 0 ;;
-	-h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,31p' "$0"; exit 0 ;;
 	--) shift; break ;;
 	*) echo "run-guest: unknown option $1" >&2; exit 2 ;;
 	esac
@@ -86,6 +90,7 @@ for f in vmlinuz initramfs.cpio.gz; do
 done
 case $DEFLATE_ON_OOM in on|off) ;; *) echo "run-guest: --deflate-on-oom on|off" >&2; exit 2 ;; esac
 case $BALLOON in patched|stock|none) ;; *) echo "run-guest: --balloon patched|stock|none" >&2; exit 2 ;; esac
+case $FREE_PAGE_REPORTING in on|off) ;; *) echo "run-guest: --free-page-reporting on|off" >&2; exit 2 ;; esac
 RUNDIR=${RUNDIR:-$OUTDIR/run}
 mkdir -p "$RUNDIR"
 RUNDIR=$(cd "$RUNDIR" && pwd)
@@ -108,7 +113,7 @@ PREFIX=($QEMU_PREFIX)
 QEMU=(qemu-system-x86_64 -name "$NAME" -accel tcg,tb-size=64 -machine pc -smp 1 -m "$MEM"
 	-kernel "$OUTDIR/vmlinuz" -initrd "$OUTDIR/initramfs.cpio.gz" -append "$CMDLINE"
 	-display none -vga none -nodefaults -no-reboot
-	-device virtio-balloon-pci,id=balloon0,deflate-on-oom=$DEFLATE_ON_OOM
+	-device virtio-balloon-pci,id=balloon0,deflate-on-oom=$DEFLATE_ON_OOM,free-page-reporting=$FREE_PAGE_REPORTING
 	-blockdev "driver=null-co,node-name=scratch0,size=$(numfmt --from=iec "$DISK_SIZE"),read-zeroes=on"
 	-device virtio-blk-pci,drive=scratch0,id=scratch0
 	-serial "file:$RUNDIR/console.log"
