@@ -18,7 +18,7 @@ MIB = 1 << 20
 
 def images(outdir=None):
     """Builds (or reuses) the guest kernel and initramfs; returns the output dir."""
-    outdir = outdir or os.environ.get("AB_GUEST_DIR") or os.path.join(abtest.BUILDDIR, "guest")
+    outdir = os.path.abspath(outdir or os.environ.get("AB_GUEST_DIR") or os.path.join(abtest.BUILDDIR, "guest"))
     t = time.monotonic()
     r = subprocess.run([os.path.join(abtest.SRCDIR, "guest/build-all.sh"), outdir],
                        capture_output=True, text=True)
@@ -61,7 +61,7 @@ class HostMemcg:
     RAM" the guests and a host workload share. With swap (a private zram device), going
     over the limit swaps instead of OOM-killing. Removed in close()."""
 
-    def __init__(self, env, name, limit, swap=None):
+    def __init__(self, env, name, limit, swap=None, no_swap=False):
         self.env = env
         self.dir = os.path.join(env.vars["AB_ENV_MEMCG"], name)
         # the same directory as the daemon inside the namespace sees it (HostMemorySource=)
@@ -74,12 +74,20 @@ class HostMemcg:
                 import stall
                 self.zram = stall.Zram(swap, env.state)
                 _write(self.dir + "/memory.memsw.limit_in_bytes", limit + swap)
+            elif no_swap:
+                # memory+swap = memory: nothing of ours swaps, even into a swap device some
+                # other test has switched on meanwhile (swap is machine-wide)
+                _write(self.dir + "/memory.memsw.limit_in_bytes", limit)
         except BaseException:
             self.close()
             raise
 
     def usage(self):
         return int(open(self.dir + "/memory.usage_in_bytes").read())
+
+    def read(self, name):
+        """An integer control file of the memcg, e.g. memory.memsw.max_usage_in_bytes."""
+        return int(open(os.path.join(self.dir, name)).read())
 
     def stat(self, key):
         for line in open(self.dir + "/memory.stat"):
@@ -148,7 +156,7 @@ class Guest:
 
 
 def start_guest(env, name, outdir, mem="512M", memcg=None, deflate_on_oom="on",
-                balloon="patched", params=(), timeout=120):
+                balloon="patched", params=(), timeout=120, free_page_reporting="off"):
     """Boots a guest inside the namespace (QEMU is a direct child: its PID is the machine's
     leader), registers it with machined (CreateMachineWithNetwork, class vm), waits for its
     init. QEMU's own command line carries -qmp unix:RUNDIR/qmp.sock."""
@@ -156,7 +164,7 @@ def start_guest(env, name, outdir, mem="512M", memcg=None, deflate_on_oom="on",
     os.makedirs(rundir, exist_ok=True)
     cmd = [os.path.join(abtest.SRCDIR, "guest/run-guest.sh"), "--foreground", "-o", outdir,
            "-m", mem, "-r", rundir, "--name", name, "--deflate-on-oom", deflate_on_oom,
-           "--balloon", balloon]
+           "--balloon", balloon, "--free-page-reporting", free_page_reporting]
     for p in params:
         cmd += ["--param", p]
     t = time.monotonic()
