@@ -186,6 +186,7 @@ typedef struct MachineInfo {
         char *state_reason;
         char *scope_pressure;
         uint64_t ram_bytes, actual_bytes, target_bytes, min_bytes, max_bytes, available_bytes;
+        int free_page_reporting;     /* sd-bus reads 'b' into an int */
 } MachineInfo;
 
 typedef struct HostInfo {
@@ -256,6 +257,8 @@ static int read_machine_properties(sd_bus_message *m, MachineInfo *i) {
                                 r = read_string_variant(m, &i->state_reason);
                         else if (streq(name, "ScopePressure"))
                                 r = read_string_variant(m, &i->scope_pressure);
+                        else if (streq(name, "FreePageReporting"))
+                                r = sd_bus_message_read(m, "v", "b", &i->free_page_reporting);
                         else
                                 r = sd_bus_message_skip(m, "v");
                 }
@@ -398,6 +401,13 @@ static int table_add_columns(struct libscols_table *t, const char *const *names,
         return 0;
 }
 
+/* yes/no for a person, true/false in JSON (the column's JSON type is boolean). */
+static int table_set_bool_column(struct libscols_table *t, size_t col) {
+        struct libscols_column *c = scols_table_get_column(t, col);
+
+        return c ? scols_column_set_json_type(c, SCOLS_JSON_BOOLEAN) : -EINVAL;
+}
+
 /* A size as a human reads it ("512M"), or the byte count in JSON. */
 static void set_size(struct libscols_line *l, size_t col, uint64_t bytes, bool known) {
         char buf[32];
@@ -415,13 +425,13 @@ static void set_size(struct libscols_line *l, size_t col, uint64_t bytes, bool k
 }
 
 static int print_status_table(MachineInfo *l, size_t n, char **names) {
-        static const char *const cols[] = { "MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE" };
-        static const bool numeric[] = { false, false, true, true, true, true, false };
+        static const char *const cols[] = { "MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE", "FPR" };
+        static const bool numeric[] = { false, false, true, true, true, true, false, false };
         struct libscols_table *t = table_new("machines");
         size_t shown = 0;
         int r;
 
-        if (!t || table_add_columns(t, cols, numeric, ELEMENTSOF(cols)) < 0)
+        if (!t || table_add_columns(t, cols, numeric, ELEMENTSOF(cols)) < 0 || table_set_bool_column(t, 7) < 0)
                 return log_oom();
         for (size_t i = 0; i < n; i++) {
                 bool wanted = !names || !names[0], known = l[i].ram_bytes > 0;
@@ -441,6 +451,7 @@ static int print_status_table(MachineInfo *l, size_t n, char **names) {
                 set_size(line, 4, l[i].min_bytes, known);
                 set_size(line, 5, l[i].max_bytes, known);
                 scols_line_set_data(line, 6, l[i].scope_pressure);
+                scols_line_set_data(line, 7, l[i].free_page_reporting ? "yes" : "no");
                 shown++;
         }
         r = scols_print_table(t);

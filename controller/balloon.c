@@ -30,6 +30,7 @@ typedef enum BalloonOpType {
         BALLOON_OP_LIST,
         BALLOON_OP_MEMORY_SIZE,
         BALLOON_OP_QUERY,
+        BALLOON_OP_FREE_PAGE_REPORTING,
         BALLOON_OP_STATS_INTERVAL,
         BALLOON_OP_SET_TARGET,
         BALLOON_OP_POLL_STATS,
@@ -63,6 +64,7 @@ struct Balloon {
         char *device_path;
         uint64_t ram_bytes;
         uint64_t actual_bytes;
+        int free_page_reporting;        /* 1, 0, -EOPNOTSUPP, -ENODATA: see balloon.h */
         int64_t stats_last_update;      /* QEMU's last-update (wall-clock seconds) last reported */
         bool stats_in_flight;           /* one qom-get guest-stats at a time is plenty */
         bool stats_failing;             /* warned about a failing poll; quiet until one works */
@@ -73,10 +75,6 @@ struct Balloon {
 static void *mfree(void *p) {
         free(p);
         return NULL;
-}
-
-static const char *strempty(const char *s) {
-        return s ?: "";
 }
 
 static void op_unlink(BalloonOp *op) {
@@ -261,7 +259,7 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                         return fail(b, r, "Failed to send query-balloon to %s: %s", qmp_path, strerror(-r));
                 return 0;
 
-        case BALLOON_OP_QUERY:
+        case BALLOON_OP_QUERY: {
                 /* QEMU activates the balloon when the device is realized, not when the guest
                  * driver binds (7.2 answers query-balloon with no guest running at all). A
                  * device in QOM but not active is mid hot-(un)plug, or a second balloon QEMU
@@ -275,6 +273,34 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                 if (!get_uint64_member(reply, "actual", &b->actual_bytes))
                         return fail(b, -EBADMSG, "query-balloon on %s returned no actual size", qmp_path);
 
+                /* QEMU's virtio proxies (PCI, CCW) alias every property of their
+                 * virtio-backend child, so the proxy path answers for free-page-reporting as
+                 * it does for guest-stats (QEMU 7.2: the same value on both paths). */
+                json_object *args = make_args(b->device_path, "free-page-reporting");
+                if (!args)
+                        return fail(b, -ENOMEM, "Out of memory");
+                r = balloon_execute(b, "qom-get", args, BALLOON_OP_FREE_PAGE_REPORTING, NULL);
+                if (r < 0)
+                        return fail(b, r, "Failed to send qom-get to %s: %s", qmp_path, strerror(-r));
+                return 0;
+        }
+
+        case BALLOON_OP_FREE_PAGE_REPORTING: {
+                /* Only informs the owner: whatever the answer, the balloon works the same. A
+                 * QMP error is a QEMU without the property (before 5.1: "Property
+                 * 'virtio-balloon-pci.free-page-reporting' not found"). */
+                int fpr = error == -EIO ? -EOPNOTSUPP : error < 0 ? error : balloon_parse_free_page_reporting(reply);
+
+                if (fpr < 0 && fpr != -EOPNOTSUPP)
+                        log_warning_errno(fpr, "Failed to read free-page-reporting of %s on %s, continuing without: %s",
+                                          b->device_path, qmp_path, error < 0 ? desc : "not a boolean");
+                else
+                        log_debug("free-page-reporting of %s on %s: %s", b->device_path, qmp_path,
+                                  fpr > 0 ? "on" : fpr == 0 ? "off" : desc);
+                b->free_page_reporting = fpr >= 0 || fpr == -EOPNOTSUPP ? fpr : -ENODATA;
+                if (b->cb.on_free_page_reporting)
+                        b->cb.on_free_page_reporting(b, fpr, b->userdata);
+
                 if (b->stats_interval_sec > 0) {
                         json_object *args = make_interval_args(b->device_path, b->stats_interval_sec);
                         if (!args)
@@ -285,6 +311,7 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                         return 0;
                 }
                 break;
+        }
 
         case BALLOON_OP_STATS_INTERVAL:
                 /* Stats make the policy smarter but are not needed to move the balloon: a
@@ -399,6 +426,7 @@ int balloon_new(Balloon **ret, QmpClient *qmp, const BalloonCallbacks *cb, void 
         if (!b)
                 return -ENOMEM;
         b->qmp = qmp;
+        b->free_page_reporting = -ENODATA;
         if (cb)
                 b->cb = *cb;
         b->userdata = userdata;
@@ -448,6 +476,7 @@ void balloon_detach(Balloon *b) {
         b->ready = false;
         b->stats_in_flight = false;
         b->stats_last_update = 0;
+        b->free_page_reporting = -ENODATA;
         b->device_path = mfree(b->device_path);
 }
 
@@ -562,6 +591,18 @@ uint64_t balloon_actual(const Balloon *b) {
 
 uint64_t balloon_ram(const Balloon *b) {
         return b && b->ready ? b->ram_bytes : UINT64_MAX;
+}
+
+int balloon_free_page_reporting(const Balloon *b) {
+        return b ? b->free_page_reporting : -ENODATA;
+}
+
+int balloon_parse_free_page_reporting(json_object *ret) {
+        /* json-c would read "true" or 1 as true too; QEMU sends a bool, anything else is not
+         * the property we asked for. */
+        if (!json_object_is_type(ret, json_type_boolean))
+                return -EBADMSG;
+        return json_object_get_boolean(ret) ? 1 : 0;
 }
 
 /* QEMU reports a stat the guest did not send as (uint64_t) -1; older builds and hand-written

@@ -20,6 +20,12 @@ typedef struct BalloonCallbacks {
          * ready afterwards. A failed stats poll is only logged (the balloon stays usable);
          * connection loss is not reported here either: the QMP client's on_state says it. */
         void (*on_error)(Balloon *b, int error, const char *desc, void *userdata);
+        /* What attach learnt of the device's free-page-reporting property, once per attach and
+         * before on_ready: 1 on, 0 off, -EOPNOTSUPP when QEMU has no such property (before 5.1),
+         * another negative errno when reading it failed. Only informs: the balloon works the
+         * same either way, and attach goes on after it (so it must not free or detach the
+         * balloon). May be NULL. */
+        void (*on_free_page_reporting)(Balloon *b, int enabled, void *userdata);
 } BalloonCallbacks;
 
 int balloon_new(Balloon **ret, QmpClient *qmp, const BalloonCallbacks *cb, void *userdata);
@@ -27,8 +33,9 @@ Balloon *balloon_free(Balloon *b);
 static inline void balloon_freep(Balloon **b) { if (*b) balloon_free(*b); }
 
 /* Call when the QMP client reaches QMP_READY: finds the device (qom-list under
- * /machine/peripheral and /machine/peripheral-anon), reads RAM size and actual, enables
- * guest-stats polling at stats_interval_sec (0 = leave off). Calls on_ready or on_error. */
+ * /machine/peripheral and /machine/peripheral-anon), reads RAM size and actual, reads
+ * free-page-reporting, enables guest-stats polling at stats_interval_sec (0 = leave off).
+ * Calls on_free_page_reporting, then on_ready; or on_error. */
 int balloon_attach(Balloon *b, unsigned stats_interval_sec);
 /* Call when QMP leaves READY: forget the device path and in-flight state. */
 void balloon_detach(Balloon *b);
@@ -57,9 +64,15 @@ const char *balloon_device_path(const Balloon *b);
 /* Last known actual size and configured RAM; UINT64_MAX until ready. */
 uint64_t balloon_actual(const Balloon *b);
 uint64_t balloon_ram(const Balloon *b);
+/* The device's free-page-reporting as the last attach found it: 1 on, 0 off, -EOPNOTSUPP
+ * when QEMU has no such property, -ENODATA when not known (not attached, or reading failed). */
+int balloon_free_page_reporting(const Balloon *b);
 
 /* Pure, for unit tests: parse a qom-get guest-stats return value. Each stat that is missing,
  * -1 or 2^64-1 (QEMU's "not reported") becomes UINT64_MAX. valid is true when QEMU has
  * received a report (last-update > 0) with at least one stat. updated_usec is left 0 (the
  * caller maps last-update to its clock). -EBADMSG for a malformed value. */
 int balloon_parse_guest_stats(json_object *ret, GuestStats *stats);
+/* Pure, for unit tests: the return value of qom-get free-page-reporting. 1 or 0; -EBADMSG
+ * for anything but a JSON boolean. */
+int balloon_parse_free_page_reporting(json_object *ret);

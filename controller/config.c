@@ -17,13 +17,54 @@ void config_init(Config *c) {
                 .machines_directory = strdup(MACHINES_DIR_DEFAULT),
                 .runtime_machines_directory = strdup(RUNTIME_MACHINES_DIR_DEFAULT),
                 .runtime_config_directory = strdup(RUNTIME_CONFIG_DIR_DEFAULT),
+                .host_memory_source = strdup("/proc/meminfo"),
+                /* 10 % of the host kept free: what a guest growing at full speed (or the host's
+                 * own burst) can take in one guest-stats interval before the next take lands;
+                 * Proxmox keeps 20 % (an 80 % target) and MoM 20 % free, both by polling. */
+                .host_memory_reserve_permille = 100,
                 .stats_interval_sec = 2,
                 .deflate_on_exit = true,
         };
         policy_knobs_init_default(&c->defaults);
 }
 
+int host_memory_reserve_parse(const char *s, uint64_t *ret_bytes, uint32_t *ret_permille) {
+        size_t n = strlen(s);
+
+        if (n > 0 && s[n - 1] == '%') {
+                char *end;
+                errno = 0;
+                double pct = strtod(s, &end);
+                if (errno != 0 || end != s + n - 1 || end == s || !(pct >= 0) ||
+                    pct * 10 > HOST_MEMORY_RESERVE_PERMILLE_MAX)
+                        return -ERANGE;
+                *ret_bytes = 0;
+                *ret_permille = (uint32_t) lround(pct * 10);
+                return 0;
+        }
+        int r = parse_size(s, ret_bytes);
+        if (r < 0)
+                return r;
+        *ret_permille = 0;
+        return 0;
+}
+
+int host_memory_reserve_format(uint64_t bytes, uint32_t permille, char **ret) {
+        if (bytes > 0 || permille == 0)
+                return asprintf(ret, "%" PRIu64, bytes) < 0 ? -ENOMEM : 0;
+        if (permille % 10 == 0)
+                return asprintf(ret, "%u%%", permille / 10) < 0 ? -ENOMEM : 0;
+        return asprintf(ret, "%u.%u%%", permille / 10, permille % 10) < 0 ? -ENOMEM : 0;
+}
+
+uint64_t host_memory_reserve_resolve(uint64_t bytes, uint32_t permille, uint64_t capacity_bytes) {
+        if (bytes > 0 || permille == 0)
+                return bytes;
+        return capacity_bytes / 1000 * permille + capacity_bytes % 1000 * permille / 1000;
+}
+
 void config_done(Config *c) {
+        free(c->host_memory_source);
         free(c->host_pressure_source);
         free(c->machines_directory);
         free(c->runtime_machines_directory);
@@ -242,6 +283,11 @@ static int handler(void *user, const char *section, const char *name, const char
                 Config *c = s->config;
                 if (streq(name, "HostPressureSource"))
                         r = set_string(&c->host_pressure_source, value);
+                else if (streq(name, "HostMemorySource"))
+                        r = set_string(&c->host_memory_source, value);
+                else if (streq(name, "HostMemoryReserve"))
+                        r = host_memory_reserve_parse(value, &c->host_memory_reserve_bytes,
+                                                      &c->host_memory_reserve_permille);
                 else if (streq(name, "MachinesDirectory"))
                         r = value[0] == '/' ? set_string(&c->machines_directory, value) : -EINVAL;
                 else if (streq(name, "RuntimeMachinesDirectory"))

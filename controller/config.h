@@ -18,11 +18,20 @@ typedef struct Config {
         char *machines_directory;          /* persistent per-machine drop-ins */
         char *runtime_machines_directory;  /* runtime ones, consulted after the persistent ones */
         char *runtime_config_directory;    /* runtime drop-ins for the main config, read after PATH.d/ */
+        char *host_memory_source;          /* HostMemorySource=: /proc/meminfo, a memory cgroup, a unit */
+        uint64_t host_memory_reserve_bytes;     /* HostMemoryReserve= as a size ... */
+        uint32_t host_memory_reserve_permille;  /* ... or a share of the capacity (bytes == 0) */
         unsigned stats_interval_sec;       /* guest-stats polling while anything is in motion */
         bool deflate_on_exit;
         PolicyKnobs defaults;
         unsigned n_errors;                 /* bad lines seen (each logged with file:line) */
 } Config;
+
+/* HostMemoryReserve=: "512M" or "10%" (up to 50 %). */
+#define HOST_MEMORY_RESERVE_PERMILLE_MAX 500
+int host_memory_reserve_parse(const char *s, uint64_t *ret_bytes, uint32_t *ret_permille);
+int host_memory_reserve_format(uint64_t bytes, uint32_t permille, char **ret);
+uint64_t host_memory_reserve_resolve(uint64_t bytes, uint32_t permille, uint64_t capacity_bytes);
 
 void config_init(Config *c);
 void config_done(Config *c);

@@ -229,6 +229,26 @@ static void on_balloon_stats(Balloon *b, const GuestStats *stats, void *userdata
         manager_schedule_policy(machine->manager);
 }
 
+static void on_balloon_free_page_reporting(Balloon *b, int enabled, void *userdata) {
+        Machine *machine = userdata;
+
+        /* Without it, what the guest frees stays allocated on the host until the balloon
+         * takes it; say once per machine how to turn it on, then stay quiet across
+         * reconnects. A failed read (enabled < 0, not -EOPNOTSUPP) was logged by balloon.c. */
+        if (!machine->free_page_reporting_hinted && (enabled == 0 || enabled == -EOPNOTSUPP)) {
+                machine->free_page_reporting_hinted = true;
+                log_notice("Machine %s: %s, so memory the guest frees stays allocated on the host until the "
+                           "balloon takes it back. Turn it on with -device virtio-balloon-pci,free-page-reporting=on, "
+                           "or in libvirt with <memballoon model='virtio' freePageReporting='on'/>%s.",
+                           machine->name, enabled == 0 ? "free-page-reporting is off on its balloon" :
+                           "its QEMU has no free-page-reporting", enabled == 0 ? "" : " (QEMU 5.1 or later)");
+        }
+        if ((enabled >= 0 || enabled == -EOPNOTSUPP) && (enabled > 0) != machine->free_page_reporting) {
+                machine->free_page_reporting = enabled > 0;
+                machine_emit(machine, "FreePageReporting", NULL);
+        }
+}
+
 /* A guest still booting has a balloon device but no driver behind it yet; QEMU sends no
  * event when the driver binds, so ask again, backing off to this. */
 #define ATTACH_RETRY_MIN_USEC (500 * USEC_PER_MSEC)
@@ -272,6 +292,7 @@ static const BalloonCallbacks balloon_callbacks = {
         .on_actual = on_balloon_actual,
         .on_stats = on_balloon_stats,
         .on_error = on_balloon_error,
+        .on_free_page_reporting = on_balloon_free_page_reporting,
 };
 
 /* --- QMP callbacks ---------------------------------------------------------------------- */
@@ -347,6 +368,7 @@ int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm) {
         machine->leader = dm->leader;
         machine->state = MACHINE_CONNECTING;
         guest_stats_init(&machine->stats);
+        machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
         machine->name = strdup(dm->name);
         machine->unit = strdup(dm->unit);
         machine->control_group = strdup(dm->control_group);

@@ -19,10 +19,6 @@
 #define BUS_ERROR_NO_SUCH_MACHINE "org.autoballoon1.Error.NoSuchMachine"
 #define BUS_ERROR_NO_BALLOON "org.autoballoon1.Error.NoBalloon"
 
-static inline const char *strempty(const char *s) {
-        return s ?: "";
-}
-
 /* --- knobs: reading, checking, applying --------------------------------------------------- */
 
 /* a(sv) of knob assignments onto knobs. Stops at the first bad one (knobs then half-written:
@@ -293,6 +289,12 @@ static int property_get_available(sd_bus *bus, const char *path, const char *int
         return sd_bus_message_append(reply, "t", v);
 }
 
+static int property_get_bool(sd_bus *bus, const char *path, const char *interface, const char *property,
+                             sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        bool *b = userdata;
+        return sd_bus_message_append(reply, "b", *b);
+}
+
 static int property_get_last_move(sd_bus *bus, const char *path, const char *interface, const char *property,
                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Machine *machine = userdata;
@@ -307,6 +309,15 @@ static int property_get_effective(sd_bus *bus, const char *path, const char *int
         Machine *machine = userdata;
         return sd_bus_message_append(reply, "t", streq(property, "EffectiveMinimumMemory") ?
                                      machine_minimum(machine) : machine_maximum(machine));
+}
+
+/* What the host holds for the VM, as last read (with the guest stats, or on a budget or pressure
+ * event): it changes all the time, so no signal. UINT64_MAX: not read (yet). */
+static int property_get_footprint(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Machine *machine = userdata;
+        return sd_bus_message_append(reply, "t", streq(property, "HostSwapMemory") ? machine->host_swap_bytes
+                                                                                    : machine->host_rss_bytes);
 }
 
 static const sd_bus_vtable machine_vtable_fixed[] = {
@@ -325,6 +336,9 @@ static const sd_bus_vtable machine_vtable_fixed[] = {
         SD_BUS_PROPERTY("GuestAvailableMemory", "t", property_get_available, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("ScopePressure", "s", property_get_level, offsetof(Machine, scope_level), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("LastMove", "(tsstt)", property_get_last_move, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("HostResidentMemory", "t", property_get_footprint, 0, 0),
+        SD_BUS_PROPERTY("HostSwapMemory", "t", property_get_footprint, 0, 0),
+        SD_BUS_PROPERTY("FreePageReporting", "b", property_get_bool, offsetof(Machine, free_page_reporting), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 };
 
 /* --- Manager ------------------------------------------------------------------------------- */
@@ -332,6 +346,72 @@ static const sd_bus_vtable machine_vtable_fixed[] = {
 static int property_get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         return sd_bus_message_append(reply, "s", PROJECT_VERSION);
+}
+
+static int property_get_host_memory_source(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                           sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        return sd_bus_message_append(reply, "s", m->host_memory ? host_memory_path(m->host_memory) : "");
+}
+
+static int property_get_host_reserve(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_free_ char *s = NULL;
+        int r = host_memory_reserve_format(m->config.host_memory_reserve_bytes, m->config.host_memory_reserve_permille, &s);
+
+        return r < 0 ? r : sd_bus_message_append(reply, "s", s);
+}
+
+/* busctl set-property: a runtime change, written to the runtime drop-in of the main config as
+ * set-default does for the knobs, so that it lasts as long as they do. */
+static int property_set_host_reserve(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *value, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_free_ char *dropin = NULL, *text = NULL;
+        uint64_t bytes;
+        uint32_t permille;
+        const char *v;
+        int r;
+
+        r = auth_check_sync(sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(value, "s", &v);
+        if (r < 0)
+                return r;
+        r = host_memory_reserve_parse(v, &bytes, &permille);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid HostMemoryReserve \"%s\": a size (512M, 2G) or a share of the host's memory from 0%% to %u%%",
+                                         v, HOST_MEMORY_RESERVE_PERMILLE_MAX / 10);
+        r = config_defaults_dropin_path(&m->config, m->config_path, true, &dropin);
+        if (r >= 0)
+                r = host_memory_reserve_format(bytes, permille, &text);
+        if (r >= 0)
+                r = config_dropin_update(dropin, "Manager", (char *[]) { (char *) "HostMemoryReserve", NULL },
+                                         (char *[]) { text, NULL });
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Failed to save HostMemoryReserve=: %m");
+        log_info("HostMemoryReserve=%s set by %s (runtime).", text, strempty(sd_bus_message_get_sender(sd_bus_get_current_message(bus))));
+        manager_set_host_reserve(m, bytes, permille);
+        return 0;
+}
+
+/* The budget as it is now, read when asked (it changes all the time, so no signal). */
+static int property_get_budget(sd_bus *bus, const char *path, const char *interface, const char *property,
+                               sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        HostBudget b = {};
+        int64_t balance = 0;
+
+        (void) manager_budget_now(m, &b, &balance);
+        if (streq(property, "HostMemoryBalance"))
+                return sd_bus_message_append(reply, "x", b.valid ? balance : INT64_MIN);
+        uint64_t v = streq(property, "HostMemoryCapacity") ? b.capacity_bytes :
+                     streq(property, "HostMemoryUsed") ? b.used_bytes :
+                     streq(property, "HostMemorySwap") ? b.swap_bytes : b.reserve_bytes;
+        return sd_bus_message_append(reply, "t", b.valid ? v : UINT64_MAX);
 }
 
 /* The kernel's running averages, read when asked: they change all the time, so no signal. */
@@ -520,6 +600,14 @@ static const sd_bus_vtable manager_vtable_fixed[] = {
         SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("HostPressureSource", "s", property_get_string, offsetof(Manager, host_pressure_path), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("HostPressure", "s", property_get_level, offsetof(Manager, host_level), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("HostMemorySource", "s", property_get_host_memory_source, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_WRITABLE_PROPERTY("HostMemoryReserve", "s", property_get_host_reserve, property_set_host_reserve, 0,
+                                 SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_PROPERTY("HostMemoryCapacity", "t", property_get_budget, 0, 0),
+        SD_BUS_PROPERTY("HostMemoryUsed", "t", property_get_budget, 0, 0),
+        SD_BUS_PROPERTY("HostMemorySwap", "t", property_get_budget, 0, 0),
+        SD_BUS_PROPERTY("HostMemoryReserveBytes", "t", property_get_budget, 0, 0),
+        SD_BUS_PROPERTY("HostMemoryBalance", "x", property_get_budget, 0, 0),
         SD_BUS_PROPERTY("PressureTriggers", "a(sstt)", property_get_triggers, 0, 0),
         SD_BUS_PROPERTY("HostPressureSomeAvg10", "d", property_get_host_average, 0, 0),
         SD_BUS_PROPERTY("HostPressureSomeAvg60", "d", property_get_host_average, 0, 0),
@@ -653,6 +741,11 @@ void manager_bus_emit_machine_removed(Manager *m, Machine *machine) {
 void manager_bus_emit_host_changed(Manager *m) {
         if (m->bus)
                 (void) sd_bus_emit_properties_changed(m->bus, BUS_PATH, BUS_MANAGER_IFACE, "HostPressure", NULL);
+}
+
+void manager_bus_emit_reserve_changed(Manager *m) {
+        if (m->bus)
+                (void) sd_bus_emit_properties_changed(m->bus, BUS_PATH, BUS_MANAGER_IFACE, "HostMemoryReserve", NULL);
 }
 
 void manager_bus_emit_defaults_changed(Manager *m, char **props) {

@@ -49,6 +49,9 @@ static void remove_machine_at(Manager *m, size_t i) {
         machine_free(machine);
 }
 
+static void refresh_footprints(Manager *m);
+static void read_budget(Manager *m, HostBudget *b);
+
 /* --- policy ------------------------------------------------------------------------------- */
 
 static int on_policy_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -122,7 +125,8 @@ static int on_deferred_timer(sd_event_source *s, uint64_t usec, void *userdata) 
         PressureLevel event = m->deferred_host_event;
 
         m->deferred_host_event = PRESSURE_NONE;
-        if (event != PRESSURE_NONE) {
+        if (event != PRESSURE_NONE || m->deferred_budget) {
+                m->deferred_budget = false;
                 log_debug("Guest statistics did not all arrive within %llu ms; deciding without them.",
                           (unsigned long long) (STATS_WAIT_MAX_USEC / USEC_PER_MSEC));
                 manager_run_policy(m, event, NULL, PRESSURE_NONE);
@@ -156,12 +160,14 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
 
         if (m->exiting)
                 return;
-        /* The stats a deferred host event waited for are in: decide it now. */
-        if (m->deferred_host_event != PRESSURE_NONE && !stats_awaited(m, now)) {
+        /* The stats a deferred host or budget event waited for are in: decide it now. */
+        if ((m->deferred_host_event != PRESSURE_NONE || m->deferred_budget) && !stats_awaited(m, now)) {
                 host_event = MAX(host_event, m->deferred_host_event);
                 m->deferred_host_event = PRESSURE_NONE;
+                m->deferred_budget = false;
                 sd_event_source_set_enabled(m->deferred_timer, SD_EVENT_OFF);
-        }
+        } else if (m->deferred_budget && host_event == PRESSURE_NONE && scope_event == PRESSURE_NONE)
+                return;   /* still waiting: a budget take without them would be blind */
         if (m->in_policy) {
                 /* A move that completes synchronously lands here; decide again afterwards. */
                 m->policy_again = true;
@@ -187,7 +193,10 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                         .scope_event = machine == scope_machine ? scope_event : PRESSURE_NONE,
                         .scope_level = machine->scope_level,
                         .stats = machine->stats,
+                        .free_page_reporting = machine->free_page_reporting,
                         .controllable = machine_controllable(machine),
+                        .host_rss_bytes = machine->host_rss_bytes,
+                        .host_swap_bytes = machine->host_swap_bytes,
                         .state = machine->policy_state,
                 };
         }
@@ -196,7 +205,15 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                 .level = m->host_level,
                 .last_pressure_usec = m->last_pressure_usec,
         };
+        read_budget(m, &host.budget);
         when = policy_decide(&host, vms, m->n_machines, now);
+        m->budget = host.budget;
+        m->budget_balance = host_budget_balance(&host.budget, vms, m->n_machines);
+        /* Within one reserve of the budget (or over): guest stats and footprints kept fresh. */
+        m->budget_watch = host.budget.valid &&
+                m->budget_balance > -(int64_t) MIN(host.budget.reserve_bytes, (uint64_t) INT64_MAX / 2);
+        if (host.budget.valid)
+                m->last_pressure_usec = MAX(m->last_pressure_usec, host.last_pressure_usec);
 
         m->in_policy = true;
         for (size_t i = 0; i < m->n_machines; i++) {
@@ -248,6 +265,7 @@ static int on_stats_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         for (size_t i = 0; i < m->n_machines; i++)
                 if (machine_controllable(m->machines[i]))
                         (void) balloon_poll_stats(m->machines[i]->balloon);
+        refresh_footprints(m);
         sd_event_source_set_time_relative(s, m->config.stats_interval_sec * USEC_PER_SEC);
         return 0;
 }
@@ -255,7 +273,7 @@ static int on_stats_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 /* Guest stats matter only while something is under pressure or some guest is below its
  * maximum. Otherwise poll nothing: an idle host sees no wake-ups from us. */
 void manager_update_stats_polling(Manager *m) {
-        bool needed = m->host_level != PRESSURE_NONE;
+        bool needed = m->host_level != PRESSURE_NONE || m->budget_watch;
 
         for (size_t i = 0; !needed && i < m->n_machines; i++) {
                 Machine *machine = m->machines[i];
@@ -296,6 +314,7 @@ static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel lev
         }
         if (event != PRESSURE_NONE) {
                 m->n_host_events++;
+                refresh_footprints(m);
                 log_debug("Host: %s pressure event (%s).", pressure_level_to_string(event), m->host_pressure_path);
         }
         if (level != m->host_level) {
@@ -312,13 +331,38 @@ static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel lev
         manager_run_policy(m, event, NULL, PRESSURE_NONE);
 }
 
+/* The ControlGroup systemd1 reports for a slice, scope or service. */
+static int unit_control_group(Manager *m, const char *setting, const char *unit, char **ret) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_free_ char *cg = NULL;
+        const char *dot = strrchr(unit, '.'), *path;
+        int r;
+
+        if (!dot || (!streq(dot, ".slice") && !streq(dot, ".scope") && !streq(dot, ".service")))
+                return log_error_errno(EINVAL, "%s=%s is neither a path nor a unit name.", setting, unit);
+        r = sd_bus_call_method(m->bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                               "org.freedesktop.systemd1.Manager", "GetUnit", &error, &reply, "s", unit);
+        if (r < 0)
+                return log_error_errno(r, "%s=%s: systemd does not know this unit: %s", setting, unit, error.message);
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r < 0)
+                return r;
+        const char *iface = streq(dot, ".slice") ? "org.freedesktop.systemd1.Slice" :
+                streq(dot, ".scope") ? "org.freedesktop.systemd1.Scope" : "org.freedesktop.systemd1.Service";
+        r = sd_bus_get_property_string(m->bus, "org.freedesktop.systemd1", path, iface, "ControlGroup", &error, &cg);
+        if (r < 0 || !cg[0])
+                return log_error_errno(r < 0 ? r : ENOENT, "%s=%s has no cgroup: %s", setting, unit,
+                                       r < 0 ? error.message : "unit not active");
+        *ret = TAKE_PTR(cg);
+        return 0;
+}
+
 /* HostPressureSource=: a pressure file, a cgroup2 directory (relative to the mount or
  * absolute), or a unit name whose ControlGroup systemd1 knows (machine.slice). */
 static int resolve_host_pressure(Manager *m, char **ret) {
         const char *src = m->config.host_pressure_source;
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_free_ char *cg = NULL, *unit_path = NULL;
-        const char *dot = strrchr(src, '.');
+        _cleanup_free_ char *cg = NULL;
         int r;
 
         if (src[0] == '/') {
@@ -330,26 +374,134 @@ static int resolve_host_pressure(Manager *m, char **ret) {
                         return asprintf(ret, "%s/memory.pressure", src) < 0 ? -ENOMEM : 0;
                 return asprintf(ret, "%s%s/memory.pressure", m->cgroup2_mount ?: "", src) < 0 ? -ENOMEM : 0;
         }
-        if (!dot || (!streq(dot, ".slice") && !streq(dot, ".scope") && !streq(dot, ".service")))
-                return log_error_errno(EINVAL, "HostPressureSource=%s is neither a path nor a unit name.", src);
-
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        r = sd_bus_call_method(m->bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                               "org.freedesktop.systemd1.Manager", "GetUnit", &error, &reply, "s", src);
-        if (r < 0)
-                return log_error_errno(r, "HostPressureSource=%s: systemd does not know this unit: %s",
-                                       src, error.message);
-        const char *path;
-        r = sd_bus_message_read(reply, "o", &path);
+        r = unit_control_group(m, "HostPressureSource", src, &cg);
         if (r < 0)
                 return r;
-        const char *iface = streq(dot, ".slice") ? "org.freedesktop.systemd1.Slice" :
-                streq(dot, ".scope") ? "org.freedesktop.systemd1.Scope" : "org.freedesktop.systemd1.Service";
-        r = sd_bus_get_property_string(m->bus, "org.freedesktop.systemd1", path, iface, "ControlGroup", &error, &cg);
-        if (r < 0 || !cg[0])
-                return log_error_errno(r < 0 ? r : ENOENT, "HostPressureSource=%s has no cgroup: %s",
-                                       src, r < 0 ? error.message : "unit not active");
         return asprintf(ret, "%s%s/memory.pressure", m->cgroup2_mount ?: "", cg) < 0 ? -ENOMEM : 0;
+}
+
+/* --- the host's memory budget ------------------------------------------------------------------ */
+
+/* What the host holds for each VM (its QEMU's RSS and swap), for the budget and the shares.
+ * Read with the guest stats, and on budget and pressure events: never on an idle host. */
+static void refresh_footprints(Manager *m) {
+        for (size_t i = 0; i < m->n_machines; i++) {
+                Machine *machine = m->machines[i];
+                if (machine->leader <= 0 ||
+                    process_footprint(machine->leader, &machine->host_rss_bytes, &machine->host_swap_bytes) < 0)
+                        machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
+        }
+}
+
+static void on_host_memory(HostMemory *h, void *userdata) {
+        Manager *m = userdata;
+
+        log_debug("Host memory source %s: use crossed the watch threshold.", host_memory_path(h));
+        refresh_footprints(m);
+        /* As a host PSI event: wait one QMP round trip for missing guest stats, not longer. */
+        if (m->deferred_budget || m->deferred_host_event != PRESSURE_NONE || request_missing_stats(m, now_usec())) {
+                m->deferred_budget = true;
+                defer_host_event(m, PRESSURE_NONE, now_usec());
+                return;
+        }
+        manager_schedule_policy(m);
+}
+
+/* HostMemorySource=: /proc/meminfo, a memory cgroup directory (v2, or v1 on a hybrid host), or a
+ * unit whose cgroup holds the VMs (machine.slice): v2 if the unified tree has a memory
+ * controller there, else the same path in the v1 memory hierarchy. */
+static int resolve_host_memory(Manager *m, char **ret) {
+        const char *src = m->config.host_memory_source;
+        _cleanup_free_ char *cg = NULL, *v1 = NULL, *p = NULL;
+        int r;
+
+        if (src[0] == '/')
+                return (*ret = strdup(src)) ? 0 : -ENOMEM;
+        r = unit_control_group(m, "HostMemorySource", src, &cg);
+        if (r < 0)
+                return r;
+        if (asprintf(&p, "%s%s/memory.current", m->cgroup2_mount ?: "", cg) < 0)
+                return -ENOMEM;
+        if (access(p, F_OK) >= 0)
+                return asprintf(ret, "%s%s", m->cgroup2_mount ?: "", cg) < 0 ? -ENOMEM : 0;
+        r = memcg1_mount_point(&v1);
+        if (r < 0)
+                return log_error_errno(r, "HostMemorySource=%s: no memory controller for %s, neither in cgroup2 nor in v1.",
+                                       src, cg);
+        return asprintf(ret, "%s%s", v1, cg) < 0 ? -ENOMEM : 0;
+}
+
+static void watch_host_memory(Manager *m) {
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (isempty(m->config.host_memory_source)) {
+                log_info("HostMemorySource= is empty: no host memory budget, balloon moves follow PSI alone.");
+                return;
+        }
+        r = resolve_host_memory(m, &path);
+        if (r >= 0)
+                r = host_memory_new(&m->host_memory, m->event, path, on_host_memory, m);
+        if (r < 0) {
+                log_error_errno(r, "Cannot read the host's memory budget from HostMemorySource=%s: %m. "
+                                "Balloon moves follow PSI alone.", m->config.host_memory_source);
+                return;
+        }
+        _cleanup_free_ char *reserve = NULL;
+        (void) host_memory_reserve_format(m->config.host_memory_reserve_bytes, m->config.host_memory_reserve_permille,
+                                          &reserve);
+        log_info("Host memory budget from %s (%s), reserve %s.", host_memory_path(m->host_memory),
+                 host_memory_kind_to_string(host_memory_kind(m->host_memory)), strempty(reserve));
+}
+
+int manager_budget_now(Manager *m, HostBudget *b, int64_t *ret_balance) {
+        _cleanup_free_ PolicyVM *vms = calloc(m->n_machines ?: 1, sizeof *vms);
+
+        if (!vms)
+                return -ENOMEM;
+        refresh_footprints(m);
+        read_budget(m, b);
+        for (size_t i = 0; i < m->n_machines; i++)
+                vms[i] = (PolicyVM) { .ram_bytes = m->machines[i]->ram_bytes,
+                                      .host_rss_bytes = m->machines[i]->host_rss_bytes,
+                                      .host_swap_bytes = m->machines[i]->host_swap_bytes };
+        *ret_balance = host_budget_balance(b, vms, m->n_machines);
+        return b->valid ? 0 : -ENODATA;
+}
+
+void manager_set_host_reserve(Manager *m, uint64_t bytes, uint32_t permille) {
+        m->config.host_memory_reserve_bytes = bytes;
+        m->config.host_memory_reserve_permille = permille;
+        manager_bus_emit_reserve_changed(m);
+        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
+}
+
+uint64_t manager_host_reserve(Manager *m, uint64_t capacity_bytes) {
+        return host_memory_reserve_resolve(m->config.host_memory_reserve_bytes, m->config.host_memory_reserve_permille,
+                                           capacity_bytes);
+}
+
+/* Reads the budget into b (b->valid false without a source or when it cannot be read). */
+static void read_budget(Manager *m, HostBudget *b) {
+        *b = (HostBudget) {};
+        if (!m->host_memory)
+                return;
+        int r = host_memory_read(m->host_memory, b);
+        if (r < 0) {
+                if (!m->budget_read_failed)
+                        log_warning_errno(r, "Failed to read the host's memory budget from %s: %m. Following PSI alone until it reads again.",
+                                          host_memory_path(m->host_memory));
+                m->budget_read_failed = true;
+                b->valid = false;
+                return;
+        }
+        m->budget_read_failed = false;
+        b->reserve_bytes = manager_host_reserve(m, b->capacity_bytes);
+        b->interval_usec = m->config.stats_interval_sec * USEC_PER_SEC;
+        /* v1: be woken when the raw use comes within two reserves of the capacity (the budget's
+         * own watch starts one reserve earlier than its take) */
+        uint64_t margin = 2 * b->reserve_bytes;
+        (void) host_memory_set_threshold(m->host_memory, b->capacity_bytes > margin ? b->capacity_bytes - margin : 0);
 }
 
 /* --- discovery callbacks -------------------------------------------------------------------- */
@@ -505,6 +657,14 @@ int manager_reload(Manager *m) {
         swap_str(&m->config.runtime_config_directory, &c.runtime_config_directory);
         m->config.stats_interval_sec = c.stats_interval_sec;
         m->config.deflate_on_exit = c.deflate_on_exit;
+        if (!streq(c.host_memory_source, m->config.host_memory_source))
+                log_notice("HostMemorySource= changes take effect when autoballoond restarts.");
+        if (c.host_memory_reserve_bytes != m->config.host_memory_reserve_bytes ||
+            c.host_memory_reserve_permille != m->config.host_memory_reserve_permille) {
+                m->config.host_memory_reserve_bytes = c.host_memory_reserve_bytes;
+                m->config.host_memory_reserve_permille = c.host_memory_reserve_permille;
+                manager_bus_emit_reserve_changed(m);
+        }
         m->config.n_errors = c.n_errors;
         manager_set_defaults(m, &c.defaults);
 
@@ -605,6 +765,8 @@ int manager_start(Manager *m) {
                 log_error_errno(r, "Cannot watch host pressure (%s): %m. Only per-VM scope pressure will act.",
                                 m->config.host_pressure_source);
 
+        watch_host_memory(m);
+
         r = discovery_new(&m->discovery, m->bus, m->event, &discovery_callbacks, m);
         if (r < 0)
                 return r;
@@ -677,6 +839,7 @@ Manager *manager_free(Manager *m) {
         free(m->machines);
         discovery_free(m->discovery);
         psi_watch_free(m->host_psi);
+        host_memory_free(m->host_memory);
         /* Every trigger fd is now queued for the closer: close them all at once. */
         uint64_t n_closed = psi_close_finish();
         log_debug("Closed %" PRIu64 " PSI trigger(s) off the event loop.", n_closed);

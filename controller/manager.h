@@ -7,6 +7,7 @@
 #include "auth.h"
 #include "config.h"
 #include "discovery.h"
+#include "hostmem.h"
 #include "psi.h"
 
 typedef struct Machine Machine;
@@ -29,8 +30,15 @@ typedef struct Manager {
         PressureLevel host_level;
         usec_t last_pressure_usec;          /* last host or scope event, for the policy's cool-down */
 
+        HostMemory *host_memory;            /* HostMemorySource=, NULL: PSI alone */
+        HostBudget budget;                  /* as read for the last policy run */
+        int64_t budget_balance;             /* bytes over (> 0) or room left (< 0) at that run */
+        bool budget_watch;                  /* within one reserve of the budget: keep stats fresh */
+        bool budget_read_failed;            /* logged once until it reads again */
+
         sd_event_source *policy_timer;      /* armed only when the policy asks for a wake-up */
         PressureLevel deferred_host_event;  /* a host event waiting for guest stats (no blind squeeze) */
+        bool deferred_budget;               /* a budget event (threshold, memory.events) waiting too */
         sd_event_source *deferred_timer;    /* ... but not longer than STATS_WAIT_MAX_USEC */
         sd_event_source *policy_defer;      /* one policy run after a burst of guest updates */
         sd_event_source *stats_timer;       /* guest-stats polling, only while something moves */
@@ -55,6 +63,12 @@ int manager_start(Manager *m);
 void manager_begin_exit(Manager *m);
 
 Machine *manager_find_machine(Manager *m, const char *name);
+/* HostMemoryReserve= resolved against a capacity. */
+uint64_t manager_host_reserve(Manager *m, uint64_t capacity_bytes);
+/* The budget as it is now (footprints read again), for the bus; -ENODATA without a source. */
+int manager_budget_now(Manager *m, HostBudget *b, int64_t *ret_balance);
+/* HostMemoryReserve= at runtime: PropertiesChanged, and the policy runs with it. */
+void manager_set_host_reserve(Manager *m, uint64_t bytes, uint32_t permille);
 /* Re-run the policy now. host_event / scope_event: the trigger that fired (or NONE). */
 void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_machine, PressureLevel scope_event);
 /* Re-run the policy once the updates already queued are read: for guest stats, BALLOON_CHANGE
@@ -74,4 +88,5 @@ int manager_bus_setup(Manager *m);
 void manager_bus_emit_machine_added(Manager *m, Machine *machine);
 void manager_bus_emit_machine_removed(Manager *m, Machine *machine);
 void manager_bus_emit_host_changed(Manager *m);
+void manager_bus_emit_reserve_changed(Manager *m);
 void manager_bus_emit_defaults_changed(Manager *m, char **props);

@@ -15,6 +15,14 @@
  * counts as under pressure even if the trend is flat. */
 #define RESERVE_LOW_DIVISOR 2
 
+/* Over budget by less than this share of the capacity is noise (a page cache breathing, a
+ * sample between two moves), not worth a move: 1/256, 4 MiB per GiB. */
+#define BUDGET_SLACK_DIVISOR 256
+
+/* How long memory given back counts as promised room, in recovery intervals (10 s by default):
+ * long enough for a guest that wanted it to show it in its footprint. */
+#define PROMISE_INTERVALS 5
+
 /* consecutive_events saturates here; escalation_max is bounded by the knob range anyway. */
 #define CONSECUTIVE_EVENTS_MAX 64U
 
@@ -39,6 +47,7 @@ static const char *const policy_reason_table[_POLICY_REASON_MAX] = {
         [POLICY_REASON_ADOPT_SELF_DEFLATE] = "adopt-self-deflate",
         [POLICY_REASON_MANUAL] = "manual",
         [POLICY_REASON_GUEST_PRESSURE] = "guest-pressure",
+        [POLICY_REASON_HOST_BUDGET] = "host-budget",
 };
 
 const char *pressure_level_to_string(PressureLevel l) {
@@ -116,8 +125,11 @@ void policy_knobs_init_default(PolicyKnobs *k) {
                 /* 2 % of RAM of new use between two samples: a workload growing, not noise. */
                 .available_drop_permille = 20,
                 /* Five minutes: longer than the gap between bursts of most interactive and
-                 * batch loads, short enough that a guest done with a job gives its memory back
-                 * within one episode of pressure. */
+                 * batch loads. It protects a guest from takes that PSI alone sizes (no budget,
+                 * or a stall the budget cannot see): a guest between two bursts looks idle.
+                 * Takes sized by the host's budget go by the guest's current use: memory it
+                 * touched and freed is exactly what an over-budget host should take first (a
+                 * peak window kept it out of reach while the host swapped, on real guests). */
                 .working_set_window_usec = 300 * USEC_PER_SEC,
                 /* 10 % of RAM per 2 s: a guest in need outruns its own shrinker-driven
                  * deflate (rate limited in the guest) by an order of magnitude. */
@@ -274,7 +286,7 @@ static uint64_t guest_used(const PolicyVM *vm) {
         return sub_sat(actual, vm->stats.available_bytes);
 }
 
-uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
+static uint64_t vm_floor(const PolicyVM *vm, usec_t now, bool peak) {
         uint64_t min = policy_vm_minimum(vm), max = policy_vm_maximum(vm);
 
         if (!stats_fresh(vm, now))
@@ -282,10 +294,14 @@ uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
 
         uint64_t used = guest_used(vm);
         /* A spiky guest between two spikes looks idle; its working set is what it used lately. */
-        if (vm->state.used_peak_usec != 0 && now - vm->state.used_peak_usec <= vm->knobs->working_set_window_usec)
+        if (peak && vm->state.used_peak_usec != 0 && now - vm->state.used_peak_usec <= vm->knobs->working_set_window_usec)
                 used = MAX(used, vm->state.used_peak_bytes);
         uint64_t floor = used + vm_reserve(vm);
         return MAX(min, MIN(floor, max));
+}
+
+uint64_t policy_vm_floor(const PolicyVM *vm, usec_t now) {
+        return vm_floor(vm, now, true);
 }
 
 usec_t policy_vm_recovery_delay(const PolicyVM *vm) {
@@ -431,17 +447,28 @@ static void vm_move(PolicyVM *vm, uint64_t new_target, PolicyReason reason, Pres
 }
 
 /* Takes up to `take` bytes (rounded down to the granule) from the VM's current decision,
- * never below its floor. Returns what was taken. */
-static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, PressureLevel level, usec_t now) {
-        uint64_t spare = sub_sat(vm->new_target_bytes, vm->floor_bytes);
+ * never below floor. Returns what was taken. */
+static uint64_t vm_take_to(PolicyVM *vm, uint64_t take, uint64_t floor, PolicyReason reason, PressureLevel level,
+                           usec_t now) {
+        uint64_t spare = sub_sat(vm->new_target_bytes, floor);
 
         take = MIN(take, spare);
         take -= take % MOVE_GRANULE_BYTES;
         if (take == 0)
                 return 0;
         vm_move(vm, vm->new_target_bytes - take, reason, level, now);
+        vm->state.recovered_bytes = sub_sat(vm->state.recovered_bytes, take);
         return take;
 }
+
+/* A take sized by PSI alone, which cannot tell how much the host needs: never below the
+ * working set's recent peak (floor_bytes). */
+static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, PressureLevel level, usec_t now) {
+        return vm_take_to(vm, take, vm->floor_bytes, reason, level, now);
+}
+
+static uint64_t vm_host_swap(const PolicyVM *vm);
+static uint64_t add_sat(uint64_t a, uint64_t b);
 
 /* Per-call bookkeeping of one VM: adopt a self-deflate, respect bounds, count events in a row. */
 static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, usec_t now) {
@@ -458,6 +485,26 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
                 st->rose_bytes += sub_sat(vm->actual_bytes, st->last_actual_bytes);
         }
         observe_guest(vm, now);
+
+        /* What the guest touched of what recovery gave back shows in its host footprint: no
+         * longer a promise, it is in the host's use now. */
+        if (vm->host_rss_bytes != UINT64_MAX) {
+                uint64_t footprint = add_sat(MIN(vm->host_rss_bytes, vm->ram_bytes), vm_host_swap(vm));
+                if (st->last_footprint_bytes != 0)
+                        st->recovered_bytes = sub_sat(st->recovered_bytes, sub_sat(footprint, st->last_footprint_bytes));
+                st->last_footprint_bytes = footprint;
+        }
+        /* A promise lasts PROMISE_INTERVALS recovery intervals: memory a guest leaves untouched
+         * that long after it got it back is not a burst about to land, and if it comes later the
+         * budget takes it back within a stats interval (the reserve absorbs it meanwhile). Kept
+         * for good, promises left idle guests squeezed on an empty host (the simulator found it).
+         * Without swap they are kept until the guest uses the memory: there a burst beyond the
+         * reserve is not a moment of swapping but the host's OOM killer taking a whole VM. */
+        if (host->budget.swap_capable && st->recovered_usec != 0 &&
+            now - st->recovered_usec > PROMISE_INTERVALS * vm->knobs->recovery_interval_usec) {
+                st->recovered_bytes = 0;
+                st->recovered_usec = 0;
+        }
 
         if (vm_event) {
                 recovery_backoff(vm, now);
@@ -543,7 +590,8 @@ static double share_score(const PolicyVM *vm) {
  * Guests showing pressure of their own are the last victims: taken from only at critical
  * level, and only when nobody else had anything to give. Guests without stats give a small
  * blind step. */
-static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, usec_t now) {
+static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, bool escalate,
+                             usec_t now) {
         for (int pass = 0; pass < 2; pass++) {
                 bool last_pass = pass == 1;
                 double score_max = 0;
@@ -563,7 +611,9 @@ static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms
                                 /* Lighter for heavier weights, never heavier than a low step. */
                                 take = vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight);
                         else if (score_max > 0)
-                                take = (uint64_t) ((double) vm_step(vm, level, true) * (share_score(vm) / score_max));
+                                take = (uint64_t) ((double) (escalate ? vm_step(vm, level, true)
+                                                                      : permille_of(vm->ram_bytes, vm->knobs->step_permille[level])) *
+                                                   (share_score(vm) / score_max));
                         else
                                 continue;
                         taken += vm_take(vm, take, POLICY_REASON_HOST_PRESSURE, level, now);
@@ -574,9 +624,166 @@ static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms
         }
 }
 
+/* --- the host's memory budget ---------------------------------------------------------------- */
+
+/* A VM's swap as the host counts it, clamped to its RAM: QEMU (or a guest that compromised it)
+ * cannot make the host look further over budget than the VM's size. */
+static uint64_t vm_host_swap(const PolicyVM *vm) {
+        if (vm->host_swap_bytes == UINT64_MAX)
+                return 0;
+        return vm->ram_bytes > 0 ? MIN(vm->host_swap_bytes, vm->ram_bytes) : 0;
+}
+
+static uint64_t add_sat(uint64_t a, uint64_t b) {
+        return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+static int64_t to_balance(uint64_t held, uint64_t capacity) {
+        if (held >= capacity)
+                return (int64_t) MIN(held - capacity, (uint64_t) INT64_MAX);
+        return -(int64_t) MIN(capacity - held, (uint64_t) INT64_MAX);
+}
+
+int64_t host_budget_balance(const HostBudget *b, const PolicyVM *vms, size_t n_vms) {
+        uint64_t held;
+
+        if (!b->valid)
+                return 0;
+        /* The guests' swap is memory the host took from them blindly: it is part of what they
+         * hold, and a balloon take of those pages frees the swap without a page of RAM. Other
+         * swap (a host daemon's cold pages) is nobody's to give back, so it is not counted. */
+        held = add_sat(b->used_bytes, b->reserve_bytes);
+        for (size_t i = 0; i < n_vms; i++)
+                held = add_sat(held, vm_host_swap(vms + i));
+        return to_balance(held, b->capacity_bytes);
+}
+
+/* Guest memory the host holds for this VM that the guest does not use: touched, then freed, or
+ * cache. A take from it gives the host RAM (or swap) back at once; a take from memory the guest
+ * never touched only lowers a limit. UINT64_MAX: the host footprint is unknown. Includes QEMU's
+ * own overhead, which only makes the estimate generous; the floor still bounds every take. */
+static uint64_t vm_held_unused(const PolicyVM *vm) {
+        if (vm->host_rss_bytes == UINT64_MAX)
+                return UINT64_MAX;
+        uint64_t footprint = add_sat(MIN(vm->host_rss_bytes, vm->ram_bytes), vm_host_swap(vm));
+        return sub_sat(footprint, guest_used(vm));
+}
+
+/* Room promised: what recovery gave back that the guest has not touched yet (vm_prepare() counts
+ * the growth of its host footprint against it). It may any time, so it is not room for another
+ * give-back. Without a known footprint nothing is counted. */
+static uint64_t vm_promised(const PolicyVM *vm) {
+        return vm->host_rss_bytes == UINT64_MAX ? 0 : vm->state.recovered_bytes;
+}
+
+static bool grown_this_call(const PolicyVM *vm) {
+        return vm->reason == POLICY_REASON_RECOVERY || vm->reason == POLICY_REASON_GUEST_PRESSURE ||
+               vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE;
+}
+
+/* Who gives toward the budget, and in which pass: guests in need of memory only in the second
+ * (last-victim) pass, guests without fresh stats only in the first (a blind step at most). */
+static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass, usec_t now) {
+        if (!vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT || vm_held_off(vm, level, now) ||
+            grown_this_call(vm))
+                return false;
+        /* One take per guest-stats sample: the next one sees what this one did to the guest and
+         * the host (a take of swapped-out guest pages can swap some in first, and the host's use
+         * lags). A blind take (no sample yet) does not hold up the first informed one. */
+        if (vm->state.budget_take_stats_usec != 0 && vm->state.budget_take_stats_usec == vm->state.last_stats_usec &&
+            vm->reason != POLICY_REASON_HOST_BUDGET)
+                return false;
+
+        if (!stats_fresh(vm, now))
+                return !last_pass;
+        return vm->guest_pressure == last_pass;
+}
+
+/* What a donor can give this call: down to its floor, limited to what the host holds for it
+ * unused (the take must give the host something), a blind low step without fresh stats. */
+static uint64_t budget_limit(const PolicyVM *vm, usec_t now) {
+        uint64_t limit = sub_sat(vm->new_target_bytes, vm_floor(vm, now, false));
+
+        if (!stats_fresh(vm, now))
+                return vm->reason == POLICY_REASON_HOST_BUDGET ? 0 :
+                        MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
+        /* With free page reporting the guest's free memory is back on the host already: a take
+         * from it would give the host nothing. What is left for the balloon is what the guest
+         * holds but can drop (its reclaimable cache: available - free). */
+        uint64_t unused = vm_held_unused(vm);
+        if (vm->free_page_reporting && vm->stats.free_bytes != UINT64_MAX)
+                unused = MIN(unused, sub_sat(vm->stats.available_bytes, vm->stats.free_bytes));
+        /* what this call took already (an earlier water-filling round, a scope or PSI take) came
+         * out of the same unused memory */
+        return MIN(limit, sub_sat(unused, sub_sat(vm->target_bytes, vm->new_target_bytes)));
+}
+
+/* Takes `over` bytes from the donors, each in proportion to what it can give divided by its
+ * weight (water-filling: what one cannot give is shared by the others). Returns what was taken. */
+static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, usec_t now) {
+        uint64_t taken = 0;
+
+        for (int pass = 0; pass < 2 && taken < over; pass++) {
+                bool last_pass = pass == 1;
+
+                if (last_pass && level < PRESSURE_CRITICAL)
+                        break;
+                for (int round = 0; round < 8 && over - taken >= MOVE_GRANULE_BYTES; round++) {
+                        double sum = 0;
+                        uint64_t round_taken = 0, left = over - taken;
+
+                        for (size_t i = 0; i < n_vms; i++)
+                                if (budget_donor(vms + i, level, last_pass, now))
+                                        sum += (double) budget_limit(vms + i, now) / (double) MAX(vms[i].knobs->weight, 1U);
+                        if (sum <= 0)
+                                break;
+                        for (size_t i = 0; i < n_vms; i++) {
+                                PolicyVM *vm = vms + i;
+                                if (!budget_donor(vm, level, last_pass, now))
+                                        continue;
+                                uint64_t limit = budget_limit(vm, now);
+                                double share = (double) left * ((double) limit / (double) MAX(vm->knobs->weight, 1U)) / sum;
+                                /* Round up to the granule: a share below it would never be taken. */
+                                uint64_t want = MIN(limit, (uint64_t) share + MOVE_GRANULE_BYTES - 1);
+                                round_taken += vm_take_to(vm, want, vm_floor(vm, now, false), POLICY_REASON_HOST_BUDGET,
+                                                          level, now);
+                        }
+                        if (round_taken == 0)
+                                break;
+                        taken += round_taken;
+                        if (taken >= over)
+                                break;
+                }
+        }
+        for (size_t i = 0; i < n_vms; i++)
+                if (vms[i].reason == POLICY_REASON_HOST_BUDGET)
+                        vms[i].state.budget_take_stats_usec = vms[i].state.last_stats_usec;
+        return taken;
+}
+
+/* An inflation asked for this long ago and still not done is not "in flight" any more: a guest
+ * whose driver does not follow must not hold up takes from the others for good. */
+#define INFLIGHT_MAX_USEC (10 * USEC_PER_SEC)
+
+/* Inflations asked for and not yet done: the host gets that memory back when the guest follows,
+ * so the budget must not take it a second time meanwhile. */
+static uint64_t inflight_takes(const PolicyVM *vms, size_t n_vms, usec_t now) {
+        uint64_t sum = 0;
+
+        for (size_t i = 0; i < n_vms; i++) {
+                const PolicyVM *vm = vms + i;
+                if (!vm_managed(vm) || vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE ||
+                    vm->state.last_move_usec == 0 || now - vm->state.last_move_usec > INFLIGHT_MAX_USEC)
+                        continue;
+                sum = add_sat(sum, sub_sat(MIN(vm->actual_bytes, vm->ram_bytes), vm->target_bytes));
+        }
+        return sum;
+}
+
 usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) {
         bool host_event = level_valid_event(host->event);
         bool host_quiet = !host_event && host->level == PRESSURE_NONE;
+        const HostBudget *budget = &host->budget;
         usec_t next = USEC_INFINITY;
 
         if (host_event)
@@ -584,6 +791,18 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
 
         for (size_t i = 0; i < n_vms; i++)
                 vm_prepare(vms + i, host, host_event, now);
+
+        /* The budget: over (> 0) or room left (< 0), net of inflations still in flight. */
+        int64_t balance = 0;
+        uint64_t room = 0;
+        if (budget->valid) {
+                int64_t inflight = (int64_t) MIN(inflight_takes(vms, n_vms, now), (uint64_t) INT64_MAX / 2);
+                balance = host_budget_balance(budget, vms, n_vms);
+                balance = balance < INT64_MIN / 2 + inflight ? INT64_MIN / 2 : balance - inflight;
+                room = balance < 0 ? (uint64_t) -balance : 0;
+                for (size_t i = 0; i < n_vms; i++)
+                        room = sub_sat(room, vm_promised(vms + i));
+        }
 
         /* Scope events first: the VM whose own cgroup is squeezed gives, so that the guest frees
          * pages cooperatively instead of the host swapping them out blindly. While the host is
@@ -612,7 +831,14 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 for (size_t i = 0; i < n_vms; i++)
                         if (vms[i].knobs->preset == POLICY_PRESET_SEED && vm_managed(vms + i) && !scope_handled(vms + i, host))
                                 seed_event(vms + i, host->event, POLICY_REASON_HOST_PRESSURE, now);
-                host_event_share(host, vms, n_vms, host->event, now);
+                /* With a budget, PSI says when and the budget says how much: the take below. A
+                 * stall while the budget shows no deficit is reclaim the budget cannot see (a
+                 * guest refaulting what the host swapped earlier, cache thrashing that
+                 * MemAvailable counts as free): then the PSI share, as without a budget, above
+                 * each guest's working-set peak, but one level step per event: with room in the
+                 * budget, events in a row are no sign that the last step was too small. */
+                if (!budget->valid || balance < (int64_t) MAX(MOVE_GRANULE_BYTES, budget->capacity_bytes / BUDGET_SLACK_DIVISOR))
+                        host_event_share(host, vms, n_vms, host->event, !budget->valid, now);
         }
 
         /* Giving back. Recovery: a guest is quiet when neither the host nor its scope is under
@@ -621,8 +847,11 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
          * critical it gets bigger steps while its latest sample shows the need (it
          * would otherwise deflate itself, slower, or OOM). At critical host pressure nobody grows. */
         bool host_not_critical = host->level < PRESSURE_CRITICAL && host->event < PRESSURE_CRITICAL;
-        for (size_t i = 0; i < n_vms; i++) {
-                PolicyVM *vm = vms + i;
+        uint64_t relief_uncovered = 0;
+        for (size_t n = 0; n < 2 * n_vms; n++) {
+                /* Guests in need first: they have the first claim on the room there is. */
+                bool relief_pass = n < n_vms;
+                PolicyVM *vm = vms + n % n_vms;
                 const PolicyKnobs *k = vm->knobs;
                 const PolicyVMState *st = &vm->state;
                 uint64_t max = policy_vm_maximum(vm);
@@ -633,6 +862,8 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
 
                 /* Its own scope's pressure does not stop relief: a guest growing into pages the
                  * host swapped out stalls its scope because it needs them. */
+                if (relief != relief_pass)
+                        continue;
                 if (!vm_managed(vm) || k->preset != POLICY_PRESET_DEFAULT || vm->new_target_bytes >= max)
                         continue;
                 if (!relief && (!host_quiet || vm->scope_level != PRESSURE_NONE || level_valid_event(vm->scope_event)))
@@ -661,19 +892,60 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                          * next sample should find it with room, not in reclaim. */
                         if (relief)
                                 step = MAX(step, 2 * st->used_growth_bytes);
+                        step = MIN(MAX(step, MOVE_GRANULE_BYTES), max - vm->new_target_bytes);
+                        /* With a budget, memory goes back only into room that can hold it: a
+                         * guest in need gets its step all the same (the room there is, and what
+                         * is missing is taken from the idle guests below); recovery waits for
+                         * room. */
+                        bool go = true;
+                        if (budget->valid) {
+                                uint64_t covered = MIN(step, room);
+                                if (relief) {
+                                        relief_uncovered = add_sat(relief_uncovered, step - covered);
+                                        room -= covered;
+                                } else if (covered < step)
+                                        go = false;
+                                else
+                                        room -= covered;
+                        }
                         /* After an adoption the move is still the adoption (relief on top of it):
                          * the log says why the guest grew, "it deflated itself". */
                         PolicyReason reason = vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE ? vm->reason :
                                               relief ? POLICY_REASON_GUEST_PRESSURE : POLICY_REASON_RECOVERY;
-                        vm_move(vm, MIN(max, vm->new_target_bytes + MAX(step, MOVE_GRANULE_BYTES)), reason,
-                                PRESSURE_NONE, now);
-                        if (!relief)
-                                vm->state.last_recovery_usec = now;
+                        if (go) {
+                                vm_move(vm, vm->new_target_bytes + step, reason, PRESSURE_NONE, now);
+                                if (!relief) {
+                                        vm->state.last_recovery_usec = now;
+                                        vm->state.recovered_bytes = add_sat(vm->state.recovered_bytes, step);
+                                        vm->state.recovered_usec = now;
+                                }
+                        }
                         at = now + k->recovery_interval_usec;
                 }
 
                 if (vm->new_target_bytes < max)
                         next = MIN(next, at);
+        }
+
+        /* Take what the host is over, and what guests in need got beyond the room. */
+        if (budget->valid) {
+                uint64_t over = add_sat(balance > 0 ? (uint64_t) balance : 0, relief_uncovered);
+                uint64_t slack = MAX(MOVE_GRANULE_BYTES, budget->capacity_bytes / BUDGET_SLACK_DIVISOR);
+                PressureLevel level = MAX(host->event, host->level);
+                bool managed = false;
+
+                /* Recovery waits its cool-down after a take for a host over budget; a transfer to
+                 * a guest in need is no sign of that, and must not hold up everyone's recovery. */
+                if (over >= slack && budget_take(vms, n_vms, over, level, now) > 0 &&
+                    balance >= (int64_t) slack)
+                        host->last_pressure_usec = now;
+                for (size_t i = 0; i < n_vms && !managed; i++)
+                        managed = vm_managed(vms + i) && vms[i].knobs->preset == POLICY_PRESET_DEFAULT;
+                /* Over budget, or less than one reserve of room left: look again at the next stats
+                 * interval. With more room than that and every VM at its maximum, no timer. */
+                if (managed && budget->interval_usec > 0 &&
+                    (over >= slack || balance > -(int64_t) MIN(budget->reserve_bytes, (uint64_t) INT64_MAX / 2)))
+                        next = MIN(next, now + budget->interval_usec);
         }
 
         return next;

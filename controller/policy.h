@@ -147,6 +147,13 @@ typedef struct PolicyVMState {
         usec_t used_peak_usec;            /* ... when; forgotten after working_set_window_usec */
         usec_t recovery_delay_usec;       /* the cool-down in force (back-off); 0 = RecoveryDelaySec= */
         usec_t last_recovery_usec;        /* last recovery step not yet followed by an event, 0 = none */
+        uint64_t recovered_bytes;         /* given back by recovery and not yet seen in the VM's host
+                                           * footprint: the guest may touch it any time, so it is
+                                           * room already promised */
+        usec_t recovered_usec;            /* last recovery step: a promise not kept within a cool-down
+                                           * of it is dropped (the guest did not need it) */
+        uint64_t last_footprint_bytes;    /* host RSS + swap at the previous call, 0 = unknown */
+        usec_t budget_take_stats_usec;    /* last_stats_usec when the budget last took from it */
 } PolicyVMState;
 
 typedef enum PolicyReason {
@@ -158,6 +165,7 @@ typedef enum PolicyReason {
         POLICY_REASON_ADOPT_SELF_DEFLATE,
         POLICY_REASON_MANUAL,             /* ResizeMachine(): an operator set the target */
         POLICY_REASON_GUEST_PRESSURE,     /* grown because the guest shows pressure of its own */
+        POLICY_REASON_HOST_BUDGET,        /* taken because the host holds more than its budget */
         _POLICY_REASON_MAX,
 } PolicyReason;
 
@@ -199,6 +207,8 @@ typedef struct HostBudget {
         uint64_t used_bytes;              /* held in RAM, reclaimable file cache not counted */
         uint64_t swap_bytes;              /* swap in use by the source (shown, not budgeted: only
                                            * the guests' own swap, PolicyVM.host_swap_bytes, is) */
+        bool swap_capable;                /* the source may swap at all: a burst beyond the reserve
+                                           * then swaps for a moment instead of an OOM kill */
         uint64_t reserve_bytes;           /* HostMemoryReserve=, resolved: headroom to keep */
         usec_t interval_usec;             /* how often to look again while over budget or short of
                                            * room (the caller's guest-stats interval) */

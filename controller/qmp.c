@@ -16,10 +16,6 @@ static void *mfree(void *p) {
         return NULL;
 }
 
-static const char *strempty(const char *s) {
-        return s ?: "";
-}
-
 /* First reconnect delay; doubled on every failed attempt up to backoff_max_usec. Short enough
  * that a VM restarted by libvirt is picked up at once, long enough not to spin on a dead path. */
 #define QMP_BACKOFF_INITIAL_USEC (100 * USEC_PER_MSEC)

@@ -49,6 +49,14 @@ static inline bool streq_ptr(const char *a, const char *b) {
 }
 #define streq(a, b) (strcmp((a), (b)) == 0)
 
+static inline bool isempty(const char *s) {
+        return !s || !s[0];
+}
+
+static inline const char *strempty(const char *s) {
+        return s ?: "";
+}
+
 usec_t now_usec(void);  /* CLOCK_MONOTONIC */
 
 /* Reads a whole (small) file, NUL-terminated. Returns 0 or negative errno. */

@@ -9,9 +9,9 @@
 #   -r, --rundir DIR        sockets, console.log, qemu.pid [RUNDIR=$OUTDIR/run]
 #   --qmp PATH              QMP socket [QMP_SOCKET=$RUNDIR/qmp.sock]
 #   --deflate-on-oom on|off the balloon's deflate-on-oom property [DEFLATE_ON_OOM=on]
+#   --free-page-reporting on|off  the balloon's free-page-reporting property: memory the
+#                           guest frees goes back to the host by itself [FREE_PAGE_REPORTING=off]
 #   --balloon patched|stock|none  which virtio_balloon.ko the guest loads [BALLOON=patched]
-#   --free-page-reporting on|off  the balloon's free-page-reporting property: the guest
-#                           reports freed pages and QEMU discards them [FREE_PAGE_REPORTING=off]
 #   --param KEY=VAL         balloon module parameter; repeatable [BALLOON_PARAMS="k=v,k=v"]
 #   --append WORDS          extra kernel command line [APPEND]
 #   --prefix CMD            command prefix for QEMU, e.g. a cgroup-entering wrapper [QEMU_PREFIX]
@@ -34,8 +34,8 @@ MEM=${MEM:-512M}
 RUNDIR=${RUNDIR:-}
 QMP_SOCKET=${QMP_SOCKET:-}
 DEFLATE_ON_OOM=${DEFLATE_ON_OOM:-on}
-BALLOON=${BALLOON:-patched}
 FREE_PAGE_REPORTING=${FREE_PAGE_REPORTING:-off}
+BALLOON=${BALLOON:-patched}
 BALLOON_PARAMS=${BALLOON_PARAMS:-}
 APPEND=${APPEND:-}
 QEMU_PREFIX=${QEMU_PREFIX:-}
@@ -67,8 +67,8 @@ while [ $# -gt 0 ]; do
 	-r|--rundir) RUNDIR=$2; shift 2 ;;
 	--qmp) QMP_SOCKET=$2; shift 2 ;;
 	--deflate-on-oom) DEFLATE_ON_OOM=$2; shift 2 ;;
-	--balloon) BALLOON=$2; shift 2 ;;
 	--free-page-reporting) FREE_PAGE_REPORTING=$2; shift 2 ;;
+	--balloon) BALLOON=$2; shift 2 ;;
 	--param) BALLOON_PARAMS=${BALLOON_PARAMS:+$BALLOON_PARAMS,}$2; shift 2 ;;
 	--append) APPEND="$APPEND $2"; shift 2 ;;
 	--prefix) QEMU_PREFIX=$2; shift 2 ;;
@@ -78,7 +78,7 @@ while [ $# -gt 0 ]; do
 	--timeout) BOOT_TIMEOUT=$2; shift 2 ;;
 	--foreground) FOREGROUND=1; WAIT_READY=0; shift ;;
 	--stop) stop_guest "$2"; exit 0 ;;
-	-h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,28p' "$0"; exit 0 ;;
 	--) shift; break ;;
 	*) echo "run-guest: unknown option $1" >&2; exit 2 ;;
 	esac
@@ -89,8 +89,8 @@ for f in vmlinuz initramfs.cpio.gz; do
 	[ -f "$OUTDIR/$f" ] || { echo "run-guest: $OUTDIR/$f missing (run guest/build-all.sh)" >&2; exit 1; }
 done
 case $DEFLATE_ON_OOM in on|off) ;; *) echo "run-guest: --deflate-on-oom on|off" >&2; exit 2 ;; esac
-case $BALLOON in patched|stock|none) ;; *) echo "run-guest: --balloon patched|stock|none" >&2; exit 2 ;; esac
 case $FREE_PAGE_REPORTING in on|off) ;; *) echo "run-guest: --free-page-reporting on|off" >&2; exit 2 ;; esac
+case $BALLOON in patched|stock|none) ;; *) echo "run-guest: --balloon patched|stock|none" >&2; exit 2 ;; esac
 RUNDIR=${RUNDIR:-$OUTDIR/run}
 mkdir -p "$RUNDIR"
 RUNDIR=$(cd "$RUNDIR" && pwd)

@@ -46,8 +46,11 @@ LOW_TRIGGER = "some 100000 2000000"
 # Only the Low level fires in these runs (Medium/Critical thresholds the stall cannot reach), so
 # that every kernel event psi-stamp sees is one the daemon acts on, and the first balloon after
 # it belongs to it. The reaction path (trigger -> policy -> QMP) is the same for every level.
+# No host memory budget: fake VMs hold no guest memory on the host, so the budget would take
+# nothing; this measures the PSI path (trigger -> policy -> QMP), which a budget take shares.
 CONFIG = """[Manager]
 HostPressureSource={host}
+HostMemorySource=
 MachinesDirectory={machines}
 RuntimeMachinesDirectory={runtime}
 DeflateOnExit=yes

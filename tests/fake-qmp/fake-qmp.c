@@ -78,6 +78,7 @@ struct Vm {
         bool has_balloon;
         char *balloon_path;             /* /machine/peripheral/balloon0 */
         char *balloon_type;             /* virtio-balloon-pci */
+        int free_page_reporting;        /* the property: 1 on, 0 off (QEMU's default), -1 none (QEMU < 5.1) */
         int64_t polling_interval_sec;
         int64_t polling_enabled_at;     /* wall-clock seconds of the first report */
         int64_t frozen_last_update;     /* last report before polling was turned off */
@@ -435,6 +436,8 @@ static int cmd_qom_list(Conn *c, Vm *vm, json_object *args, json_object *id) {
                 json_object_array_add(list, qom_entry("guest-stats-polling-interval", "int"));
                 json_object_array_add(list, qom_entry("guest-stats", "guest statistics"));
                 json_object_array_add(list, qom_entry("deflate-on-oom", "bool"));
+                if (vm->free_page_reporting >= 0)
+                        json_object_array_add(list, qom_entry("free-page-reporting", "bool"));
                 if (!strstr(path, "/virtio-backend") && strstr(vm->balloon_type, "-pci"))
                         json_object_array_add(list, qom_entry("virtio-backend", "child<virtio-balloon-device>"));
         } else if (!streq(path, "/machine") && !streq(path, "/")) {
@@ -483,6 +486,14 @@ static int cmd_qom_get_set(Conn *c, Vm *vm, bool set, json_object *args, json_ob
                                           vm->balloon_type);
                 return send_return(c, guest_stats(vm), id);
         }
+        if (streq(prop, "free-page-reporting") && vm->free_page_reporting >= 0) {
+                /* a qdev property: fixed once the device is realized */
+                if (set)
+                        return send_error(c, id, "GenericError", "Attempt to set property '%s' on anonymous device "
+                                          "(type 'virtio-balloon-device') after it was realized", prop);
+                return send_return(c, json_object_new_boolean(vm->free_page_reporting), id);
+        }
+        /* also what a QEMU before 5.1 answers for free-page-reporting */
         send_error(c, id, "GenericError", "Property '%s.%s' not found", vm->balloon_type, prop);
         return 0;
 }
@@ -974,6 +985,15 @@ static int parse_memory_arg(const char *s, uint64_t *ret) {
         return parse_size(p, ret);
 }
 
+/* QEMU's spellings of a bool property: 1, 0, or -1 for anything else. */
+static int parse_on_off(const char *s) {
+        if (streq(s, "on") || streq(s, "true") || streq(s, "yes"))
+                return 1;
+        if (streq(s, "off") || streq(s, "false") || streq(s, "no"))
+                return 0;
+        return -1;
+}
+
 /* "key=value,key=value": value of key into buf, or NULL. A leading bare word counts as key "". */
 static const char *opt_get(const char *opts, const char *key, char *buf, size_t size) {
         for (const char *part = opts; part && *part;) {
@@ -1040,16 +1060,18 @@ static void help(void) {
         printf("fake-qmp [QEMU-LIKE OPTIONS] [--fake-* OPTIONS]\n\n"
                "A FAKE QEMU for autoballoon's tests and benchmarks: no guest runs. It speaks QMP like\n"
                "QEMU 7.2 (greeting, qmp_capabilities, ids, errors) for query-balloon, balloon,\n"
-               "qom-list, qom-get/qom-set (guest-stats, guest-stats-polling-interval),\n"
-               "query-memory-size-summary, query-status, query-name and quit, and simulates a\n"
-               "virtio-balloon whose actual size follows the target in steps, with BALLOON_CHANGE.\n\n"
+               "qom-list, qom-get/qom-set (guest-stats, guest-stats-polling-interval,\n"
+               "free-page-reporting), query-memory-size-summary, query-status, query-name and quit,\n"
+               "and simulates a virtio-balloon whose actual size follows the target in steps, with\n"
+               "BALLOON_CHANGE.\n\n"
                "QEMU-like options (so /proc/PID/cmdline discovery works on it):\n"
                "  -qmp unix:PATH[,server=on,wait=off]        a QMP monitor socket\n"
                "  -chardev socket,id=ID,path=PATH[,...]      a socket chardev, used by -mon\n"
                "  -mon chardev=ID,mode=control|readline      a monitor on it (readline = HMP, only greets)\n"
                "  -m SIZE | -m size=SIZE[,...]               guest RAM (plain number = MiB), default 128M\n"
                "  -name NAME | -name guest=NAME[,...]        VM name (record log, control)\n"
-               "  -device virtio-balloon-pci[,id=ID]         the balloon; id= puts it in /machine/peripheral,\n"
+               "  -device virtio-balloon-pci[,id=ID][,free-page-reporting=on|off]\n"
+               "                                             the balloon; id= puts it in /machine/peripheral,\n"
                "                                             else /machine/peripheral-anon/device[0]\n"
                "                                             (default without -device: balloon0, -pci)\n"
                "  -pidfile FILE, -daemonize                  as QEMU (written once the sockets listen)\n"
@@ -1058,6 +1080,9 @@ static void help(void) {
                "  --fake-record=FILE (or --record FILE)      append every command received as a JSON line:\n"
                "                                             the command's keys plus \"time\" and \"vm\"\n"
                "  --fake-no-balloon                          no balloon device (DeviceNotActive)\n"
+               "  --fake-free-page-reporting=on|off|absent   the balloon's free-page-reporting property\n"
+               "                                             (default off; absent: no such property, as\n"
+               "                                             QEMU before 5.1)\n"
                "  --fake-stats=KEY=VAL,...                   synthetic guest stats: total, free, available,\n"
                "                                             caches, major-faults, minor-faults, swap-in,\n"
                "                                             swap-out, oom-kills, alloc-stalls, direct-scans,\n"
@@ -1132,6 +1157,7 @@ int main(int argc, char *argv[]) {
         unsigned many = 0;
         bool no_balloon = false, daemonize = false;
         char balloon_path[512] = "", balloon_type[256] = "";
+        int free_page_reporting = 0;
         unsigned anon_devices = 0;
 
         for (int i = 1; i < argc; i++) {
@@ -1193,7 +1219,12 @@ int main(int argc, char *argv[]) {
                                 continue;
                         snprintf(balloon_type, sizeof balloon_type, "%s", streq(buf, "virtio-balloon") ?
                                  "virtio-balloon-pci" : buf);
-                        char id[128];
+                        char id[128], fpr[16];
+                        if (opt_get(v, "free-page-reporting", fpr, sizeof fpr)) {
+                                free_page_reporting = parse_on_off(fpr);
+                                if (free_page_reporting < 0)
+                                        die("bad free-page-reporting '%s' (on or off)", fpr);
+                        }
                         if (opt_get(v, "id", id, sizeof id))
                                 snprintf(balloon_path, sizeof balloon_path, "/machine/peripheral/%s", id);
                         else
@@ -1208,6 +1239,11 @@ int main(int argc, char *argv[]) {
                         record_path = (char *) v;
                 else if (streq(a, "--fake-no-balloon"))
                         no_balloon = true;
+                else if (FAKE_OPT("--fake-free-page-reporting")) {
+                        free_page_reporting = streq(v, "absent") ? -1 : parse_on_off(v);
+                        if (free_page_reporting < 0 && !streq(v, "absent"))
+                                die("bad --fake-free-page-reporting '%s' (on, off or absent)", v);
+                }
                 else if (FAKE_OPT("--fake-stats"))
                         stats_spec = (char *) v;
                 else if (FAKE_OPT("--fake-balloon-speed")) {
@@ -1273,6 +1309,7 @@ int main(int argc, char *argv[]) {
                         snprintf(vm_name, sizeof vm_name, "%s", name);
                 Vm *vm = vm_new(vm_name, ram);
                 vm->has_balloon = !no_balloon;
+                vm->free_page_reporting = free_page_reporting;
                 if (*balloon_path) {
                         free(vm->balloon_path);
                         free(vm->balloon_type);

@@ -34,21 +34,23 @@ def ctl(env, *args, rc=0, uid=None):
 
 
 def test(env):
-    env.start_vm("vm1", memory="512M")
+    env.start_vm("vm1", memory="512M", extra=("--fake-free-page-reporting=on",))
     env.start_vm("vm2", memory="1G")
     env.start_daemon()
     for name in ("vm1", "vm2"):
         env.wait_property(env.machine_path(name), "State", "managed", timeout=5)
         env.wait_property(env.machine_path(name), "TargetMemory", lambda v: v > 0, timeout=2)
+    env.wait_property(env.machine_path("vm1"), "FreePageReporting", True, timeout=2)
 
     ctl(env, "--help")
     check(ctl(env, "--version").stdout.startswith("autoballoonctl "), "--version")
 
     # status: a table like machinectl's, sorted by name, with a legend
     lines = ctl(env, "status").stdout.splitlines()
-    check(lines[0].split() == ["MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE"], "header: %r" % lines[0])
-    check(lines[1].split() == ["vm1", "managed", "512M", "512M", "128M", "512M", "none"], "vm1 row: %r" % lines[1])
-    check(lines[2].split() == ["vm2", "managed", "1G", "1G", "256M", "1G", "none"], "vm2 row: %r" % lines[2])
+    check(lines[0].split() == ["MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE", "FPR"],
+          "header: %r" % lines[0])
+    check(lines[1].split() == ["vm1", "managed", "512M", "512M", "128M", "512M", "none", "yes"], "vm1 row: %r" % lines[1])
+    check(lines[2].split() == ["vm2", "managed", "1G", "1G", "256M", "1G", "none", "no"], "vm2 row: %r" % lines[2])
     check("2 machines listed." in lines and any(l.startswith("Host pressure: none") for l in lines), "legend: %r" % lines)
     check(ctl(env, "status", "--no-legend").stdout.splitlines()[0].split()[0] == "vm1", "--no-legend kept the header")
     check(ctl(env, "status", "vm2", "--no-legend").stdout.split()[0] == "vm2", "status vm2 shows another machine")
@@ -56,8 +58,9 @@ def test(env):
 
     doc = json.loads(ctl(env, "status", "--json").stdout)
     want = {"machine": "vm1", "state": "managed", "actual": 512 * MIB, "target": 512 * MIB,
-            "min": 128 * MIB, "max": 512 * MIB, "pressure": "none"}
+            "min": 128 * MIB, "max": 512 * MIB, "pressure": "none", "fpr": True}
     check(doc["machines"][0] == want, "status --json: %r" % doc["machines"][0])
+    check(doc["machines"][1]["fpr"] is False, "status --json vm2 fpr: %r" % doc["machines"][1])
     check([m["machine"] for m in doc["machines"]] == ["vm1", "vm2"], "status --json machines")
 
     lines = ctl(env, "list").stdout.splitlines()
@@ -69,15 +72,18 @@ def test(env):
 
     # show: Key=Value, -p, --value, --json; without a name, the manager
     out = ctl(env, "show", "vm1").stdout.splitlines()
-    for kv in ("Name=vm1", "State=managed", "Weight=100", "Enabled=yes", "MemorySize=%d" % (512 * MIB), "LastMove="):
+    for kv in ("Name=vm1", "State=managed", "Weight=100", "Enabled=yes", "MemorySize=%d" % (512 * MIB), "LastMove=",
+               "FreePageReporting=yes"):
         check(kv in out, "show vm1 lacks %s" % kv)
     got = ctl(env, "show", "vm1", "-p", "Weight,Enabled", "--no-pager").stdout.splitlines()
     check(sorted(got) == ["Enabled=yes", "Weight=100"], "show -p A,B: %r" % got)
     got = ctl(env, "show", "vm1", "-p", "Weight", "-p", "Enabled").stdout.splitlines()
     check(sorted(got) == ["Enabled=yes", "Weight=100"], "show -p: %r" % got)
     check(ctl(env, "show", "vm1", "-p", "Weight", "--value").stdout == "100\n", "show --value")
-    doc = json.loads(ctl(env, "show", "vm1", "--json", "-p", "Name,Weight,Enabled,LastMove").stdout)
-    check(doc == {"Name": "vm1", "Weight": 100, "Enabled": True, "LastMove": None}, "show --json: %r" % doc)
+    doc = json.loads(ctl(env, "show", "vm1", "--json", "-p", "Name,Weight,Enabled,LastMove,FreePageReporting").stdout)
+    check(doc == {"Name": "vm1", "Weight": 100, "Enabled": True, "LastMove": None, "FreePageReporting": True},
+          "show --json: %r" % doc)
+    check("FreePageReporting=no" in ctl(env, "show", "vm2").stdout.splitlines(), "show vm2: FreePageReporting")
     out = ctl(env, "show").stdout.splitlines()
     check(any(l.startswith("Version=") for l in out), "show (manager)")
     check("PressureTriggers=low some 100000 2000000, medium some 200000 2000000, critical full 200000 2000000"

@@ -464,15 +464,17 @@ class Env:
         return VM(name, proc, sock, rec, path)
 
     # ---- the daemon under test --------------------------------------------------------------
-    def write_config(self, host_pressure=None, extra=""):
+    def write_config(self, host_pressure=None, extra="", host_memory=""):
         """The daemon's config in the state dir. Host pressure defaults to this instance's
-        machine.slice, so parallel runs and other tests' stalls don't count."""
+        machine.slice, so parallel runs and other tests' stalls don't count. No host memory
+        budget unless host_memory names a source (a memcg as the namespace sees it): the
+        machine's own /proc/meminfo is not the "host" a test squeezes."""
         os.makedirs(self.file("machines.d"), exist_ok=True)
         hp = host_pressure or "/sys/fs/cgroup/%s/machine.slice/memory.pressure" % self.name
-        text = ("[Manager]\nHostPressureSource=%s\nMachinesDirectory=%s\n"
+        text = ("[Manager]\nHostPressureSource=%s\nHostMemorySource=%s\nMachinesDirectory=%s\n"
                 "RuntimeMachinesDirectory=%s\nStatsIntervalSec=2\nDeflateOnExit=yes\n\n"
                 "[Pressure]\nLow=some 100ms 2s\nMedium=some 200ms 2s\nCritical=full 200ms 2s\n%s"
-                % (hp, self.file("machines.d"), self.file("machines.run.d"), extra))
+                % (hp, host_memory, self.file("machines.d"), self.file("machines.run.d"), extra))
         path = self.file("autoballoond.conf")
         with open(path, "w") as f:
             f.write(text)

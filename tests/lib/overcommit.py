@@ -86,13 +86,11 @@ def daemon_config(env, controller, memcg):
     """autoballoond's config for the seed and default rows."""
     if controller == "seed":
         return env.write_config(extra="\n[Defaults]\nPreset=seed\n")
-    # the host memory budget (main's HostMemorySource=/HostMemoryReserve=): the host memcg
-    # as the daemon inside the namespace sees it. A daemon without the key logs it as
-    # unknown and runs as before.
+    # the host memory budget (HostMemorySource=, HostMemoryReserve= at its default): the
+    # host memcg as the daemon inside the namespace sees it
     if not memcg.ns_dir:
         raise Fail("no AB_ENV_MEMCG_NS: the host memcg is not visible inside the namespace")
-    return env.write_config(host_pressure="machine.slice",
-                            extra="\n[Manager]\nHostMemorySource=%s\n" % memcg.ns_dir)
+    return env.write_config(host_pressure="machine.slice", host_memory=memcg.ns_dir)
 
 
 def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=None,
@@ -120,8 +118,8 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
                 env.start_daemon(config=daemon_config(env, controller, memcg), args=("--log-level=info",))
                 for name in guests:
                     env.wait_property(env.machine_path(name), "State", "managed", timeout=30)
-                unknown = [l for l in env.daemon_log_text().splitlines() if "HostMemorySource" in l]
-                res["daemon_config_notes"] = unknown[:3]
+                notes = [l for l in env.daemon_log_text().splitlines() if "HostMemory" in l]
+                res["daemon_config_notes"] = notes[:3]
             elif controller in ("none", "proxmox", "mom"):
                 import guestlib
                 import peers
@@ -174,6 +172,12 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
                          psi_us=psi - psi0, psi_pct=round((psi - last_psi) / 1e4, 2),
                          zram_written=(zram.written_bytes() - z0) if zram else 0, vms={})
                 last_psi = psi
+                if env.daemon and controller == "default":
+                    try:   # what the daemon's budget sees: > 0 the host is over it
+                        s["balance"] = env.get(abtest.AB, abtest.AB_PATH, abtest.AB_MANAGER,
+                                               "HostMemoryBalance")
+                    except Exception:  # noqa: BLE001
+                        s["balance"] = None
                 for name, g in guests.items():
                     alive = g.proc.alive()
                     s["vms"][name] = dict(actual=actual(name) if alive else None,

@@ -159,7 +159,8 @@ def start_guest(env, name, outdir, mem="512M", memcg=None, deflate_on_oom="on",
                 balloon="patched", params=(), timeout=120, free_page_reporting="off"):
     """Boots a guest inside the namespace (QEMU is a direct child: its PID is the machine's
     leader), registers it with machined (CreateMachineWithNetwork, class vm), waits for its
-    init. QEMU's own command line carries -qmp unix:RUNDIR/qmp.sock."""
+    init. QEMU's own command line carries -qmp unix:RUNDIR/qmp.sock. free_page_reporting
+    "on" turns on the balloon's free-page-reporting."""
     rundir = env.file("guest-" + name)
     os.makedirs(rundir, exist_ok=True)
     cmd = [os.path.join(abtest.SRCDIR, "guest/run-guest.sh"), "--foreground", "-o", outdir,

@@ -2,6 +2,7 @@
  * baselines (none, seed, Proxmox-like, MoM-like) against the same modelled host and guests.
  * The model and its assumptions are written down in docs/simulation.md. */
 #include <inttypes.h>
+#include <json-c/json.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -35,6 +36,14 @@ static const double level_threshold[_PRESSURE_LEVEL_MAX] = { 0, 0.05, 0.15, 0.40
 /* Swap bandwidth scales with the host: 1 GiB/s for every 256 GiB of RAM (a few NVMe drives
  * on a big host, one SATA SSD on a small one). */
 #define SWAP_BYTES_PER_SEC_PER_GIB (4.0 * MIB)
+#define FPR_DELAY_SEC 2.0                        /* free page reporting: freed pages go back to the
+                                                  * host within ~2 s (the kernel's reporting delay) */
+/* The timeline scenario (--timeline): a small host with zram swap, freshly booted guests. */
+#define TIMELINE_SWAP_BYTES_PER_SEC (256.0 * MIB) /* zram: compression on a busy core */
+#define TIMELINE_TOUCH_BYTES_PER_SEC (200.0 * MIB) /* a guest process touching memory (TCG) */
+#define TIMELINE_READ_BYTES_PER_SEC (100.0 * MIB)  /* a guest reading files into its cache */
+#define TIMELINE_BASE_BYTES (48.0 * MIB)           /* a booted guest's kernel and userspace ... */
+#define TIMELINE_BASE_CACHE_BYTES (16.0 * MIB)     /* ... and its page cache; the rest untouched */
 
 /* ---- random numbers: splitmix64, so every run is reproducible from its seed --------------- */
 
@@ -64,6 +73,7 @@ static const char *const workload_names[_WORKLOAD_MAX] = {
         [WORKLOAD_STEADY] = "steady",
         [WORKLOAD_SPIKY] = "spiky",
         [WORKLOAD_GROWING] = "growing",
+        [WORKLOAD_TIMELINE] = "timeline",
 };
 
 const char *controller_to_string(Controller c) {
@@ -99,6 +109,10 @@ typedef struct SimVM {
         double limit;                        /* its scope's memory.high, bytes resident; 0 = none */
         double last_recovery_sec;            /* last recovery move (default policy), -1 = none */
         PressureLevel scope_level;
+        bool fpr;                            /* free page reporting: freed pages go back to the host */
+        bool dead;                           /* killed by the host's OOM killer */
+        double cache_touch_per_sec;          /* how fast swapped-out cache is read again (0: idle) */
+        double cache_pending;                /* timeline: bytes of files still to read */
         /* controller side */
         PolicyVM pvm;
         PolicyKnobs knobs;
@@ -121,7 +135,7 @@ static double vm_min_free(const SimVM *v) {
 }
 
 typedef struct Host {
-        double ram, swap, overhead, swap_bytes_per_sec;
+        double ram, swap, overhead, swap_bytes_per_sec, reserve;
         double swapped;                      /* == sum of the VMs' swapped parts */
         double traffic_tick;                 /* swap-in + swap-out bytes this tick */
         double stall_window;
@@ -141,7 +155,12 @@ typedef struct Sim {
         FILE *csv;
         size_t tracked[SIM_TRACKED_MAX];
         size_t n_tracked;
+        unsigned char *tl_state;             /* per timeline event: TL_* below */
+        bool budget_watch;                   /* the daemon polls stats for the budget's sake */
+        bool budget_above;                   /* host use above the budget source's wake-up threshold */
 } Sim;
+
+enum { TL_PENDING, TL_ACTIVE, TL_KILLED, TL_DONE };
 
 /* Demand of the workload at time t, bytes. */
 static double workload_demand(const SimVM *v, const SimConfig *cfg, double t) {
@@ -261,8 +280,15 @@ static void guest_allocate(Sim *s, SimVM *v, double bytes) {
         v->ws += last;
         bytes -= last;
         if (bytes > 1 * MIB) {
-                /* Killed: its anonymous memory becomes free (stale) pages. */
+                /* Killed: its anonymous memory becomes free (stale) pages. A timeline guest loses
+                 * the allocations of its running events, which do not come back. */
                 double killed = MAX(0, v->ws - v->base * 0.5);
+                if (v->workload == WORKLOAD_TIMELINE) {
+                        killed = MAX(0, v->ws - v->base);
+                        for (size_t e = 0; e < s->cfg->timeline->n_events; e++)
+                                if (s->cfg->timeline->events[e].vm == (unsigned) (v - s->vms) && s->tl_state[e] == TL_ACTIVE)
+                                        s->tl_state[e] = TL_KILLED;
+                }
                 double sw = v->ws > 0 ? v->ws_sw * killed / v->ws : 0;
                 v->ws -= killed;
                 v->ws_sw -= sw;
@@ -274,8 +300,10 @@ static void guest_allocate(Sim *s, SimVM *v, double bytes) {
                                 v->target / GIB, v->ws / GIB, s->host.level, v->scope_level, s->pvms[v - s->vms].guest_pressure,
                                 (double) s->pvms[v - s->vms].floor_bytes / GIB);
                 v->oom_kills++;
-                v->restart_until = s->now + RESTART_SEC;
-                v->restart_cap = v->ws;
+                if (v->workload != WORKLOAD_TIMELINE) {
+                        v->restart_until = s->now + RESTART_SEC;
+                        v->restart_cap = v->ws;
+                }
                 s->res->guest_oom_events++;
         }
 }
@@ -289,8 +317,38 @@ static void guest_release(SimVM *v, double bytes) {
         v->stale_sw += sw;
 }
 
+/* A timeline guest's demand now: its base, plus what its touch-free and hold events have
+ * allocated (touched at TIMELINE_TOUCH_BYTES_PER_SEC); its cache events queue reads. */
+static double timeline_demand(Sim *s, SimVM *v) {
+        const SimTimeline *tl = s->cfg->timeline;
+        double d = v->base;
+
+        for (size_t e = 0; e < tl->n_events; e++) {
+                const TimelineEvent *ev = tl->events + e;
+                if (ev->vm != (unsigned) (v - s->vms) || s->now < ev->t_sec || s->tl_state[e] >= TL_KILLED)
+                        continue;
+                if (ev->kind == TIMELINE_CACHE) {
+                        v->cache_pending += ev->bytes;
+                        s->tl_state[e] = TL_DONE;
+                        continue;
+                }
+                double dt = s->now - ev->t_sec, ramp = ev->bytes / TIMELINE_TOUCH_BYTES_PER_SEC;
+                double hold = ev->kind == TIMELINE_HOLD ? ev->hold_sec : 0;
+                if (dt < ramp)
+                        d += MIN(ev->bytes, (dt + TICK_SEC) * TIMELINE_TOUCH_BYTES_PER_SEC);
+                else if (dt < ramp + hold)
+                        d += ev->bytes;
+                else {
+                        s->tl_state[e] = TL_DONE;    /* freed */
+                        continue;
+                }
+                s->tl_state[e] = TL_ACTIVE;
+        }
+        return d;
+}
+
 static void guest_tick(Sim *s, SimVM *v) {
-        double demand = workload_demand(v, s->cfg, s->now);
+        double demand = v->workload == WORKLOAD_TIMELINE ? timeline_demand(s, v) : workload_demand(v, s->cfg, s->now);
 
         /* A restarted workload grows back at a finite speed, not in one tick. */
         if (s->now >= v->restart_until && v->restart_cap > 0) {
@@ -314,6 +372,28 @@ static void guest_tick(Sim *s, SimVM *v) {
                 swap_in(s, v, take_free(v, add));
                 v->cache += add;
                 v->major_faults += (uint64_t) (miss / 4096);
+        }
+
+        /* Timeline reads: new cache from free memory; what finds no free memory replaces older
+         * cache (the footprint stays). Read once, then idle. */
+        if (v->cache_pending > 0) {
+                double read = MIN(v->cache_pending, TIMELINE_READ_BYTES_PER_SEC * TICK_SEC);
+                double add = MIN(read, MAX(0, vm_free(v) - vm_min_free(v)));
+                swap_in(s, v, take_free(v, add));
+                v->cache += add;
+                v->cache_pending -= read;
+                v->major_faults += (uint64_t) (read / 4096);
+        }
+
+        /* Free page reporting: what the guest freed goes back to the host within FPR_DELAY_SEC,
+         * swapped-out parts are simply dropped from swap. Without it, freed pages stay held. */
+        if (v->fpr && v->stale > 0) {
+                double r = v->stale * MIN(1.0, TICK_SEC / FPR_DELAY_SEC);
+                double sw = v->stale_sw * r / v->stale;
+                v->stale -= r;
+                v->stale_sw = MAX(0, v->stale_sw - sw);
+                v->untouched += r;
+                s->host.swapped -= sw;
         }
 }
 
@@ -342,9 +422,6 @@ static void balloon_tick(Sim *s, SimVM *v) {
                 v->pursuing = false;
 }
 
-/* Host memory: touches of swapped-out pages come back in, and when resident memory exceeds RAM
- * the host evicts, coldest first (free-in-guest, then cache, then working set), with a share
- * of evictions misplaced as a real LRU does. */
 /* The host workload's resident memory at time t (hot: never evicted). */
 static double hog_bytes(const Sim *s) {
         const SimConfig *cfg = s->cfg;
@@ -353,14 +430,87 @@ static double hog_bytes(const Sim *s) {
         return s->host.ram * cfg->hog_fraction * MIN(1.0, (s->now - cfg->hog_start_sec) / HOG_RAMP_SEC);
 }
 
+/* The host's own use: its overhead and the host workload. */
+static double host_own(const Sim *s) {
+        return s->host.overhead + hog_bytes(s);
+}
+
+/* What the host holds in RAM: its own use and every guest's resident part (QEMU's RSS). */
+static double host_used(const Sim *s) {
+        double used = host_own(s);
+        for (size_t i = 0; i < s->n; i++)
+                used += vm_footprint(s->vms + i) - vm_swapped(s->vms + i);
+        return used;
+}
+
+/* The host's budget and each VM's host footprint, as the daemon reads them (HostMemorySource=,
+ * each QEMU's VmRSS and VmSwap) before every decision. */
+static void budget_fill(Sim *s) {
+        for (size_t i = 0; i < s->n; i++) {
+                SimVM *v = s->vms + i;
+                PolicyVM *p = s->pvms + i;
+                p->host_rss_bytes = (uint64_t) (vm_footprint(v) - vm_swapped(v));
+                p->host_swap_bytes = (uint64_t) vm_swapped(v);
+                p->free_page_reporting = v->fpr;
+                p->controllable = !v->dead;
+        }
+        s->phost.budget = (HostBudget) {
+                .valid = true,
+                .capacity_bytes = (uint64_t) s->host.ram,
+                .used_bytes = (uint64_t) host_used(s),
+                .swap_bytes = (uint64_t) s->host.swapped,
+                .swap_capable = s->host.swap > 0,
+                .reserve_bytes = (uint64_t) s->host.reserve,
+                .interval_usec = (usec_t) (STATS_INTERVAL_SEC * USEC_PER_SEC),
+        };
+}
+
+/* The policy's own host_budget_balance(): used + the guests' swap + reserve - capacity. */
+static double budget_balance(Sim *s) {
+        budget_fill(s);
+        return (double) host_budget_balance(&s->phost.budget, s->pvms, s->n);
+}
+
+/* The host's OOM killer: the VM with the most memory (resident + swap, as oom_badness) dies;
+ * everything it held, in RAM and in swap, is freed. */
+static void host_oom_kill(Sim *s) {
+        SimVM *victim = NULL;
+        for (size_t i = 0; i < s->n; i++) {
+                SimVM *v = s->vms + i;
+                if (!v->dead && (!victim || vm_footprint(v) > vm_footprint(victim)))
+                        victim = v;
+        }
+        if (!victim)
+                return;
+        if (getenv("SIM_DEBUG"))
+                fprintf(stderr, "  host OOM t=%.1f kills vm=%zu (%.0f MiB resident, %.0f MiB swap)\n", s->now,
+                        (size_t) (victim - s->vms), (vm_footprint(victim) - vm_swapped(victim)) / MIB,
+                        vm_swapped(victim) / MIB);
+        s->host.swapped -= vm_swapped(victim);
+        victim->ws = victim->cache = victim->stale = 0;
+        victim->ws_sw = victim->cache_sw = victim->stale_sw = 0;
+        victim->untouched = victim->actual;    /* costs the host nothing any more */
+        victim->cache_pending = 0;
+        victim->dead = true;
+        victim->pursuing = false;
+        s->res->host_oom_kills++;
+}
+
+/* Host memory: touches of swapped-out pages come back in (refaults), and when resident memory
+ * exceeds RAM the host evicts into swap, coldest first (free-in-guest, then cache, then working
+ * set), with a share of evictions misplaced as a real LRU does. Stall is that I/O only: a host
+ * that sits over its budget with cold pages in swap does not stall. No room left in swap (or no
+ * swap): the host OOM killer. */
 static void host_tick(Sim *s) {
         Host *h = &s->host;
-        double resident = h->overhead + hog_bytes(s);
+        double resident = host_own(s), demand = host_own(s), stall_extra = 0;
 
         for (size_t i = 0; i < s->n; i++) {
                 SimVM *v = s->vms + i;
+                if (v->dead)
+                        continue;
                 double in_hot = v->ws_sw * MIN(1.0, HOT_TOUCH_PER_SEC * TICK_SEC);
-                double in_warm = v->cache_sw * WARM_TOUCH_PER_SEC * TICK_SEC;
+                double in_warm = v->cache_sw * v->cache_touch_per_sec * TICK_SEC;
                 v->ws_sw -= in_hot;
                 v->cache_sw -= in_warm;
                 swap_in(s, v, in_hot + in_warm);
@@ -368,6 +518,7 @@ static void host_tick(Sim *s) {
                 /* A scope with memory.high: the kernel reclaims that VM alone, coldest first,
                  * and its tasks are throttled while it does (that is its scope's pressure). */
                 double over = v->limit > 0 ? vm_footprint(v) - vm_swapped(v) - v->limit : 0;
+                over = MIN(over, h->swap - h->swapped);
                 if (over > 0) {
                         double *part[3] = { &v->stale, &v->cache, &v->ws }, *sw[3] = { &v->stale_sw, &v->cache_sw, &v->ws_sw };
                         for (int p = 0; p < 3 && over > 0; p++) {
@@ -381,7 +532,9 @@ static void host_tick(Sim *s) {
                         }
                 }
                 resident += vm_footprint(v) - vm_swapped(v);
+                demand += vm_footprint(v);
         }
+        s->res->peak_over_ram_bytes = MAX(s->res->peak_over_ram_bytes, demand - h->ram);
 
         double excess = resident - h->ram;
         if (excess > 0) {
@@ -393,13 +546,15 @@ static void host_tick(Sim *s) {
                         pool[2] += v->ws - v->ws_sw;
                 }
                 total = pool[0] + pool[1] + pool[2];
-                excess = MIN(excess, total);
+                double out = MIN(excess, MIN(total, MAX(0, h->swap - h->swapped)));
+                if (out < MIN(excess, total))
+                        s->res->host_swap_full_sec += TICK_SEC;   /* (or no swap at all) */
                 /* Share of each pool evicted: ordered part plus misplaced part. */
-                double ordered = excess * (1 - LRU_MISPLACED), frac[3];
+                double ordered = out * (1 - LRU_MISPLACED), frac[3];
                 for (int p = 0; p < 3; p++) {
                         double take = MIN(ordered, pool[p]);
                         ordered -= take;
-                        frac[p] = pool[p] > 0 ? (take + excess * LRU_MISPLACED * pool[p] / total) / pool[p] : 0;
+                        frac[p] = pool[p] > 0 ? (take + out * LRU_MISPLACED * pool[p] / total) / pool[p] : 0;
                         frac[p] = MIN(frac[p], 1.0);
                 }
                 double evicted = 0;
@@ -416,12 +571,22 @@ static void host_tick(Sim *s) {
                 h->swapped += evicted;
                 h->traffic_tick += evicted;
                 s->res->swap_out_bytes += evicted;
+                excess -= evicted;
+                /* RAM exhausted and nothing left to swap to: the host reclaims in vain for a
+                 * while (a full tick of stall), then its OOM killer picks a VM. */
+                if (excess > 1 * MIB) {
+                        host_oom_kill(s);
+                        stall_extra = 1.0;
+                }
         }
-        if (h->swapped > h->swap)
-                s->res->host_swap_full_sec += TICK_SEC;
+        s->res->peak_swapped_bytes = MAX(s->res->peak_swapped_bytes, h->swapped);
 
-        double stall = MIN(1.0, h->traffic_tick / (h->swap_bytes_per_sec * TICK_SEC));
+        double stall = h->swap_bytes_per_sec > 0 ? MIN(1.0, h->traffic_tick / (h->swap_bytes_per_sec * TICK_SEC)) : 0;
+        stall = MAX(stall, stall_extra);
         h->stall_window += stall * TICK_SEC;
+        s->res->stall_some_sec += stall * TICK_SEC;
+        if (s->now > s->cfg->duration_sec - SIM_TAIL_SEC)
+                s->res->tail_stall_sec += stall * TICK_SEC;
         h->traffic_tick = 0;
 }
 
@@ -453,10 +618,15 @@ static void policy_call(Sim *s, PressureLevel host_event, const PressureLevel *s
                 }
                 p->scope_level = s->cfg->scope_events ? v->scope_level : PRESSURE_NONE;
         }
+        budget_fill(s);
         s->phost.event = host_event;
         s->phost.level = s->host.level;
         usec_t next = policy_decide(&s->phost, s->pvms, s->n, now_usec);
         s->res->policy_calls++;
+        /* As the manager: within one reserve of the budget (or over), stats and footprints are
+         * kept fresh (polled every stats interval). */
+        s->budget_watch = s->phost.budget.valid &&
+                (double) host_budget_balance(&s->phost.budget, s->pvms, s->n) > -s->host.reserve;
         const char *trace = getenv("SIM_TRACE_VM");
         if (trace) {
                 size_t t = strtoul(trace, NULL, 10);
@@ -492,6 +662,10 @@ static void stats_update(Sim *s) {
         for (size_t i = 0; i < s->n; i++) {
                 SimVM *v = s->vms + i;
                 GuestStats *st = &s->pvms[i].stats;
+                if (v->dead) {
+                        st->valid = false;
+                        continue;
+                }
                 st->valid = true;
                 st->updated_usec = now_usec;
                 st->total_bytes = (uint64_t) v->ram;
@@ -571,10 +745,8 @@ static double proxmox_change(Sim *s, double *res, const size_t *ids, size_t n_id
 }
 
 static void proxmox_cycle(Sim *s) {
-        double used = s->host.overhead;
-        for (size_t i = 0; i < s->n; i++)
-                used += vm_footprint(s->vms + i) - vm_swapped(s->vms + i);
-        used = MIN(used, s->host.ram);
+        /* pvestatd reads /proc/meminfo: used = total - free - cache, the host workload too. */
+        double used = MIN(host_used(s), s->host.ram);
         double goal = s->host.ram * 0.8 - used;
         const double maxchange = 100.0 * MIB;
 
@@ -585,6 +757,8 @@ static void proxmox_cycle(Sim *s) {
         for (size_t i = 0; i < s->n; i++) {
                 SimVM *v = s->vms + i;
                 double freemem = vm_free(v);      /* stat-free-memory: MemFree */
+                if (v->dead)
+                        continue;
                 all[n_all++] = i;
                 res[i] = v->actual;
                 if (freemem > v->knobs.minimum_bytes * 0.25 && v->actual >= v->knobs.minimum_bytes)
@@ -602,7 +776,7 @@ static void proxmox_cycle(Sim *s) {
                         proxmox_change(s, res, all, n_all, rest, maxchange);
         }
         for (size_t i = 0; i < s->n; i++)
-                if (res[i] != s->vms[i].actual)
+                if (!s->vms[i].dead && res[i] != s->vms[i].actual)
                         set_target(s, s->vms + i, res[i]);
         free(all);
         free(needy);
@@ -614,9 +788,9 @@ static void proxmox_cycle(Sim *s) {
  * 5 % toward its used memory plus a free share that falls with host free memory; otherwise grow
  * every guest by 5 % (and at least to used + 20 % free). Changes under 0.25 % are skipped. */
 static void mom_cycle(Sim *s) {
-        double resident = s->host.overhead;
-        for (size_t i = 0; i < s->n; i++)
-                resident += vm_footprint(s->vms + i) - vm_swapped(s->vms + i);
+        /* MoM's HostMemory collector: free = MemFree + Buffers + Cached; the host workload and
+         * the guests' resident memory are what is not free. */
+        double resident = host_used(s);
         double host_free_percent = MAX(0, s->host.ram - resident) / s->host.ram;
         const double pressure_threshold = 0.20, pressure_critical = 0.05, min_guest_free_percent = 0.20,
                      max_change = 0.05, min_change = 0.0025;
@@ -625,6 +799,8 @@ static void mom_cycle(Sim *s) {
                 SimVM *v = s->vms + i;
                 double cur = v->actual, used = cur - vm_free(v);   /* balloon_cur - mem_unused */
                 double size;
+                if (v->dead)
+                        continue;
                 if (host_free_percent < pressure_threshold) {
                         double guest_free_percent = host_free_percent <= pressure_critical
                                                             ? -0.05 + host_free_percent
@@ -678,9 +854,20 @@ static void vm_setup(SimVM *v, Workload w, double ram, uint64_t *rng, const SimC
                 v->io_bytes_per_sec = 1.0 * MIB;
                 v->ramp_end = cfg->pressure_end_sec - rng_uniform(rng, 60, 180);
                 break;
+        case WORKLOAD_TIMELINE:
+                /* Freshly booted: its kernel, userspace and a little cache; the rest never
+                 * touched, so the host does not hold it. The events do the rest. */
+                v->base = TIMELINE_BASE_BYTES;
+                v->ws = v->base;
+                v->cache = TIMELINE_BASE_CACHE_BYTES;
+                v->untouched = ram - v->ws - v->cache;
+                v->fpr = cfg->free_page_reporting;
+                return;
         default:
                 break;
         }
+        v->cache_touch_per_sec = WARM_TOUCH_PER_SEC;
+        v->fpr = cfg->free_page_reporting;
         v->io_bytes_per_sec *= cfg->io_scale > 0 ? cfg->io_scale : 1;
         /* A long-running guest: its working set and a warm cache, the rest touched once and
          * freed (so the host still backs all of its RAM). */
@@ -694,8 +881,9 @@ static void sim_setup(Sim *s, const SimConfig *cfg, SimResult *res) {
         uint64_t rng = cfg->seed;
         double total_ram = 0;
 
-        *s = (Sim) { .cfg = cfg, .n = cfg->n_vms, .res = res, .next_timer_usec = USEC_INFINITY };
-        *res = (SimResult) { .controller = cfg->controller, .n_vms = cfg->n_vms };
+        *s = (Sim) { .cfg = cfg, .n = cfg->timeline ? cfg->timeline->n_guests : cfg->n_vms, .res = res,
+                     .next_timer_usec = USEC_INFINITY };
+        *res = (SimResult) { .controller = cfg->controller, .n_vms = (unsigned) s->n };
         s->vms = calloc(s->n, sizeof(SimVM));
         s->pvms = calloc(s->n, sizeof(PolicyVM));
 
@@ -704,8 +892,11 @@ static void sim_setup(Sim *s, const SimConfig *cfg, SimResult *res) {
                  * sizes 2, 4 or 8 GiB. */
                 Workload w;
                 double ram;
-                if (s->n <= 4) {
-                        w = (Workload) (i % _WORKLOAD_MAX);
+                if (cfg->timeline) {
+                        w = WORKLOAD_TIMELINE;
+                        ram = cfg->timeline->guest_ram_bytes;
+                } else if (s->n <= 4) {
+                        w = (Workload) (i % WORKLOAD_TIMELINE);
                         ram = 4.0 * GIB;
                 } else {
                         double r = rng_uniform(&rng, 0, 1);
@@ -737,16 +928,46 @@ static void sim_setup(Sim *s, const SimConfig *cfg, SimResult *res) {
                 guest_stats_init(&p->stats);
         }
 
-        s->host.ram = total_ram / cfg->overcommit;
+        if (cfg->timeline) {
+                s->host.ram = cfg->timeline->host_ram_bytes;
+                s->host.swap = cfg->timeline->swap_bytes;
+                s->host.swap_bytes_per_sec = TIMELINE_SWAP_BYTES_PER_SEC;
+        } else {
+                s->host.ram = total_ram / cfg->overcommit;
+                s->host.swap = s->host.ram * SWAP_PERCENT / 100;
+                s->host.swap_bytes_per_sec = SWAP_BYTES_PER_SEC_PER_GIB * s->host.ram / GIB;
+        }
+        if (cfg->no_swap)
+                s->host.swap = 0;
+        if (cfg->swap_bytes_per_sec > 0)
+                s->host.swap_bytes_per_sec = cfg->swap_bytes_per_sec;
         s->host.overhead = s->host.ram * HOST_OVERHEAD_PERCENT / 100;
-        s->host.swap = s->host.ram * SWAP_PERCENT / 100;
-        s->host.swap_bytes_per_sec = SWAP_BYTES_PER_SEC_PER_GIB * s->host.ram / GIB;
+        if (cfg->host_reserve_bytes >= 0)
+                s->host.reserve = cfg->host_reserve_bytes;
+        else if (cfg->host_reserve_fraction >= 0)
+                s->host.reserve = s->host.ram * cfg->host_reserve_fraction;
+        else {
+                /* HostMemoryReserve='s default, resolved against this host's RAM. */
+                Config c;
+                config_init(&c);
+                s->host.reserve = (double) host_memory_reserve_resolve(c.host_memory_reserve_bytes,
+                                                                       c.host_memory_reserve_permille,
+                                                                       (uint64_t) s->host.ram);
+                config_done(&c);
+        }
         res->host_ram_bytes = s->host.ram;
+        res->host_swap_bytes = s->host.swap;
+        res->host_reserve_bytes = s->host.reserve;
         res->total_max_bytes = total_ram;
+        if (cfg->timeline)
+                s->tl_state = calloc(MAX(cfg->timeline->n_events, 1), 1);
 
         /* Start in steady state: the host has already swapped out what does not fit, coldest
-         * first, and that I/O is long over. */
-        double excess = s->host.overhead + total_ram - s->host.ram;
+         * first, and that I/O is long over (a freshly booted timeline host fits). */
+        double excess = s->host.overhead - s->host.ram;
+        for (size_t i = 0; i < s->n; i++)
+                excess += vm_footprint(s->vms + i);
+        excess = MIN(excess, s->host.swap);
         for (int pass = 0; pass < 3 && excess > 0; pass++) {
                 double pool = 0;
                 for (size_t i = 0; i < s->n; i++)
@@ -767,11 +988,17 @@ static void sim_setup(Sim *s, const SimConfig *cfg, SimResult *res) {
         }
         for (size_t i = 0; i < s->n; i++)
                 s->host.swapped += vm_swapped(s->vms + i);
+        res->initial_swapped_bytes = s->host.swapped;
 
-        /* Plot a few VMs: the first of each workload. */
+        /* Plot a few VMs: the first of each workload (a timeline's: all of them, up to four). */
         for (int w = 0; w < _WORKLOAD_MAX; w++)
                 for (size_t i = 0; i < s->n && s->n_tracked < SIM_TRACKED_MAX; i++)
                         if (s->vms[i].workload == (Workload) w) {
+                                if (w == WORKLOAD_TIMELINE) {
+                                        for (; i < s->n && s->n_tracked < SIM_TRACKED_MAX; i++)
+                                                s->tracked[s->n_tracked++] = i;
+                                        break;
+                                }
                                 s->tracked[s->n_tracked++] = i;
                                 break;
                         }
@@ -792,6 +1019,10 @@ static void csv_header(Sim *s) {
                 fprintf(s->csv, ",vm%zu_%s_actual_gib,vm%zu_%s_ws_gib", i, workload_names[s->vms[i].workload], i,
                         workload_names[s->vms[i].workload]);
         }
+        /* Appended, so that the columns above keep their numbers. */
+        fprintf(s->csv, ",host_used_gib,host_ram_gib,over_budget_gib,swap_out_gib,host_ooms");
+        for (size_t k = 0; k < s->n_tracked; k++)
+                fprintf(s->csv, ",vm%zu_rss_gib,vm%zu_swap_gib", s->tracked[k], s->tracked[k]);
         fputc('\n', s->csv);
 }
 
@@ -807,6 +1038,12 @@ static void csv_row(Sim *s, double stall) {
         for (size_t k = 0; k < s->n_tracked; k++) {
                 SimVM *v = s->vms + s->tracked[k];
                 fprintf(s->csv, ",%.3f,%.3f", v->actual / GIB, v->ws / GIB);
+        }
+        fprintf(s->csv, ",%.4f,%.4f,%.4f,%.4f,%u", host_used(s) / GIB, s->host.ram / GIB, budget_balance(s) / GIB,
+                s->res->swap_out_bytes / GIB, s->res->host_oom_kills);
+        for (size_t k = 0; k < s->n_tracked; k++) {
+                SimVM *v = s->vms + s->tracked[k];
+                fprintf(s->csv, ",%.4f,%.4f", (vm_footprint(v) - vm_swapped(v)) / GIB, vm_swapped(v) / GIB);
         }
         fputc('\n', s->csv);
 }
@@ -835,6 +1072,8 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 s.now = tick * TICK_SEC;
 
                 for (size_t i = 0; i < s.n; i++) {
+                        if (s.vms[i].dead)
+                                continue;
                         guest_tick(&s, s.vms + i);
                         balloon_tick(&s, s.vms + i);
                 }
@@ -885,8 +1124,18 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 if (cfg->controller == CONTROLLER_DEFAULT) {
                         /* As the daemon does: guest stats are polled only while something is under
                          * pressure or some guest is below its maximum (no wake-ups when idle), and
-                         * at once when that starts. */
-                        bool needed = s.host.level != PRESSURE_NONE;
+                         * at once when that starts; also while the host is within one reserve of
+                         * its budget. The budget source (a v1 memory cgroup, as in the real
+                         * benchmark) wakes the daemon when the host's use crosses two reserves
+                         * below capacity, either way: footprints and stats, then a decision. */
+                        bool above = host_used(&s) >= s.host.ram - 2 * s.host.reserve;
+                        if (above != s.budget_above) {
+                                s.budget_above = above;
+                                stats_update(&s);
+                                policy_call(&s, PRESSURE_NONE, NULL);
+                                res->budget_wakeups++;
+                        }
+                        bool needed = s.host.level != PRESSURE_NONE || s.budget_watch;
                         for (size_t i = 0; !needed && i < s.n; i++)
                                 needed = s.vms[i].scope_level != PRESSURE_NONE || s.vms[i].target < s.vms[i].ram;
                         if (needed && (stats_next_tick == 0 || tick >= stats_next_tick)) {
@@ -905,6 +1154,11 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 else if (cfg->controller == CONTROLLER_MOM && tick % ticks_per_poll == 0)
                         mom_cycle(&s);
 
+                /* The host over its budget is a host in need as much as one that stalls: recovery
+                 * is measured from the end of both (a workload that holds its memory ends its
+                 * need only when it ends, stall or not). */
+                if (window_end && budget_balance(&s) > 0)
+                        last_pressure_sec = s.now;
                 /* Memory returned: the last time the sum of actual sizes rose to 95 % of the sum
                  * of maxima and stayed there. */
                 if (window_end) {
@@ -929,6 +1183,7 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
         for (size_t i = 0; i < s.n; i++)
                 actual += s.vms[i].actual;
         res->end_actual_pct = 100 * actual / res->total_max_bytes;
+        res->end_over_budget_bytes = budget_balance(&s);
         /* Recovery is timed from the end of the last pressure (a PSI window at low or above):
          * how long after the host was relieved did the guests get their memory back. */
         res->pressure_end_sec = last_pressure_sec;
@@ -939,15 +1194,16 @@ int sim_run(const SimConfig *cfg, SimResult *res) {
                 for (size_t i = 0; i < s.n; i++)
                         oom[s.vms[i].workload] += s.vms[i].oom_kills;
                 fprintf(stderr, "%s OOMs: idle %" PRIu64 " steady %" PRIu64 " spiky %" PRIu64 " growing %" PRIu64
-                        "; policy calls %" PRIu64 " (stats %" PRIu64 ", timer %" PRIu64 "); self-deflated %.1f GiB; "
+                        "; policy calls %" PRIu64 " (stats %" PRIu64 ", timer %" PRIu64 ", budget %" PRIu64 "); self-deflated %.1f GiB; "
                         "swap full %.0f s\n",
                         controller_to_string(cfg->controller), oom[0], oom[1], oom[2], oom[3], res->policy_calls,
-                        res->stats_calls, res->timer_wakeups, res->self_deflate_bytes / GIB, res->host_swap_full_sec);
+                        res->stats_calls, res->timer_wakeups, res->budget_wakeups, res->self_deflate_bytes / GIB, res->host_swap_full_sec);
         }
 
         if (s.csv)
                 fclose(s.csv);
         free(scope_events);
+        free(s.tl_state);
         free(s.vms);
         free(s.pvms);
         return 0;
@@ -966,7 +1222,138 @@ void sim_config_default(SimConfig *cfg) {
                 .guest_self_deflate = true,
                 .spike_ramp_sec = 15,
                 .io_scale = 1,
+                .host_reserve_bytes = -1,
+                .host_reserve_fraction = -1,
         };
+}
+
+/* ---- the timeline file ------------------------------------------------------------------------ */
+
+static int json_number(struct json_object *o, const char *key, double *ret) {
+        struct json_object *v;
+        if (!json_object_object_get_ex(o, key, &v) ||
+            !(json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double)))
+                return -EINVAL;
+        *ret = json_object_get_double(v);
+        return *ret >= 0 ? 0 : -EINVAL;
+}
+
+static const char *json_string(struct json_object *o, const char *key) {
+        struct json_object *v;
+        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+                return NULL;
+        return json_object_get_string(v);
+}
+
+/* tests/bench/overcommit-timeline.json: host_ram_mib, swap_mib, guest_ram_mib, duration_sec,
+ * guests (names), events ({t, vm, kind: touch-free|cache|hold, mib, hold_sec}). Errors on
+ * stderr, with the field. */
+int sim_timeline_load(const char *path, SimTimeline *ret) {
+        static const char *const kinds[_TIMELINE_KIND_MAX] = {
+                [TIMELINE_TOUCH_FREE] = "touch-free", [TIMELINE_CACHE] = "cache", [TIMELINE_HOLD] = "hold",
+        };
+        struct json_object *root = json_object_from_file(path), *guests, *events;
+        SimTimeline tl = {};
+        double mib;
+        int r = -EINVAL;
+
+        if (!root) {
+                fprintf(stderr, "%s: cannot read it as JSON: %s", path, json_util_get_last_err());
+                return -EINVAL;
+        }
+        if (json_number(root, "host_ram_mib", &mib) < 0 || mib <= 0) {
+                fprintf(stderr, "%s: host_ram_mib missing or invalid\n", path);
+                goto finish;
+        }
+        tl.host_ram_bytes = mib * MIB;
+        if (json_number(root, "swap_mib", &mib) < 0) {
+                fprintf(stderr, "%s: swap_mib missing or invalid\n", path);
+                goto finish;
+        }
+        tl.swap_bytes = mib * MIB;
+        if (json_number(root, "guest_ram_mib", &mib) < 0 || mib < 128) {
+                fprintf(stderr, "%s: guest_ram_mib missing or below 128\n", path);
+                goto finish;
+        }
+        tl.guest_ram_bytes = mib * MIB;
+        if (json_number(root, "duration_sec", &tl.duration_sec) < 0 || tl.duration_sec <= 0) {
+                fprintf(stderr, "%s: duration_sec missing or invalid\n", path);
+                goto finish;
+        }
+        if (!json_object_object_get_ex(root, "guests", &guests) || !json_object_is_type(guests, json_type_array) ||
+            json_object_array_length(guests) < 1 || json_object_array_length(guests) > SIM_TIMELINE_GUESTS_MAX) {
+                fprintf(stderr, "%s: guests must be a list of 1 to %d names\n", path, SIM_TIMELINE_GUESTS_MAX);
+                goto finish;
+        }
+        tl.n_guests = (unsigned) json_object_array_length(guests);
+        for (unsigned i = 0; i < tl.n_guests; i++) {
+                const char *name = json_object_get_string(json_object_array_get_idx(guests, i));
+                if (!name || strlen(name) >= sizeof tl.guests[i]) {
+                        fprintf(stderr, "%s: guests[%u] invalid\n", path, i);
+                        goto finish;
+                }
+                strcpy(tl.guests[i], name);
+        }
+        if (!json_object_object_get_ex(root, "events", &events) || !json_object_is_type(events, json_type_array)) {
+                fprintf(stderr, "%s: events must be a list\n", path);
+                goto finish;
+        }
+        tl.n_events = json_object_array_length(events);
+        tl.events = calloc(MAX(tl.n_events, 1), sizeof(TimelineEvent));
+        if (!tl.events) {
+                r = -ENOMEM;
+                goto finish;
+        }
+        for (size_t e = 0; e < tl.n_events; e++) {
+                struct json_object *o = json_object_array_get_idx(events, e);
+                TimelineEvent *ev = tl.events + e;
+                const char *vm = json_string(o, "vm"), *kind = json_string(o, "kind");
+                bool found = false;
+
+                if (json_number(o, "t", &ev->t_sec) < 0 || ev->t_sec >= tl.duration_sec ||
+                    json_number(o, "mib", &mib) < 0 || !vm || !kind) {
+                        fprintf(stderr, "%s: events[%zu] needs t (within duration_sec), vm, kind and mib\n", path, e);
+                        goto finish;
+                }
+                ev->bytes = mib * MIB;
+                for (unsigned i = 0; i < tl.n_guests && !found; i++)
+                        if (streq(vm, tl.guests[i])) {
+                                ev->vm = i;
+                                found = true;
+                        }
+                if (!found) {
+                        fprintf(stderr, "%s: events[%zu]: no guest named %s\n", path, e, vm);
+                        goto finish;
+                }
+                ev->kind = _TIMELINE_KIND_MAX;
+                for (int k = 0; k < _TIMELINE_KIND_MAX; k++)
+                        if (streq(kind, kinds[k]))
+                                ev->kind = (TimelineKind) k;
+                if (ev->kind == _TIMELINE_KIND_MAX) {
+                        fprintf(stderr, "%s: events[%zu]: unknown kind %s\n", path, e, kind);
+                        goto finish;
+                }
+                if (ev->kind == TIMELINE_HOLD && json_number(o, "hold_sec", &ev->hold_sec) < 0) {
+                        fprintf(stderr, "%s: events[%zu]: hold needs hold_sec\n", path, e);
+                        goto finish;
+                }
+                if (ev->bytes >= tl.guest_ram_bytes) {
+                        fprintf(stderr, "%s: events[%zu]: mib must be below guest_ram_mib\n", path, e);
+                        goto finish;
+                }
+        }
+        *ret = tl;
+        tl.events = NULL;
+        r = 0;
+finish:
+        free(tl.events);
+        json_object_put(root);
+        return r;
+}
+
+void sim_timeline_free(SimTimeline *tl) {
+        free(tl->events);
+        tl->events = NULL;
 }
 
 /* The bound the default policy promises for giving memory back: the cool-down, then

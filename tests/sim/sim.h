@@ -22,6 +22,7 @@ typedef enum Workload {
         WORKLOAD_STEADY,
         WORKLOAD_SPIKY,
         WORKLOAD_GROWING,
+        WORKLOAD_TIMELINE,        /* driven by a timeline's events (--timeline) */
         _WORKLOAD_MAX,
 } Workload;
 
@@ -29,6 +30,35 @@ const char *controller_to_string(Controller c);
 Controller controller_from_string(const char *s);
 
 #define SIM_TRACKED_MAX 4
+#define SIM_TIMELINE_GUESTS_MAX 16
+
+/* A scripted scenario (tests/bench/overcommit-timeline.json): the same guests, host and events
+ * the real-guest benchmark plays. */
+typedef enum TimelineKind {
+        TIMELINE_TOUCH_FREE,      /* allocate and touch MiB, free it at once */
+        TIMELINE_CACHE,           /* read MiB of files: page cache, then left idle */
+        TIMELINE_HOLD,            /* allocate MiB, keep using it for hold_sec, then free it */
+        _TIMELINE_KIND_MAX,
+} TimelineKind;
+
+typedef struct TimelineEvent {
+        double t_sec;
+        unsigned vm;
+        TimelineKind kind;
+        double bytes;
+        double hold_sec;
+} TimelineEvent;
+
+typedef struct SimTimeline {
+        double host_ram_bytes, swap_bytes, guest_ram_bytes, duration_sec;
+        unsigned n_guests;
+        char guests[SIM_TIMELINE_GUESTS_MAX][32];
+        TimelineEvent *events;
+        size_t n_events;
+} SimTimeline;
+
+int sim_timeline_load(const char *path, SimTimeline *ret);
+void sim_timeline_free(SimTimeline *tl);
 
 typedef struct SimConfig {
         unsigned n_vms;
@@ -47,6 +77,14 @@ typedef struct SimConfig {
         double hog_start_sec, hog_end_sec;  /* ... ramping up over HOG_RAMP_SEC from start, held until
                                              * end: memory the host needs back and keeps */
         double io_scale;               /* guests' read rates (cache refill) times this (default 1) */
+        const SimTimeline *timeline;   /* play this instead of the synthetic workloads (NULL: none);
+                                        * host RAM, swap, guests and duration come from it */
+        bool free_page_reporting;      /* every balloon has free page reporting on */
+        bool no_swap;                  /* the host has no swap: over RAM is a host OOM kill */
+        double host_reserve_bytes;     /* HostBudget.reserve_bytes (--host-reserve); < 0: ... */
+        double host_reserve_fraction;  /* ... this share of host RAM; < 0: HostMemoryReserve='s
+                                        * default (config_init()) */
+        double swap_bytes_per_sec;     /* host swap bandwidth; 0: the model's default */
         const char *csv_path;          /* NULL: no CSV */
         const PolicyKnobs *knobs;      /* policy knobs for seed/default; NULL: the defaults */
 } SimConfig;
@@ -59,9 +97,20 @@ typedef struct SimResult {
         double peak_stall_pct;
         double swap_in_bytes, swap_out_bytes;
         double host_swap_full_sec;
+        double host_swap_bytes;        /* the host's swap size */
+        double host_reserve_bytes;     /* the budget's reserve */
+        double initial_swapped_bytes;  /* swapped out at the start (steady state) */
+        double peak_swapped_bytes;
+        double stall_some_sec;         /* PSI "some" stall time of the host, summed */
+        double tail_stall_sec;         /* ... of it in the last SIM_TAIL_SEC of the run */
+        double peak_over_ram_bytes;    /* most the host's demand (guests' touched memory + its own)
+                                        * exceeded RAM: what it must swap, or kill */
+        double end_over_budget_bytes;  /* host_budget_balance() at the end: used + guests' swap +
+                                        * reserve - capacity (> 0: over) */
         uint64_t guest_oom_events;
+        unsigned host_oom_kills;       /* VMs killed by the host's OOM killer */
         uint64_t balloon_moves;
-        uint64_t policy_calls, stats_calls, timer_wakeups;
+        uint64_t policy_calls, stats_calls, timer_wakeups, budget_wakeups;
         double self_deflate_bytes;
         double peak_reclaimed_bytes;
         unsigned pressure_episodes;    /* host level none -> low or above */
@@ -74,6 +123,8 @@ typedef struct SimResult {
                                         * -1 = never */
         double end_actual_pct;
 } SimResult;
+
+#define SIM_TAIL_SEC 30.0
 
 void sim_config_default(SimConfig *cfg);
 int sim_run(const SimConfig *cfg, SimResult *res);

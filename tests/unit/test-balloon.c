@@ -1,4 +1,5 @@
-/* guest-stats parsing: QEMU's "not reported" spellings, missing fields, bad values. */
+/* guest-stats parsing: QEMU's "not reported" spellings, missing fields, bad values; the
+ * free-page-reporting property. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -128,6 +129,33 @@ static void test_unknown_stats_ignored(void **state) {
         json_object_put(o);
 }
 
+static void test_free_page_reporting(void **state) {
+        /* qom-get free-page-reporting returns a bare JSON bool (QEMU 7.2). */
+        static const struct {
+                const char *json;
+                int want;
+        } cases[] = {
+                { "true", 1 },
+                { "false", 0 },
+                /* json-c would call these true or false; QEMU never sends them for a bool */
+                { "1", -EBADMSG },
+                { "0", -EBADMSG },
+                { "\"on\"", -EBADMSG },
+                { "{\"free-page-reporting\": true}", -EBADMSG },
+                { "[true]", -EBADMSG },
+                { "null", -EBADMSG },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                json_object *o = json_tokener_parse(cases[i].json);
+                int r = balloon_parse_free_page_reporting(o);
+                if (r != cases[i].want)
+                        fail_msg("%s: got %d, expected %d", cases[i].json, r, cases[i].want);
+                json_object_put(o);
+        }
+        assert_int_equal(balloon_parse_free_page_reporting(NULL), -EBADMSG);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_full_report),
@@ -135,6 +163,7 @@ int main(void) {
                 cmocka_unit_test(test_no_report_yet),
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_unknown_stats_ignored),
+                cmocka_unit_test(test_free_page_reporting),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

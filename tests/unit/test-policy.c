@@ -408,6 +408,7 @@ static void test_working_set_window(void **state) {
         usec_t burst = 1000 * USEC_PER_SEC, now;
 
         policy_knobs_init_default(&k);
+        k.working_set_window_usec = 300 * USEC_PER_SEC;   /* off by default; the mechanism stays */
         vm_init(&vm, &k, 4 * GIB);
         vm_stats(&vm, burst, 1 * GIB);            /* the burst: 3 GiB used */
         policy_decide(&host, &vm, 1, burst);
@@ -946,6 +947,259 @@ static void test_random_properties(void **state) {
 }
 
 /* No pressure and every VM at its maximum: no timer, no move, whatever else the snapshot says. */
+
+/* ---- the host memory budget ------------------------------------------------------------- */
+
+static void vm_footprint(PolicyVM *vm, uint64_t rss_bytes, uint64_t swap_bytes) {
+        vm->host_rss_bytes = rss_bytes;
+        vm->host_swap_bytes = swap_bytes;
+}
+
+static HostBudget budget_of(uint64_t capacity, uint64_t used, uint64_t reserve) {
+        return (HostBudget) {
+                .valid = true,
+                .capacity_bytes = capacity,
+                .used_bytes = used,
+                .reserve_bytes = reserve,
+                .interval_usec = 2 * USEC_PER_SEC,
+        };
+}
+
+/* Swap has absorbed the shortfall: PSI is quiet, the host is still over. The daemon takes what
+ * is over from the guest that holds touched-and-freed memory, and gives nothing back until the
+ * room is there; a timer runs while over, none once every VM is back and the room is ample. */
+static void test_budget_over_but_quiet(void **state) {
+        PolicyKnobs k;
+        PolicyVM vms[2];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC, next;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vms[0], &k, 1 * GIB);   /* idle: touched 900 MiB, freed it; uses 100 MiB */
+        vm_init(&vms[1], &k, 1 * GIB);   /* busy: uses 900 MiB */
+        vm_stats(&vms[0], now, 924 * MIB);
+        vm_stats(&vms[1], now, 124 * MIB);
+        vm_footprint(&vms[0], 700 * MIB, 300 * MIB);
+        vm_footprint(&vms[1], 800 * MIB, 100 * MIB);
+        /* 1,648 MiB of RAM used of 2 GiB, 400 MiB of the guests' in swap, 200 MiB reserve:
+         * 200 MiB over */
+        host.budget = budget_of(2 * GIB, 1648 * MIB, 200 * MIB);
+        assert_int_equal(host_budget_balance(&host.budget, vms, 2), (int64_t) (200 * MIB));
+
+        next = policy_decide(&host, vms, 2, now);
+        /* the idle one gives what is over; the busy one holds nothing unused: it gives nothing */
+        assert_int_equal(vms[1].new_target_bytes, 1 * GIB);
+        assert_true(vms[0].new_target_bytes <= 1 * GIB - 200 * MIB);
+        assert_true(vms[0].new_target_bytes >= 1 * GIB - 210 * MIB);
+        assert_int_equal(vms[0].reason, POLICY_REASON_HOST_BUDGET);
+        assert_int_equal(next, now + 2 * USEC_PER_SEC);
+
+        /* The inflation is in flight (actual not there yet): nothing is taken twice. */
+        vms[0].target_bytes = vms[0].new_target_bytes;
+        next = policy_decide(&host, vms, 2, now += USEC_PER_SEC);
+        assert_int_equal(vms[0].new_target_bytes, vms[0].target_bytes);
+
+        /* Done: the host got its 200 MiB back (the swap freed). Balanced: no take, no give-back,
+         * however long PSI stays quiet. */
+        vm_apply(&vms[0]);
+        vm_footprint(&vms[0], 700 * MIB, 100 * MIB);
+        for (int i = 0; i < 60; i++) {
+                vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
+                vm_stats(&vms[1], now, 124 * MIB);
+                next = policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
+                assert_int_equal(vms[0].new_target_bytes, vms[0].target_bytes);
+                assert_int_equal(vms[1].new_target_bytes, 1 * GIB);
+                assert_true(next != USEC_INFINITY);
+        }
+
+        /* Room for one recovery step (2.5 % of 1 GiB) but not two: one step, then none. */
+        host.budget.used_bytes -= 30 * MIB;
+        vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
+        policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
+        assert_int_equal(vms[0].reason, POLICY_REASON_RECOVERY);
+        uint64_t step = vms[0].new_target_bytes - vms[0].target_bytes;
+        assert_true(step > 0 && step <= 30 * MIB);
+        vms[0].target_bytes = vms[0].new_target_bytes;
+        vms[0].actual_bytes = vms[0].new_target_bytes;
+        vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
+        policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
+        /* the guest has not touched it: the host's use is the same, the room is what is left */
+        assert_int_equal(vms[0].new_target_bytes, vms[0].target_bytes);
+
+        /* Ample room: back to the maximum, then no timer. */
+        host.budget.used_bytes = 200 * MIB;
+        vm_footprint(&vms[0], 200 * MIB, 0);
+        vm_footprint(&vms[1], 200 * MIB, 0);
+        for (int i = 0; i < 100 && vms[0].target_bytes < 1 * GIB; i++) {
+                vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
+                next = policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
+                vm_apply(&vms[0]);
+        }
+        assert_int_equal(vms[0].target_bytes, 1 * GIB);
+        next = policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
+        assert_int_equal(next, USEC_INFINITY);
+}
+
+/* A guest in need gets its step even when the host has no room; what is missing is taken from
+ * an idle guest's unused memory in the same call. */
+static void test_budget_relief_from_idle(void **state) {
+        PolicyKnobs k;
+        PolicyVM vms[2];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vms[0], &k, 1 * GIB);
+        vm_init(&vms[1], &k, 1 * GIB);
+        vms[1].target_bytes = vms[1].actual_bytes = 512 * MIB;   /* squeezed earlier */
+        vm_stats(&vms[0], now, 800 * MIB);
+        vm_stats(&vms[1], now, 200 * MIB);
+        vm_footprint(&vms[0], 900 * MIB, 0);
+        vm_footprint(&vms[1], 500 * MIB, 0);
+        host.budget = budget_of(2 * GIB, 1840 * MIB, 200 * MIB);   /* 8 MiB of room: less than a step */
+        policy_decide(&host, vms, 2, now);
+        assert_int_equal(vms[0].new_target_bytes, 1 * GIB);
+        assert_int_equal(vms[1].new_target_bytes, 512 * MIB);
+
+        /* vm 1 grows by 150 MiB in one sample: in need */
+        vm_stats(&vms[1], now + 2 * USEC_PER_SEC, 50 * MIB);
+        policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
+        assert_int_equal(vms[1].reason, POLICY_REASON_GUEST_PRESSURE);
+        uint64_t given = vms[1].new_target_bytes - 512 * MIB;
+        assert_true(given >= 100 * MIB);
+        assert_int_equal(vms[0].reason, POLICY_REASON_HOST_BUDGET);
+        uint64_t taken = 1 * GIB - vms[0].new_target_bytes;
+        assert_true(taken + 10 * MIB >= given);
+        assert_true(taken <= given + MIB);
+}
+
+/* Free page reporting: the guest's free memory went back by itself, so the budget goes after its
+ * cache only, even when its host footprint (QEMU's own overhead) suggests more. */
+static void test_budget_free_page_reporting(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 1 * GIB);
+        vm.free_page_reporting = true;
+        vm_stats(&vm, now, 800 * MIB);            /* uses 224 MiB */
+        vm.stats.free_bytes = 700 * MIB;          /* 100 MiB of it cache */
+        vm_footprint(&vm, 600 * MIB, 0);
+        host.budget = budget_of(2 * GIB, 2 * GIB + 512 * MIB, 0);   /* far over */
+        policy_decide(&host, &vm, 1, now);
+        assert_int_equal(vm.reason, POLICY_REASON_HOST_BUDGET);
+        assert_int_equal(vm.new_target_bytes, 1 * GIB - 100 * MIB);
+
+        /* without it, everything down to the floor that the footprint shows unused */
+        vm_init(&vm, &k, 1 * GIB);
+        vm_stats(&vm, now, 800 * MIB);
+        vm.stats.free_bytes = 700 * MIB;
+        vm_footprint(&vm, 600 * MIB, 0);
+        policy_decide(&host, &vm, 1, now);
+        assert_true(vm.new_target_bytes < 1 * GIB - 300 * MIB);
+}
+
+/* Plenty of room, every VM at its maximum, no pressure: no timer, whatever the guests hold. */
+static void test_budget_idle_no_timer(void **state) {
+        PolicyKnobs k;
+        PolicyVM vms[3];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        for (int i = 0; i < 3; i++) {
+                vm_init(&vms[i], &k, 1 * GIB);
+                vm_footprint(&vms[i], 600 * MIB, 0);
+        }
+        host.budget = budget_of(8 * GIB, 2 * GIB, 400 * MIB);
+        assert_int_equal(policy_decide(&host, vms, 3, now), USEC_INFINITY);
+        /* within one reserve of the budget: watched at the stats interval */
+        host.budget.used_bytes = 8 * GIB - 700 * MIB;
+        now += USEC_PER_SEC;
+        assert_int_equal(policy_decide(&host, vms, 3, now), now + 2 * USEC_PER_SEC);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(vms[i].new_target_bytes, 1 * GIB);
+}
+
+/* Random budgets, footprints and hostile values (UINT64_MAX, 0, sizes above RAM): every target
+ * stays within its bounds, a budget take never goes below the floor nor takes more than the
+ * host is over (plus what guests in need were given), and recovery never gives more than the
+ * room there was. */
+static void test_budget_random(void **state) {
+        unsigned checked = 0, takes = 0, recoveries = 0;
+
+        seed_rng();
+        for (int t = 0; t < 20000; t++) {
+                PolicyKnobs knobs[2];
+                PolicyVM vms[VMS_MAX], pre[VMS_MAX];
+                PolicyHost host = {};
+                size_t n = rnd_range(1, VMS_MAX);
+                usec_t now = rnd_range(1, 1000) * USEC_PER_SEC;
+
+                random_knobs(&knobs[0]);
+                policy_knobs_init_default(&knobs[1]);
+                for (size_t i = 0; i < n; i++) {
+                        uint64_t ram = rnd_range(64, 16384) * MIB;
+                        vm_init(&vms[i], &knobs[rnd_range(0, 1)], ram);
+                        vms[i].target_bytes = rnd_chance(50) ? ram : rnd_range(0, ram);
+                        vms[i].actual_bytes = rnd_chance(10) ? UINT64_MAX / 2 : rnd_chance(70) ? vms[i].target_bytes : rnd_range(0, ram);
+                        if (rnd_chance(80))
+                                vm_stats(&vms[i], now, rnd_chance(5) ? 0 : rnd_range(0, ram));
+                        vm_footprint(&vms[i], rnd_chance(10) ? UINT64_MAX : rnd_chance(5) ? UINT64_MAX - 1 : rnd_range(0, ram + GIB),
+                                     rnd_chance(10) ? UINT64_MAX : rnd_chance(5) ? UINT64_MAX - 1 : rnd_range(0, ram));
+                }
+                host.budget = budget_of(rnd_range(1, 65536) * MIB, rnd_chance(5) ? UINT64_MAX : rnd_range(0, 65536) * MIB,
+                                        rnd_range(0, 4096) * MIB);
+                host.level = host.event = random_level(70);
+                int64_t balance = host_budget_balance(&host.budget, vms, n);
+
+                memcpy(pre, vms, n * sizeof *vms);
+                policy_decide(&host, vms, n, now);
+
+                uint64_t taken = 0, given_relief = 0, given_recovery = 0, inflight = 0;
+                for (size_t i = 0; i < n; i++) {
+                        const PolicyVM *vm = vms + i;
+                        bool managed = vm->controllable && vm->knobs->enabled && vm->ram_bytes > 0;
+                        checked++;
+                        if (!managed)
+                                continue;
+                        uint64_t min = bound_min(vm), max = bound_max(vm);
+                        if (vm->new_target_bytes < min || vm->new_target_bytes > max)
+                                fail_msg("target %" PRIu64 " outside [%" PRIu64 ", %" PRIu64 "]", vm->new_target_bytes, min, max);
+                        if (vm->reason == POLICY_REASON_HOST_BUDGET) {
+                                takes++;
+                                assert_true(vm->new_target_bytes >= vm->floor_bytes);
+                                /* from the target within its bounds: a bounds move comes first */
+                                taken += CLAMP(pre[i].target_bytes, min, max) - vm->new_target_bytes;
+                        } else if (vm->reason == POLICY_REASON_GUEST_PRESSURE)
+                                given_relief += vm->new_target_bytes - pre[i].target_bytes;
+                        else if (vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE) {
+                                /* the relief step on top of what the guest took itself */
+                                uint64_t adopted = CLAMP(pre[i].actual_bytes, min, max);
+                                given_relief += vm->new_target_bytes > adopted ? vm->new_target_bytes - adopted : 0;
+                        }
+                        else if (vm->reason == POLICY_REASON_RECOVERY) {
+                                recoveries++;
+                                given_recovery += vm->new_target_bytes - pre[i].target_bytes;
+                        }
+                        uint64_t a = MIN(pre[i].actual_bytes, pre[i].ram_bytes);
+                        inflight += a > pre[i].target_bytes ? a - pre[i].target_bytes : 0;
+                }
+                uint64_t room = balance < 0 ? (uint64_t) -balance + inflight : inflight;
+                uint64_t over = balance > 0 ? (uint64_t) balance : 0;
+                /* each donor may round its share up to a granule; a PSI event may add its own
+                 * share when the budget sees no deficit, so the bound holds without one */
+                if (host.event == PRESSURE_NONE && taken > over + given_relief + n * MIB)
+                        fail_msg("took %" PRIu64 " with %" PRIu64 " over and %" PRIu64 " given", taken, over, given_relief);
+                if (given_recovery > room)
+                        fail_msg("gave back %" PRIu64 " into %" PRIu64 " of room", given_recovery, room);
+        }
+        printf("budget cases: %u VMs, %u budget takes, %u recoveries checked\n", checked, takes, recoveries);
+        assert_true(takes > 1000 && recoveries > 100);
+}
+
 static void test_idle_no_timer(void **state) {
         static PolicyKnobs sets[N_KNOB_SETS];
         PolicyVM vm[VMS_MAX];
@@ -1004,6 +1258,11 @@ int main(void) {
                 cmocka_unit_test(test_scope_pressure_that_vm),
                 cmocka_unit_test(test_self_deflate_hold_off),
                 cmocka_unit_test(test_working_set_window),
+                cmocka_unit_test(test_budget_over_but_quiet),
+                cmocka_unit_test(test_budget_relief_from_idle),
+                cmocka_unit_test(test_budget_idle_no_timer),
+                cmocka_unit_test(test_budget_free_page_reporting),
+                cmocka_unit_test(test_budget_random),
                 cmocka_unit_test(test_relief_after_take),
                 cmocka_unit_test(test_scope_once_per_sample),
                 cmocka_unit_test(test_stale_sample_after_inflate),

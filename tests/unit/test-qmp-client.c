@@ -41,6 +41,9 @@ typedef struct Seen {
         GuestStats stats;
         int balloon_error;
         char balloon_desc[512];
+        unsigned n_fpr;                 /* on_free_page_reporting calls */
+        int fpr;
+        bool fpr_before_ready;
         bool reply_done;
         int reply_error;
         char reply_desc[512];
@@ -193,6 +196,13 @@ static void on_stats(Balloon *b, const GuestStats *stats, void *userdata) {
         s->stats = *stats;
 }
 
+static void on_free_page_reporting(Balloon *b, int enabled, void *userdata) {
+        Seen *s = userdata;
+        s->n_fpr++;
+        s->fpr = enabled;
+        s->fpr_before_ready = !s->balloon_ready;
+}
+
 static void on_balloon_error(Balloon *b, int error, const char *desc, void *userdata) {
         Seen *s = userdata;
         s->balloon_error = error;
@@ -201,6 +211,7 @@ static void on_balloon_error(Balloon *b, int error, const char *desc, void *user
 
 static const BalloonCallbacks balloon_cb = {
         .on_ready = on_ready, .on_actual = on_actual, .on_stats = on_stats, .on_error = on_balloon_error,
+        .on_free_page_reporting = on_free_page_reporting,
 };
 
 static void on_reply(QmpClient *c, int error, json_object *reply, const char *desc, void *userdata) {
@@ -349,6 +360,94 @@ static void test_balloon_roundtrip(void **state) {
 
         assert_int_equal(s.n_waiting_retry, 0);
         fake_kill(&f, SIGTERM);
+}
+
+/* The fake a test runs, for its teardown: a failed check must not leave it running (it holds
+ * the test's output open, and meson would wait for it until the timeout). */
+static Fake *current_fake;
+
+static int kill_current_fake(void **state) {
+        if (current_fake)
+                fake_kill(current_fake, SIGTERM);
+        current_fake = NULL;
+        return 0;
+}
+
+/* free-page-reporting: read on the device path during attach, reported once before on_ready;
+ * a QEMU without the property (error reply) is "unsupported", and the balloon still works. */
+static void test_free_page_reporting(void **state) {
+        static const struct {
+                const char *name;
+                const char *arg;
+                const char *device_path;
+                int want;
+        } cases[] = {
+                { "fpr-on", "--fake-free-page-reporting=on", "/machine/peripheral/balloon0", 1 },
+                { "fpr-off", "--fake-free-page-reporting=off", "/machine/peripheral/balloon0", 0 },
+                { "fpr-default", NULL, "/machine/peripheral/balloon0", 0 },     /* QEMU's default */
+                { "fpr-old", "--fake-free-page-reporting=absent", "/machine/peripheral/balloon0", -EOPNOTSUPP },
+                /* as QEMU's own command line spells it */
+                { "fpr-device", "-device=virtio-balloon-pci,id=b1,free-page-reporting=on", "/machine/peripheral/b1", 1 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+                _cleanup_(qmp_client_freep) QmpClient *c = NULL;
+                _cleanup_(balloon_freep) Balloon *b = NULL;
+                const char *extra[3] = {};
+                char want[300];
+                Seen s = {};
+                Fake f;
+
+                if (cases[i].arg && strncmp(cases[i].arg, "-device=", 8) == 0) {
+                        extra[0] = "-device";
+                        extra[1] = cases[i].arg + 8;
+                } else
+                        extra[0] = cases[i].arg;
+                fake_start(&f, cases[i].name, extra);
+                current_fake = &f;
+                assert_int_equal(sd_event_new(&e), 0);
+                assert_int_equal(qmp_client_new(&c, e, f.sock, &qmp_cb, &s), 0);
+                assert_int_equal(balloon_new(&b, c, &balloon_cb, &s), 0);
+                s.balloon = b;
+                assert_int_equal(balloon_free_page_reporting(b), -ENODATA);
+                assert_int_equal(qmp_client_start(c), 0);
+                for (usec_t end = now_usec() + 5 * USEC_PER_SEC; s.state != QMP_READY && now_usec() < end;)
+                        assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+                assert_int_equal(s.state, QMP_READY);
+
+                assert_int_equal(balloon_attach(b, 2), 0);
+                if (!run_until(e, &s.balloon_ready, 5 * USEC_PER_SEC))
+                        fail_msg("%s: balloon not ready: %s", cases[i].name, s.balloon_desc);
+                assert_int_equal(s.balloon_error, 0);
+                assert_string_equal(balloon_device_path(b), cases[i].device_path);
+                if (s.n_fpr != 1 || s.fpr != cases[i].want)
+                        fail_msg("%s: %u reports, last %d, expected one of %d", cases[i].name, s.n_fpr, s.fpr,
+                                 cases[i].want);
+                assert_true(s.fpr_before_ready);
+                assert_int_equal(balloon_free_page_reporting(b), cases[i].want);
+                snprintf(want, sizeof want, "\"execute\":\"qom-get\",\"arguments\":{\"path\":\"%s\","
+                         "\"property\":\"free-page-reporting\"}", cases[i].device_path);
+                if (!record_has(&f, want))
+                        fail_msg("%s: no %s in the fake's record", cases[i].name, want);
+                /* the rest of attach went on: stats enabled, and the balloon moves */
+                assert_true(record_has(&f, "\"property\":\"guest-stats-polling-interval\",\"value\":2"));
+                assert_int_equal(balloon_set_target(b, 256 * MIB, NULL, NULL), 0);
+                for (usec_t end = now_usec() + 5 * USEC_PER_SEC; s.actual != 256 * MIB && now_usec() < end;)
+                        assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+                assert_int_equal(s.actual, 256 * MIB);
+
+                /* forgotten with the device; the next attach reads it again */
+                balloon_detach(b);
+                assert_int_equal(balloon_free_page_reporting(b), -ENODATA);
+                s.balloon_ready = false;
+                assert_int_equal(balloon_attach(b, 2), 0);
+                assert_true(run_until(e, &s.balloon_ready, 5 * USEC_PER_SEC));
+                assert_int_equal(s.n_fpr, 2);
+                assert_int_equal(balloon_free_page_reporting(b), cases[i].want);
+                fake_kill(&f, SIGTERM);
+                current_fake = NULL;
+        }
 }
 
 static void test_not_there_yet(void **state) {
@@ -746,6 +845,7 @@ static int teardown(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_balloon_roundtrip),
+                cmocka_unit_test_teardown(test_free_page_reporting, kill_current_fake),
                 cmocka_unit_test(test_not_there_yet),
                 cmocka_unit_test(test_killed_mid_command),
                 cmocka_unit_test(test_garbage),
