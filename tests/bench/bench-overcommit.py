@@ -44,7 +44,7 @@ def figures(r):
     """The table's figures of one run."""
     return dict(guest_oom_kills=r["guest_oom_kills"],
                 host_vm_kills=len(r["vms_dead"]),
-                swap_out_mib=r["swap_out_mib"], psi_some_s=r["psi_some_ms"] / 1000.0,
+                swap_out_mib=overcommit.swap_growth_mib(r["samples"]), psi_some_s=r["psi_some_ms"] / 1000.0,
                 peak_mib=r["peak_mib"], n_moves=r["n_moves"])
 
 
@@ -144,9 +144,9 @@ def write_doc(results, tbl, ratios, plots, args):
     head = subprocess.run(["git", "-C", abtest.SRCDIR, "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     body = [BEGIN, "",
-            "Last written %s (HEAD %s), %d runs%s. Each cell: median (each run). Swap-out: bytes "
-            "written to the run's own zram device (`/sys/block/zramN/stat`), the host memcg's "
-            "only swap. PSI: `some` total of the env's cgroup2 subtree (every VM's scope) over "
+            "Last written %s (HEAD %s), %d runs%s. Each cell: median (each run). Swap-out: the "
+            "host memcg's own swap growth (sum of the rises of its `memory.stat` swap, second by "
+            "second). PSI: `some` total of the env's cgroup2 subtree (every VM's scope) over "
             "the timeline. Peak: `memory.memsw.max_usage_in_bytes` of the host memcg. Guest OOM "
             "kills: `Killed process` lines in the guests' dmesg. VMs killed by host OOM: QEMUs "
             "dead at the end (the no-swap variant's failure)." % (
@@ -175,6 +175,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the timeline's short form, 1 run, none and default")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md nor the plots")
     ap.add_argument("--fresh", action="store_true", help="do not merge with the results already in --json")
+    ap.add_argument("--report", action="store_true", help="no runs: the table, plots and docs from --json")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("SKIP: needs root")
@@ -193,6 +194,11 @@ def main():
     for v in variants:
         if v not in overcommit.VARIANTS:
             ap.error("unknown variant %s" % v)
+    if args.report:
+        d = json.load(open(args.json))
+        args.quick = any(r.get("quick") for r in d["runs"])
+        return report(d["runs"], args, os.path.join(os.path.dirname(os.path.abspath(args.json)),
+                                                    "bench-overcommit"), [])
     timeline = overcommit.load_timeline(args.timeline, quick=args.quick)
     outdir = realguest.images()
     plan = [(v, c) for v in variants for c in ctrls if c in overcommit.VARIANTS[v][2]]
@@ -225,6 +231,11 @@ def main():
                 results.append(r)
                 with open(args.json, "w") as f:   # after every run: a crash keeps what was done
                     json.dump(dict(timeline=timeline, runs=results), f, indent=1)
+    log("results in %s" % args.json)
+    return report(results, args, keep, failed)
+
+
+def report(results, args, keep, failed):
     tbl, ratios = table(results)
     print("\n" + tbl + "\n" + "\n".join(ratios))
     if not args.no_docs:
@@ -236,7 +247,6 @@ def main():
                     plots[r["label"]] = png
         write_doc(results, tbl, ratios, plots, args)
         log("table written to %s, plots to %s" % (DOC, PLOTS))
-    log("results in %s" % args.json)
     if failed:
         log("runs that failed: %s" % ", ".join(failed))
     return 1 if failed else 0

@@ -82,6 +82,20 @@ def status_kib(pid, key):
     return 0
 
 
+def swap_growth_mib(samples):
+    """Host swap-out as the host memcg's own count: the sum of every rise of its swap
+    (memory.stat "swap") from one second's sample to the next. Swap is machine-wide: the
+    memcg's pages go to whichever swap device has the highest priority, often another
+    test's zram device rather than the run's own, and another test's swapoff pulls them
+    back in; neither the run's zram device nor /proc/vmstat pswpout can tell ours apart.
+    A page swapped out and in within one second is not counted."""
+    total, last = 0, 0
+    for s in samples:
+        total += max(0, s["swap"] - last)
+        last = s["swap"]
+    return round(total / MIB, 1)
+
+
 def daemon_config(env, controller, memcg):
     """autoballoond's config for the seed and default rows."""
     if controller == "seed":
@@ -191,7 +205,8 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
             for e, th, r, _ in jobs:
                 th.join(max(0.1, end - time.monotonic()))
             res["psi_some_ms"] = (psi_some_us(psi_file) - psi0) // 1000
-            res["swap_out_mib"] = round(((zram.written_bytes() - z0) if zram else 0) / MIB, 1)
+            res["swap_out_mib"] = swap_growth_mib(samples)
+            res["zram_written_mib"] = round(((zram.written_bytes() - z0) if zram else 0) / MIB, 1)
             res["pswpout_mib_machine"] = round((vmstat("pswpout") - pswp0) * 4096 / MIB, 1)
             res["peak_mib"] = round(max(memcg.read("memory.memsw.max_usage_in_bytes"),
                                         max(x["memsw"] for x in samples)) / MIB, 1)
