@@ -3,7 +3,7 @@
 #   make check  — install what is needed, build with ASan/UBSan, run every test suite
 BUILD ?= build
 
-.PHONY: all build demo check sim bench clean
+.PHONY: all build demo check sim bench bench-overcommit clean
 
 all: build
 
@@ -30,6 +30,14 @@ sim:
 # Figures printed and in $(BUILD)/bench.json; docs/benchmarks.md says what they mean.
 bench: build
 	AB_BUILDDIR=$(BUILD) /usr/bin/python3 tests/bench/bench-daemon.py --json $(BUILD)/bench.json
+
+# The overcommit scenario with real guests (tests/bench/overcommit-timeline.json): every
+# controller (none, seed, default, proxmox, mom) and variant, each run twice, one at a time
+# (root; about 3-4 minutes a run). Results in $(BUILD)/bench-overcommit.json, the table in
+# docs/benchmarks.md, plots in docs/bench/. BENCH_ARGS="--quick" or "--controllers none,default".
+bench-overcommit: build
+	AB_BUILDDIR=$(BUILD) /usr/bin/python3 tests/bench/bench-overcommit.py \
+		--json $(BUILD)/bench-overcommit.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) build-check

@@ -134,6 +134,16 @@ class QMP:
     def actual_mib(self):
         return self.cmd('query-balloon')['actual'] / MIB
 
+    def stats_polling(self, seconds, device='/machine/peripheral/balloon0'):
+        """Asks the guest driver for its memory statistics every `seconds` (0: stop)."""
+        self.cmd('qom-set', path=device, property='guest-stats-polling-interval', value=seconds)
+
+    def guest_stats(self, device='/machine/peripheral/balloon0'):
+        """The balloon's last guest statistics: {'stat-free-memory': bytes, ...}; a value
+        the guest has not reported (yet) is -1. 'last-update' is 0 before the first."""
+        r = self.cmd('qom-get', path=device, property='guest-stats')
+        return dict(r.get('stats', {}), **{'last-update': r.get('last-update', 0)})
+
     def balloon_to(self, target_mib, timeout=120.0, tolerance_mib=2):
         """Sets the balloon target and waits until 'actual' is within tolerance.
         Returns the seconds it took; raises GuestError on timeout."""

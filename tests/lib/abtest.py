@@ -36,7 +36,7 @@ import stall as _stall  # noqa: E402
 LIB = os.path.dirname(os.path.abspath(__file__))
 ENV_SH = os.path.join(LIB, "machined-env.sh")
 SRCDIR = os.environ.get("AB_SRCDIR", os.path.normpath(os.path.join(LIB, "../..")))
-BUILDDIR = os.environ.get("AB_BUILDDIR", os.path.join(SRCDIR, "build"))
+BUILDDIR = os.path.abspath(os.environ.get("AB_BUILDDIR", os.path.join(SRCDIR, "build")))
 SKIP = 77  # meson's exit code for a skipped test
 
 M1 = "org.freedesktop.machine1"

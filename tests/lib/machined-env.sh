@@ -121,6 +121,9 @@ mount -n -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
 # PID 1 raises fs.nr_open and friends: let that fail instead of changing the host
 mount -n --bind /proc/sys /proc/sys && mount -n -o remount,bind,ro /proc/sys
 mount -n --bind "\$(tty)" /dev/console
+# a caller that ran an earlier instance may still export its bus address: systemd would
+# connect to that (gone) socket instead of its own /run/dbus one and never start a scope
+unset DBUS_SYSTEM_BUS_ADDRESS DBUS_SESSION_BUS_ADDRESS
 export container=$NAME SYSTEMD_UNIT_PATH=$S/units
 exec /lib/systemd/systemd --system --unit=ab-env.target --log-target=console \\
      --log-level=${AB_ENV_LOG_LEVEL:-info} --show-status=no \\

@@ -18,7 +18,7 @@ MIB = 1 << 20
 
 def images(outdir=None):
     """Builds (or reuses) the guest kernel and initramfs; returns the output dir."""
-    outdir = outdir or os.environ.get("AB_GUEST_DIR") or os.path.join(abtest.BUILDDIR, "guest")
+    outdir = os.path.abspath(outdir or os.environ.get("AB_GUEST_DIR") or os.path.join(abtest.BUILDDIR, "guest"))
     t = time.monotonic()
     r = subprocess.run([os.path.join(abtest.SRCDIR, "guest/build-all.sh"), outdir],
                        capture_output=True, text=True)
@@ -61,7 +61,7 @@ class HostMemcg:
     RAM" the guests and a host workload share. With swap (a private zram device), going
     over the limit swaps instead of OOM-killing. Removed in close()."""
 
-    def __init__(self, env, name, limit, swap=None):
+    def __init__(self, env, name, limit, swap=None, no_swap=False):
         self.env = env
         self.dir = os.path.join(env.vars["AB_ENV_MEMCG"], name)
         # the same directory as the daemon inside the namespace sees it (HostMemorySource=)
@@ -74,12 +74,20 @@ class HostMemcg:
                 import stall
                 self.zram = stall.Zram(swap, env.state)
                 _write(self.dir + "/memory.memsw.limit_in_bytes", limit + swap)
+            elif no_swap:
+                # memory+swap = memory: nothing of ours swaps, even into a swap device some
+                # other test has switched on meanwhile (swap is machine-wide)
+                _write(self.dir + "/memory.memsw.limit_in_bytes", limit)
         except BaseException:
             self.close()
             raise
 
     def usage(self):
         return int(open(self.dir + "/memory.usage_in_bytes").read())
+
+    def read(self, name):
+        """An integer control file of the memcg, e.g. memory.memsw.max_usage_in_bytes."""
+        return int(open(os.path.join(self.dir, name)).read())
 
     def stat(self, key):
         for line in open(self.dir + "/memory.stat"):

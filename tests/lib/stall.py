@@ -95,6 +95,11 @@ class Zram:
             self.close()
             raise
 
+    def written_bytes(self):
+        """Bytes written to the device since it was made (/sys/block/zramN/stat, field 7:
+        sectors written): for a swap device, everything swapped out to it."""
+        return int(open("/sys/block/zram%d/stat" % self.id).read().split()[6]) * 512
+
     def close(self):
         if self.dev is None:
             return
