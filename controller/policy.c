@@ -676,6 +676,15 @@ static uint64_t vm_promised(const PolicyVM *vm) {
         return vm->host_rss_bytes == UINT64_MAX ? 0 : vm->state.recovered_bytes;
 }
 
+/* What the guest may still grow into on the host: its balloon limit beyond what the host holds
+ * for it. QEMU's own overhead is in the footprint, so this errs low by that much. */
+static uint64_t vm_potential(const PolicyVM *vm) {
+        if (vm->host_rss_bytes == UINT64_MAX || !vm_managed(vm))
+                return 0;
+        uint64_t footprint = add_sat(MIN(vm->host_rss_bytes, vm->ram_bytes), vm_host_swap(vm));
+        return sub_sat(MIN(vm->new_target_bytes, vm->ram_bytes), footprint);
+}
+
 static bool grown_this_call(const PolicyVM *vm) {
         return vm->reason == POLICY_REASON_RECOVERY || vm->reason == POLICY_REASON_GUEST_PRESSURE ||
                vm->reason == POLICY_REASON_ADOPT_SELF_DEFLATE;
@@ -701,12 +710,16 @@ static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass
 
 /* What a donor can give this call: down to its floor, limited to what the host holds for it
  * unused (the take must give the host something), a blind low step without fresh stats. */
-static uint64_t budget_limit(const PolicyVM *vm, usec_t now) {
+static uint64_t budget_limit(const PolicyVM *vm, bool strict, usec_t now) {
         uint64_t limit = sub_sat(vm->new_target_bytes, vm_floor(vm, now, false));
 
         if (!stats_fresh(vm, now))
                 return vm->reason == POLICY_REASON_HOST_BUDGET ? 0 :
                         MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
+        /* Without swap, lowering a limit the guest could grow into is the point: anything down
+         * to the floor counts. */
+        if (strict)
+                return limit;
         /* With free page reporting the guest's free memory is back on the host already: a take
          * from it would give the host nothing. What is left for the balloon is what the guest
          * holds but can drop (its reclaimable cache: available - free). */
@@ -720,7 +733,8 @@ static uint64_t budget_limit(const PolicyVM *vm, usec_t now) {
 
 /* Takes `over` bytes from the donors, each in proportion to what it can give divided by its
  * weight (water-filling: what one cannot give is shared by the others). Returns what was taken. */
-static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, usec_t now) {
+static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, bool strict,
+                            usec_t now) {
         uint64_t taken = 0;
 
         for (int pass = 0; pass < 2 && taken < over; pass++) {
@@ -734,14 +748,14 @@ static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, Pressure
 
                         for (size_t i = 0; i < n_vms; i++)
                                 if (budget_donor(vms + i, level, last_pass, now))
-                                        sum += (double) budget_limit(vms + i, now) / (double) MAX(vms[i].knobs->weight, 1U);
+                                        sum += (double) budget_limit(vms + i, strict, now) / (double) MAX(vms[i].knobs->weight, 1U);
                         if (sum <= 0)
                                 break;
                         for (size_t i = 0; i < n_vms; i++) {
                                 PolicyVM *vm = vms + i;
                                 if (!budget_donor(vm, level, last_pass, now))
                                         continue;
-                                uint64_t limit = budget_limit(vm, now);
+                                uint64_t limit = budget_limit(vm, strict, now);
                                 double share = (double) left * ((double) limit / (double) MAX(vm->knobs->weight, 1U)) / sum;
                                 /* Round up to the granule: a share below it would never be taken. */
                                 uint64_t want = MIN(limit, (uint64_t) share + MOVE_GRANULE_BYTES - 1);
@@ -799,8 +813,22 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 int64_t inflight = (int64_t) MIN(inflight_takes(vms, n_vms, now), (uint64_t) INT64_MAX / 2);
                 balance = host_budget_balance(budget, vms, n_vms);
                 balance = balance < INT64_MIN / 2 + inflight ? INT64_MIN / 2 : balance - inflight;
+                if (!budget->swap_capable) {
+                        /* Without swap, memory a guest has not touched but may is spoken for: a
+                         * guest touching it past the capacity is not a moment of swapping but the
+                         * OOM killer taking a whole VM (measured: a guest touching 350 MiB in a
+                         * second, 5 s after the start, killed VMs before any controller could
+                         * move). So the budget counts every guest's room to grow, and keeps it
+                         * within the host's; a squeezed guest's own OOM killer takes a process,
+                         * not the VM. */
+                        uint64_t potential = 0;
+                        for (size_t i = 0; i < n_vms; i++)
+                                potential = add_sat(potential, vm_potential(vms + i));
+                        balance = balance > INT64_MAX / 2 - (int64_t) MIN(potential, (uint64_t) INT64_MAX / 4)
+                                        ? INT64_MAX / 2 : balance + (int64_t) MIN(potential, (uint64_t) INT64_MAX / 4);
+                }
                 room = balance < 0 ? (uint64_t) -balance : 0;
-                for (size_t i = 0; i < n_vms; i++)
+                for (size_t i = 0; budget->swap_capable && i < n_vms; i++)
                         room = sub_sat(room, vm_promised(vms + i));
         }
 
@@ -943,7 +971,7 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
 
                 /* Recovery waits its cool-down after a take for a host over budget; a transfer to
                  * a guest in need is no sign of that, and must not hold up everyone's recovery. */
-                if (over >= slack && budget_take(vms, n_vms, over, level, now) > 0 &&
+                if (over >= slack && budget_take(vms, n_vms, over, level, !budget->swap_capable, now) > 0 &&
                     balance >= (int64_t) slack)
                         host->last_pressure_usec = now;
                 for (size_t i = 0; i < n_vms && !managed; i++)

@@ -50,9 +50,18 @@ def guest_command(e):
     if e["kind"] == "touch-free":
         return "memhog %d 1 0" % e["mib"]
     if e["kind"] == "cache":
-        return "pagestream %d" % e["mib"]
+        # Linux drops a block device's page cache when its last opener closes it: a holder in
+        # the background keeps the scratch disk open, so the cache stays as a file's would
+        return "(exec 3</dev/vda; exec sleep 100000) >/dev/null 2>&1 & pagestream %d" % e["mib"]
     if e["kind"] == "hold":
-        return "memhog %d %d %d" % (e["mib"], e.get("passes", 1), e["hold_sec"])
+        steps = int(e.get("ramp_sec", 0))
+        if steps <= 1:
+            return "memhog %d %d %d" % (e["mib"], e.get("passes", 1), e["hold_sec"])
+        # grows by mib/ramp_sec a second, as a workload does, then holds it all until the end
+        chunk = max(1, e["mib"] // steps)
+        return ("p=; for i in $(seq %d); do memhog %d %d $((%d + %d - i)) & p=\"$p $!\"; sleep 1; done; "
+                "rc=0; for x in $p; do wait $x || rc=$?; done; exit $rc"
+                % (steps, chunk, e.get("passes", 1), e["hold_sec"], steps))
     raise ValueError("unknown event kind %r" % e["kind"])
 
 

@@ -962,6 +962,7 @@ static HostBudget budget_of(uint64_t capacity, uint64_t used, uint64_t reserve) 
                 .used_bytes = used,
                 .reserve_bytes = reserve,
                 .interval_usec = 2 * USEC_PER_SEC,
+                .swap_capable = true,
         };
 }
 
@@ -1103,6 +1104,38 @@ static void test_budget_free_page_reporting(void **state) {
         assert_true(vm.new_target_bytes < 1 * GIB - 300 * MIB);
 }
 
+/* A host without swap: what the guests may still grow into counts, so an idle guest at its
+ * maximum that touched little is squeezed before it can touch past the capacity; with swap,
+ * the same host is left alone. */
+static void test_budget_no_swap(void **state) {
+        PolicyKnobs k;
+        PolicyVM vms[2];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        for (int i = 0; i < 2; i++) {
+                vm_init(&vms[i], &k, 1 * GIB);
+                vm_stats(&vms[i], now, 900 * MIB);       /* uses 124 MiB */
+                vm_footprint(&vms[i], 200 * MIB, 0);     /* touched little: 824 MiB left to grow */
+        }
+        /* 1 GiB host, 400 MiB used, 100 MiB reserve: 524 MiB of room, 1,648 MiB of growth */
+        host.budget = budget_of(1 * GIB, 400 * MIB, 100 * MIB);
+        assert_int_equal(policy_decide(&host, vms, 2, now), USEC_INFINITY);
+        assert_int_equal(vms[0].new_target_bytes, 1 * GIB);
+
+        host.budget.swap_capable = false;
+        policy_decide(&host, vms, 2, now += USEC_PER_SEC);
+        uint64_t left = 0;
+        for (int i = 0; i < 2; i++) {
+                assert_int_equal(vms[i].reason, POLICY_REASON_HOST_BUDGET);
+                assert_true(vms[i].new_target_bytes >= vms[i].floor_bytes);
+                left += vms[i].new_target_bytes - 200 * MIB;
+        }
+        /* what both may still grow into fits the room, with half a reserve to spare */
+        assert_true(left + 50 * MIB <= 1 * GIB - 400 * MIB - 100 * MIB + 2 * MIB);
+}
+
 /* Plenty of room, every VM at its maximum, no pressure: no timer, whatever the guests hold. */
 static void test_budget_idle_no_timer(void **state) {
         PolicyKnobs k;
@@ -1154,6 +1187,7 @@ static void test_budget_random(void **state) {
                 }
                 host.budget = budget_of(rnd_range(1, 65536) * MIB, rnd_chance(5) ? UINT64_MAX : rnd_range(0, 65536) * MIB,
                                         rnd_range(0, 4096) * MIB);
+                host.budget.swap_capable = !rnd_chance(20);
                 host.level = host.event = random_level(70);
                 int64_t balance = host_budget_balance(&host.budget, vms, n);
 
@@ -1194,7 +1228,7 @@ static void test_budget_random(void **state) {
                 uint64_t over = balance > 0 ? (uint64_t) balance + host.budget.reserve_bytes / 2 : 0;
                 /* each donor may round its share up to a granule; a PSI event may add its own
                  * share when the budget sees no deficit, so the bound holds without one */
-                if (host.event == PRESSURE_NONE && taken > over + given_relief + n * MIB)
+                if (host.budget.swap_capable && host.event == PRESSURE_NONE && taken > over + given_relief + n * MIB)
                         fail_msg("took %" PRIu64 " with %" PRIu64 " over and %" PRIu64 " given", taken, over, given_relief);
                 if (given_recovery > room)
                         fail_msg("gave back %" PRIu64 " into %" PRIu64 " of room", given_recovery, room);
@@ -1265,6 +1299,7 @@ int main(void) {
                 cmocka_unit_test(test_budget_relief_from_idle),
                 cmocka_unit_test(test_budget_idle_no_timer),
                 cmocka_unit_test(test_budget_free_page_reporting),
+                cmocka_unit_test(test_budget_no_swap),
                 cmocka_unit_test(test_budget_random),
                 cmocka_unit_test(test_relief_after_take),
                 cmocka_unit_test(test_scope_once_per_sample),
