@@ -153,6 +153,9 @@ typedef struct PolicyVMState {
         usec_t recovered_usec;            /* last recovery step: a promise not kept within a cool-down
                                            * of it is dropped (the guest did not need it) */
         uint64_t last_footprint_bytes;    /* host RSS + swap at the previous call, 0 = unknown */
+        uint64_t overhead_bytes;          /* lowest footprint - guest use seen: QEMU's own memory (and
+                                           * what the guest touched at boot), never taken; 0 = none
+                                           * seen yet */
         usec_t budget_take_stats_usec;    /* last_stats_usec when the budget last took from it */
 } PolicyVMState;
 

@@ -138,7 +138,7 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
                                                      memcg=memcg, **guest_opts)
             peer = None
             if controller in ("seed", "default"):
-                env.start_daemon(config=daemon_config(env, controller, memcg), args=("--log-level=info",))
+                env.start_daemon(config=daemon_config(env, controller, memcg), args=("--log-level=debug",))
                 for name in guests:
                     env.wait_property(env.machine_path(name), "State", "managed", timeout=30)
                 notes = [l for l in env.daemon_log_text().splitlines() if "HostMemory" in l]

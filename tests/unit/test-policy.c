@@ -1095,13 +1095,15 @@ static void test_budget_free_page_reporting(void **state) {
         assert_int_equal(vm.reason, POLICY_REASON_HOST_BUDGET);
         assert_int_equal(vm.new_target_bytes, 1 * GIB - 100 * MIB);
 
-        /* without it, everything down to the floor that the footprint shows unused */
+        /* without it, what the footprint shows unused beyond QEMU's overhead (a first guess of
+         * 128 MiB + RAM/16): 600 - 224 - 192 = 184 MiB, more than the cache */
         vm_init(&vm, &k, 1 * GIB);
         vm_stats(&vm, now, 800 * MIB);
         vm.stats.free_bytes = 700 * MIB;
         vm_footprint(&vm, 600 * MIB, 0);
         policy_decide(&host, &vm, 1, now);
-        assert_true(vm.new_target_bytes < 1 * GIB - 300 * MIB);
+        assert_true(vm.new_target_bytes <= 1 * GIB - 180 * MIB);
+        assert_true(vm.new_target_bytes >= 1 * GIB - 190 * MIB);
 }
 
 /* A host without swap: what the guests may still grow into counts, so an idle guest at its
