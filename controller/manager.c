@@ -211,8 +211,9 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
         m->budget_balance = host_budget_balance(&host.budget, vms, m->n_machines);
         if (host.budget.valid)
                 log_debug("Budget: used %" PRIu64 " MiB + reserve %" PRIu64 " MiB + the VMs' swap - capacity %" PRIu64
-                          " MiB = %+" PRId64 " MiB%s.", host.budget.used_bytes / MIB, host.budget.reserve_bytes / MIB,
-                          host.budget.capacity_bytes / MIB, m->budget_balance / (int64_t) MIB,
+                          " MiB = %+" PRId64 " MiB%s.", (uint64_t) (host.budget.used_bytes / MIB),
+                          (uint64_t) (host.budget.reserve_bytes / MIB), (uint64_t) (host.budget.capacity_bytes / MIB),
+                          m->budget_balance / (int64_t) MIB,
                           host.budget.swap_capable ? "" : " (no swap: every guest's room to grow counts too)");
         /* Within one reserve of the budget (or over): guest stats and footprints kept fresh. */
         m->budget_watch = host.budget.valid &&
