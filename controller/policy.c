@@ -13,7 +13,7 @@
 
 /* A guest whose available memory is below half its reserve is living on its last reserve: it
  * counts as under pressure even if the trend is flat. */
-#define RESERVE_LOW_DIVISOR 2
+#define RESERVE_LOW_DIVISOR 1
 
 /* Over budget by less than this share of the capacity is noise (a page cache breathing, a
  * sample between two moves), not worth a move: 1/256, 4 MiB per GiB. */
@@ -23,6 +23,10 @@
  * guest (measured: 150-170 MiB just booted, 64 MiB of it the translation cache), more for
  * bigger guests (page tables, larger device state). Later samples only lower it. */
 #define OVERHEAD_PRIOR_BYTES (128 * MIB)
+
+/* Near the budget's line, at most 1/FREE_TAKE_DIVISOR of a guest's RAM of its free memory per
+ * guest-stats sample. */
+#define FREE_TAKE_DIVISOR 5
 
 /* How long memory given back counts as promised room, in recovery intervals (10 s by default):
  * long enough for a guest that wanted it to show it in its footprint. */
@@ -729,11 +733,18 @@ static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass
 
 /* What a donor can give this call: down to its floor, limited to what the host holds for it
  * unused (the take must give the host something), a blind low step without fresh stats. */
-static uint64_t budget_limit(const PolicyVM *vm, bool strict, usec_t now) {
+typedef enum BudgetTake {
+        BUDGET_TAKE_HELD,        /* what the host holds for the guest and it does not use */
+        BUDGET_TAKE_STRICT,      /* no swap: anything down to the floor */
+        BUDGET_TAKE_FREE,        /* near the line: the part of it that is free in the guest */
+} BudgetTake;
+
+static uint64_t budget_limit(const PolicyVM *vm, BudgetTake mode, usec_t now) {
+        bool strict = mode == BUDGET_TAKE_STRICT;
         uint64_t limit = sub_sat(vm->new_target_bytes, vm_floor(vm, now, false));
 
         if (!stats_fresh(vm, now))
-                return vm->reason == POLICY_REASON_HOST_BUDGET ? 0 :
+                return vm->reason == POLICY_REASON_HOST_BUDGET || mode == BUDGET_TAKE_FREE ? 0 :
                         MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
         /* Without swap, lowering a limit the guest could grow into is the point: anything down
          * to the floor counts. */
@@ -745,6 +756,13 @@ static uint64_t budget_limit(const PolicyVM *vm, bool strict, usec_t now) {
         uint64_t unused = vm_held_unused(vm);
         if (vm->free_page_reporting && vm->stats.free_bytes != UINT64_MAX)
                 unused = MIN(unused, sub_sat(vm->stats.available_bytes, vm->stats.free_bytes));
+        /* Free memory a guest is about to use again looks the same as memory it is done with
+         * (a spiky guest between two bursts): a fifth of its RAM per sample at most, so that a
+         * guest that starts growing shows it before it has lost everything (in the simulator
+         * a spiky guest lost 5 of its 8 GiB at once between two bursts, and OOMed). */
+        if (mode == BUDGET_TAKE_FREE)
+                unused = vm->stats.free_bytes == UINT64_MAX ? 0 :
+                        MIN(MIN(unused, vm->stats.free_bytes), vm->ram_bytes / FREE_TAKE_DIVISOR);
         /* what this call took already (an earlier water-filling round, a scope or PSI take) came
          * out of the same unused memory */
         return MIN(limit, sub_sat(unused, sub_sat(vm->target_bytes, vm->new_target_bytes)));
@@ -752,7 +770,7 @@ static uint64_t budget_limit(const PolicyVM *vm, bool strict, usec_t now) {
 
 /* Takes `over` bytes from the donors, each in proportion to what it can give divided by its
  * weight (water-filling: what one cannot give is shared by the others). Returns what was taken. */
-static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, bool strict,
+static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, PressureLevel level, BudgetTake mode,
                             usec_t now) {
         uint64_t taken = 0;
 
@@ -767,14 +785,14 @@ static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, Pressure
 
                         for (size_t i = 0; i < n_vms; i++)
                                 if (budget_donor(vms + i, level, last_pass, now))
-                                        sum += (double) budget_limit(vms + i, strict, now) / (double) MAX(vms[i].knobs->weight, 1U);
+                                        sum += (double) budget_limit(vms + i, mode, now) / (double) MAX(vms[i].knobs->weight, 1U);
                         if (sum <= 0)
                                 break;
                         for (size_t i = 0; i < n_vms; i++) {
                                 PolicyVM *vm = vms + i;
                                 if (!budget_donor(vm, level, last_pass, now))
                                         continue;
-                                uint64_t limit = budget_limit(vm, strict, now);
+                                uint64_t limit = budget_limit(vm, mode, now);
                                 double share = (double) left * ((double) limit / (double) MAX(vm->knobs->weight, 1U)) / sum;
                                 /* Round up to the granule: a share below it would never be taken. */
                                 uint64_t want = MIN(limit, (uint64_t) share + MOVE_GRANULE_BYTES - 1);
@@ -990,9 +1008,18 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
 
                 /* Recovery waits its cool-down after a take for a host over budget; a transfer to
                  * a guest in need is no sign of that, and must not hold up everyone's recovery. */
-                if (over >= slack && budget_take(vms, n_vms, over, level, !budget->swap_capable, now) > 0 &&
+                if (over >= slack && budget_take(vms, n_vms, over, level,
+                                                 budget->swap_capable ? BUDGET_TAKE_HELD : BUDGET_TAKE_STRICT, now) > 0 &&
                     balance >= (int64_t) slack)
                         host->last_pressure_usec = now;
+                /* Near the line (less than one reserve of room): memory a guest touched and
+                 * freed is pure waste on the host, and the next burst wants the headroom. Take
+                 * it from the guests, as free page reporting would, before anyone is over: on
+                 * real guests a 300 MiB page-cache fill in two seconds went to swap because the
+                 * take had stopped at the line while another guest still held 300 MiB it had
+                 * freed. The guest loses nothing it uses; it gets the memory back as it grows. */
+                if (balance > -(int64_t) MIN(budget->reserve_bytes, (uint64_t) INT64_MAX / 2))
+                        (void) budget_take(vms, n_vms, UINT64_MAX / 2, level, BUDGET_TAKE_FREE, now);
                 for (size_t i = 0; i < n_vms && !managed; i++)
                         managed = vm_managed(vms + i) && vms[i].knobs->preset == POLICY_PRESET_DEFAULT;
                 /* Over budget, or less than one reserve of room left: look again at the next stats

@@ -980,6 +980,7 @@ static void test_budget_over_but_quiet(void **state) {
         vm_init(&vms[1], &k, 1 * GIB);   /* busy: uses 900 MiB */
         vm_stats(&vms[0], now, 924 * MIB);
         vm_stats(&vms[1], now, 124 * MIB);
+        vms[0].stats.free_bytes = vms[1].stats.free_bytes = 0;   /* cache: only what is over goes */
         vm_footprint(&vms[0], 700 * MIB, 300 * MIB);
         vm_footprint(&vms[1], 800 * MIB, 100 * MIB);
         /* 1,648 MiB of RAM used of 2 GiB, 400 MiB of the guests' in swap, 200 MiB reserve:
@@ -1008,6 +1009,7 @@ static void test_budget_over_but_quiet(void **state) {
         for (int i = 0; i < 60; i++) {
                 vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
                 vm_stats(&vms[1], now, 124 * MIB);
+                vms[0].stats.free_bytes = vms[1].stats.free_bytes = 0;
                 next = policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
                 assert_int_equal(vms[0].new_target_bytes, vms[0].target_bytes);
                 assert_int_equal(vms[1].new_target_bytes, 1 * GIB);
@@ -1018,6 +1020,7 @@ static void test_budget_over_but_quiet(void **state) {
          * one step, then none. */
         host.budget.used_bytes -= 30 * MIB;
         vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
+        vms[0].stats.free_bytes = 0;
         policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
         assert_int_equal(vms[0].reason, POLICY_REASON_RECOVERY);
         uint64_t step = vms[0].new_target_bytes - vms[0].target_bytes;
@@ -1025,6 +1028,7 @@ static void test_budget_over_but_quiet(void **state) {
         vms[0].target_bytes = vms[0].new_target_bytes;
         vms[0].actual_bytes = vms[0].new_target_bytes;
         vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
+        vms[0].stats.free_bytes = 0;
         policy_decide(&host, vms, 2, now += 2 * USEC_PER_SEC);
         /* the guest has not touched it: the host's use is the same, the room is what is left */
         assert_int_equal(vms[0].new_target_bytes, vms[0].target_bytes);
@@ -1057,6 +1061,7 @@ static void test_budget_relief_from_idle(void **state) {
         vms[1].target_bytes = vms[1].actual_bytes = 512 * MIB;   /* squeezed earlier */
         vm_stats(&vms[0], now, 800 * MIB);
         vm_stats(&vms[1], now, 200 * MIB);
+        vms[0].stats.free_bytes = vms[1].stats.free_bytes = 0;   /* cache: taken only when needed */
         vm_footprint(&vms[0], 900 * MIB, 0);
         vm_footprint(&vms[1], 500 * MIB, 0);
         host.budget = budget_of(2 * GIB, 1840 * MIB, 200 * MIB);   /* 8 MiB of room: less than a step */
@@ -1138,6 +1143,43 @@ static void test_budget_no_swap(void **state) {
         assert_true(left + 50 * MIB <= 1 * GIB - 400 * MIB - 100 * MIB + 2 * MIB);
 }
 
+/* Near the line, not over: what a guest touched and freed goes (as free page reporting would
+ * return it), its cache stays; far from the line nothing moves. */
+static void test_budget_free_near_line(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 1 * GIB);
+        vm_stats(&vm, now, 800 * MIB);           /* uses 224 MiB */
+        vm.stats.free_bytes = 500 * MIB;         /* 300 MiB of cache */
+        vm_footprint(&vm, 900 * MIB, 0);         /* touched nearly all of it */
+        host.budget = budget_of(4 * GIB, 2 * GIB, 400 * MIB);   /* 1.6 GiB of room */
+        assert_int_equal(policy_decide(&host, &vm, 1, now), USEC_INFINITY);
+        assert_int_equal(vm.new_target_bytes, 1 * GIB);
+
+        host.budget.used_bytes = 3 * GIB + 500 * MIB;           /* 100 MiB of room: near the line */
+        policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
+        assert_int_equal(vm.reason, POLICY_REASON_HOST_BUDGET);
+        /* a fifth of its RAM per sample ... */
+        assert_int_equal(vm.new_target_bytes, 1 * GIB - 204 * MIB);
+        vm.target_bytes = vm.actual_bytes = vm.new_target_bytes;
+        /* (the host did not get it back yet: still near the line) */
+        for (int i = 0; i < 5; i++) {
+                vm_stats(&vm, now, vm.actual_bytes - 224 * MIB);
+                vm.stats.free_bytes = sub_now(vm.stats.available_bytes, 300 * MIB);
+                vm_footprint(&vm, 900 * MIB - (1 * GIB - vm.actual_bytes), 0);
+                policy_decide(&host, &vm, 1, now += 2 * USEC_PER_SEC);
+                vm.target_bytes = vm.actual_bytes = vm.new_target_bytes;
+        }
+        /* ... until the free part the footprint shows is gone (900 - 224 MiB used - 192 MiB taken
+         * for QEMU's overhead = 484 MiB); the cache stays */
+        assert_true(vm.target_bytes <= 1 * GIB - 480 * MIB);
+        assert_true(vm.target_bytes >= 1 * GIB - 500 * MIB);
+}
+
 /* Plenty of room, every VM at its maximum, no pressure: no timer, whatever the guests hold. */
 static void test_budget_idle_no_timer(void **state) {
         PolicyKnobs k;
@@ -1150,6 +1192,7 @@ static void test_budget_idle_no_timer(void **state) {
                 vm_init(&vms[i], &k, 1 * GIB);
                 vm_footprint(&vms[i], 600 * MIB, 0);
         }
+        /* (no stats: nothing known to be free, so nothing is taken near the line either) */
         host.budget = budget_of(8 * GIB, 2 * GIB, 400 * MIB);
         assert_int_equal(policy_decide(&host, vms, 3, now), USEC_INFINITY);
         /* within one reserve of the budget: watched at the stats interval */
@@ -1196,7 +1239,7 @@ static void test_budget_random(void **state) {
                 memcpy(pre, vms, n * sizeof *vms);
                 policy_decide(&host, vms, n, now);
 
-                uint64_t taken = 0, given_relief = 0, given_recovery = 0, inflight = 0;
+                uint64_t taken = 0, given_relief = 0, given_recovery = 0, inflight = 0, free_sum = 0;
                 for (size_t i = 0; i < n; i++) {
                         const PolicyVM *vm = vms + i;
                         bool managed = vm->controllable && vm->knobs->enabled && vm->ram_bytes > 0;
@@ -1222,6 +1265,8 @@ static void test_budget_random(void **state) {
                                 recoveries++;
                                 given_recovery += vm->new_target_bytes - pre[i].target_bytes;
                         }
+                        if (pre[i].stats.valid && pre[i].stats.free_bytes != UINT64_MAX)
+                                free_sum += pre[i].stats.free_bytes;
                         uint64_t a = MIN(pre[i].actual_bytes, pre[i].ram_bytes);
                         inflight += a > pre[i].target_bytes ? a - pre[i].target_bytes : 0;
                 }
@@ -1229,8 +1274,10 @@ static void test_budget_random(void **state) {
                 /* over, plus the half reserve a take restores */
                 uint64_t over = balance > 0 ? (uint64_t) balance + host.budget.reserve_bytes / 2 : 0;
                 /* each donor may round its share up to a granule; a PSI event may add its own
-                 * share when the budget sees no deficit, so the bound holds without one */
-                if (host.budget.swap_capable && host.event == PRESSURE_NONE && taken > over + given_relief + n * MIB)
+                 * share when the budget sees no deficit, so the bound holds without one; near the
+                 * line the guests' free memory goes too */
+                if (host.budget.swap_capable && host.event == PRESSURE_NONE &&
+                    taken > over + given_relief + (balance > -(int64_t) host.budget.reserve_bytes ? free_sum : 0) + 2 * n * MIB)
                         fail_msg("took %" PRIu64 " with %" PRIu64 " over and %" PRIu64 " given", taken, over, given_relief);
                 if (given_recovery > room)
                         fail_msg("gave back %" PRIu64 " into %" PRIu64 " of room", given_recovery, room);
@@ -1302,6 +1349,7 @@ int main(void) {
                 cmocka_unit_test(test_budget_idle_no_timer),
                 cmocka_unit_test(test_budget_free_page_reporting),
                 cmocka_unit_test(test_budget_no_swap),
+                cmocka_unit_test(test_budget_free_near_line),
                 cmocka_unit_test(test_budget_random),
                 cmocka_unit_test(test_relief_after_take),
                 cmocka_unit_test(test_scope_once_per_sample),
