@@ -24,9 +24,8 @@
  * bigger guests (page tables, larger device state). Later samples only lower it. */
 #define OVERHEAD_PRIOR_BYTES (128 * MIB)
 
-/* Near the budget's line, at most 1/FREE_TAKE_DIVISOR of a guest's RAM of its free memory per
- * guest-stats sample. */
-#define FREE_TAKE_DIVISOR 5
+/* Near the budget's line, at most 1/IDLE_TAKE_DIVISOR of a guest's RAM per guest-stats sample. */
+#define IDLE_TAKE_DIVISOR 5
 
 /* How long memory given back counts as promised room, in recovery intervals (10 s by default):
  * long enough for a guest that wanted it to show it in its footprint. */
@@ -728,7 +727,11 @@ static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass
 
         if (!stats_fresh(vm, now))
                 return !last_pass;
-        return vm->guest_pressure == last_pass;
+        /* In need is what the latest sample shows, not the sticky window PSI takes use: a guest
+         * that grew a while ago and now sits on free memory gives like any other (on real guests
+         * one that had touched and freed 300 MiB kept it, "in need", while the host swapped). */
+        bool in_need = vm->guest_pressure && vm->state.guest_pressure_usec >= vm->state.last_stats_usec;
+        return in_need == last_pass;
 }
 
 /* What a donor can give this call: down to its floor, limited to what the host holds for it
@@ -736,7 +739,7 @@ static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass
 typedef enum BudgetTake {
         BUDGET_TAKE_HELD,        /* what the host holds for the guest and it does not use */
         BUDGET_TAKE_STRICT,      /* no swap: anything down to the floor */
-        BUDGET_TAKE_FREE,        /* near the line: the part of it that is free in the guest */
+        BUDGET_TAKE_IDLE,        /* near the line: the same, a fifth of RAM per sample at most */
 } BudgetTake;
 
 static uint64_t budget_limit(const PolicyVM *vm, BudgetTake mode, usec_t now) {
@@ -744,7 +747,7 @@ static uint64_t budget_limit(const PolicyVM *vm, BudgetTake mode, usec_t now) {
         uint64_t limit = sub_sat(vm->new_target_bytes, vm_floor(vm, now, false));
 
         if (!stats_fresh(vm, now))
-                return vm->reason == POLICY_REASON_HOST_BUDGET || mode == BUDGET_TAKE_FREE ? 0 :
+                return vm->reason == POLICY_REASON_HOST_BUDGET || mode == BUDGET_TAKE_IDLE ? 0 :
                         MIN(limit, permille_of(vm->ram_bytes, vm->knobs->step_permille[PRESSURE_LOW]));
         /* Without swap, lowering a limit the guest could grow into is the point: anything down
          * to the floor counts. */
@@ -756,13 +759,12 @@ static uint64_t budget_limit(const PolicyVM *vm, BudgetTake mode, usec_t now) {
         uint64_t unused = vm_held_unused(vm);
         if (vm->free_page_reporting && vm->stats.free_bytes != UINT64_MAX)
                 unused = MIN(unused, sub_sat(vm->stats.available_bytes, vm->stats.free_bytes));
-        /* Free memory a guest is about to use again looks the same as memory it is done with
-         * (a spiky guest between two bursts): a fifth of its RAM per sample at most, so that a
-         * guest that starts growing shows it before it has lost everything (in the simulator
-         * a spiky guest lost 5 of its 8 GiB at once between two bursts, and OOMed). */
-        if (mode == BUDGET_TAKE_FREE)
-                unused = vm->stats.free_bytes == UINT64_MAX ? 0 :
-                        MIN(MIN(unused, vm->stats.free_bytes), vm->ram_bytes / FREE_TAKE_DIVISOR);
+        /* Memory a guest is about to use again looks the same as memory it is done with (a
+         * spiky guest between two bursts): near the line a fifth of its RAM per sample at most,
+         * so that a guest that starts growing shows it before it has lost everything (in the
+         * simulator a spiky guest lost 5 of its 8 GiB at once between two bursts, and OOMed). */
+        if (mode == BUDGET_TAKE_IDLE)
+                unused = MIN(unused, vm->ram_bytes / IDLE_TAKE_DIVISOR);
         /* what this call took already (an earlier water-filling round, a scope or PSI take) came
          * out of the same unused memory */
         return MIN(limit, sub_sat(unused, sub_sat(vm->target_bytes, vm->new_target_bytes)));
@@ -1012,14 +1014,16 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                                                  budget->swap_capable ? BUDGET_TAKE_HELD : BUDGET_TAKE_STRICT, now) > 0 &&
                     balance >= (int64_t) slack)
                         host->last_pressure_usec = now;
-                /* Near the line (less than one reserve of room): memory a guest touched and
-                 * freed is pure waste on the host, and the next burst wants the headroom. Take
-                 * it from the guests, as free page reporting would, before anyone is over: on
-                 * real guests a 300 MiB page-cache fill in two seconds went to swap because the
-                 * take had stopped at the line while another guest still held 300 MiB it had
-                 * freed. The guest loses nothing it uses; it gets the memory back as it grows. */
+                /* Near the line (less than one reserve of room): memory a guest holds on the host
+                 * and does not use (touched and freed, or cache) is what the next burst needs as
+                 * headroom. Take it from the guests before anyone is over: on real guests a
+                 * 300 MiB page-cache fill in two seconds went to swap because the take had
+                 * stopped at the line while another guest still held 300 MiB it had freed, and a
+                 * 300 MiB touch went to swap while a third sat on 300 MiB of cache. The guest
+                 * loses nothing it uses (cache it reads again, at worst); it gets memory back as
+                 * it grows. */
                 if (balance > -(int64_t) MIN(budget->reserve_bytes, (uint64_t) INT64_MAX / 2))
-                        (void) budget_take(vms, n_vms, UINT64_MAX / 2, level, BUDGET_TAKE_FREE, now);
+                        (void) budget_take(vms, n_vms, UINT64_MAX / 2, level, BUDGET_TAKE_IDLE, now);
                 for (size_t i = 0; i < n_vms && !managed; i++)
                         managed = vm_managed(vms + i) && vms[i].knobs->preset == POLICY_PRESET_DEFAULT;
                 /* Over budget, or less than one reserve of room left: look again at the next stats

@@ -981,7 +981,9 @@ static void test_budget_over_but_quiet(void **state) {
         vm_stats(&vms[0], now, 924 * MIB);
         vm_stats(&vms[1], now, 124 * MIB);
         vms[0].stats.free_bytes = vms[1].stats.free_bytes = 0;   /* cache: only what is over goes */
-        vm_footprint(&vms[0], 700 * MIB, 300 * MIB);
+        /* vm 0 holds 300 MiB unused beyond its use (100) and QEMU's overhead (a first guess of
+         * 192 MiB): 292 MiB resident, 300 swapped */
+        vm_footprint(&vms[0], 292 * MIB, 300 * MIB);
         vm_footprint(&vms[1], 800 * MIB, 100 * MIB);
         /* 1,648 MiB of RAM used of 2 GiB, 400 MiB of the guests' in swap, 200 MiB reserve:
          * 200 MiB over */
@@ -1005,7 +1007,7 @@ static void test_budget_over_but_quiet(void **state) {
         /* Done: the host got its 300 MiB back (the swap freed), half a reserve of room: no take,
          * no give-back, however long PSI stays quiet. */
         vm_apply(&vms[0]);
-        vm_footprint(&vms[0], 700 * MIB, 0);
+        vm_footprint(&vms[0], 292 * MIB, 0);
         for (int i = 0; i < 60; i++) {
                 vm_stats(&vms[0], now, vms[0].actual_bytes - 100 * MIB);
                 vm_stats(&vms[1], now, 124 * MIB);
@@ -1061,13 +1063,17 @@ static void test_budget_relief_from_idle(void **state) {
         vms[1].target_bytes = vms[1].actual_bytes = 512 * MIB;   /* squeezed earlier */
         vm_stats(&vms[0], now, 800 * MIB);
         vm_stats(&vms[1], now, 200 * MIB);
-        vms[0].stats.free_bytes = vms[1].stats.free_bytes = 0;   /* cache: taken only when needed */
+        vms[0].stats.free_bytes = vms[1].stats.free_bytes = 0;   /* cache */
         vm_footprint(&vms[0], 900 * MIB, 0);
         vm_footprint(&vms[1], 500 * MIB, 0);
         host.budget = budget_of(2 * GIB, 1840 * MIB, 200 * MIB);   /* 8 MiB of room: less than a step */
+        /* near the line: the idle guest's cache goes, a fifth of its RAM per sample */
         policy_decide(&host, vms, 2, now);
-        assert_int_equal(vms[0].new_target_bytes, 1 * GIB);
+        assert_int_equal(vms[0].new_target_bytes, 1 * GIB - 204 * MIB);
         assert_int_equal(vms[1].new_target_bytes, 512 * MIB);
+        vms[0].target_bytes = vms[0].actual_bytes = vms[0].new_target_bytes;
+        vm_stats(&vms[0], now + USEC_PER_SEC, 800 * MIB - 204 * MIB);
+        vms[0].stats.free_bytes = 0;
 
         /* vm 1 grows by 150 MiB in one sample: in need */
         vm_stats(&vms[1], now + 2 * USEC_PER_SEC, 50 * MIB);
@@ -1076,9 +1082,10 @@ static void test_budget_relief_from_idle(void **state) {
         uint64_t given = vms[1].new_target_bytes - 512 * MIB;
         assert_true(given >= 100 * MIB);
         assert_int_equal(vms[0].reason, POLICY_REASON_HOST_BUDGET);
-        uint64_t taken = 1 * GIB - vms[0].new_target_bytes;
+        uint64_t taken = vms[0].target_bytes - vms[0].new_target_bytes;
+        /* what the room did not cover, at least; at most that plus the near-the-line fifth */
         assert_true(taken + 10 * MIB >= given);
-        assert_true(taken <= given + MIB);
+        assert_true(taken <= given + 205 * MIB);
 }
 
 /* Free page reporting: the guest's free memory went back by itself, so the budget goes after its
@@ -1265,8 +1272,7 @@ static void test_budget_random(void **state) {
                                 recoveries++;
                                 given_recovery += vm->new_target_bytes - pre[i].target_bytes;
                         }
-                        if (pre[i].stats.valid && pre[i].stats.free_bytes != UINT64_MAX)
-                                free_sum += pre[i].stats.free_bytes;
+                        free_sum += pre[i].ram_bytes / 5;   /* near the line: a fifth of RAM each */
                         uint64_t a = MIN(pre[i].actual_bytes, pre[i].ram_bytes);
                         inflight += a > pre[i].target_bytes ? a - pre[i].target_bytes : 0;
                 }
@@ -1275,7 +1281,7 @@ static void test_budget_random(void **state) {
                 uint64_t over = balance > 0 ? (uint64_t) balance + host.budget.reserve_bytes / 2 : 0;
                 /* each donor may round its share up to a granule; a PSI event may add its own
                  * share when the budget sees no deficit, so the bound holds without one; near the
-                 * line the guests' free memory goes too */
+                 * line up to a fifth of each guest's RAM goes too */
                 if (host.budget.swap_capable && host.event == PRESSURE_NONE &&
                     taken > over + given_relief + (balance > -(int64_t) host.budget.reserve_bytes ? free_sum : 0) + 2 * n * MIB)
                         fail_msg("took %" PRIu64 " with %" PRIu64 " over and %" PRIu64 " given", taken, over, given_relief);
