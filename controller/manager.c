@@ -185,6 +185,11 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
         }
         for (size_t i = 0; i < m->n_machines; i++) {
                 Machine *machine = m->machines[i];
+                /* A VM's footprint is read with the guest stats and on events; a new one once at
+                 * its first decision, so that the budget knows what it holds from the start. */
+                if (m->host_memory && machine->host_rss_bytes == UINT64_MAX && machine->leader > 0 &&
+                    process_footprint(machine->leader, &machine->host_rss_bytes, &machine->host_swap_bytes) < 0)
+                        machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
                 vms[i] = (PolicyVM) {
                         .knobs = &machine->config.knobs,
                         .ram_bytes = machine->ram_bytes,

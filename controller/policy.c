@@ -914,7 +914,16 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
          * critical it gets bigger steps while its latest sample shows the need (it
          * would otherwise deflate itself, slower, or OOM). At critical host pressure nobody grows. */
         bool host_not_critical = host->level < PRESSURE_CRITICAL && host->event < PRESSURE_CRITICAL;
-        uint64_t relief_uncovered = 0;
+        uint64_t relief_uncovered = 0, strict_spare = UINT64_MAX;
+        /* Without swap, relief past the room only as far as the idle guests can cover it: beyond
+         * that it would be the host's OOM killer taking a whole VM instead of the guest's own
+         * taking a process (measured: a growing guest's relief ran the host into its limit). */
+        if (budget->valid && !budget->swap_capable) {
+                strict_spare = 0;
+                for (size_t i = 0; i < n_vms; i++)
+                        if (budget_donor(vms + i, MAX(host->event, host->level), false, now))
+                                strict_spare = add_sat(strict_spare, budget_limit(vms + i, BUDGET_TAKE_STRICT, now));
+        }
         for (size_t n = 0; n < 2 * n_vms; n++) {
                 /* Guests in need first: they have the first claim on the room there is. */
                 bool relief_pass = n < n_vms;
@@ -968,7 +977,12 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                         if (budget->valid) {
                                 uint64_t covered = MIN(step, room);
                                 if (relief) {
-                                        relief_uncovered = add_sat(relief_uncovered, step - covered);
+                                        uint64_t uncovered = MIN(step - covered, strict_spare);
+                                        if (strict_spare != UINT64_MAX)
+                                                strict_spare -= uncovered;
+                                        step = covered + uncovered;
+                                        go = step >= MOVE_GRANULE_BYTES;
+                                        relief_uncovered = add_sat(relief_uncovered, uncovered);
                                         room -= covered;
                                 } else if (step > sub_sat(room, budget->reserve_bytes / 2))
                                         go = false;   /* the half reserve a take restores is not room */
