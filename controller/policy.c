@@ -1040,10 +1040,10 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                         (void) budget_take(vms, n_vms, UINT64_MAX / 2, level, BUDGET_TAKE_IDLE, now);
                 for (size_t i = 0; i < n_vms && !managed; i++)
                         managed = vm_managed(vms + i) && vms[i].knobs->preset == POLICY_PRESET_DEFAULT;
-                /* Over budget, or less than one reserve of room left: look again at the next stats
-                 * interval. With more room than that and every VM at its maximum, no timer. */
+                /* Over budget, or less than two reserves of room left: look again at the next
+                 * stats interval. With more room than that and every VM at its maximum, no timer. */
                 if (managed && budget->interval_usec > 0 &&
-                    (over >= slack || balance > -(int64_t) MIN(budget->reserve_bytes, (uint64_t) INT64_MAX / 2)))
+                    (over >= slack || balance > -(int64_t) MIN(2 * budget->reserve_bytes, (uint64_t) INT64_MAX / 2)))
                         next = MIN(next, now + budget->interval_usec);
         }
 
