@@ -9,6 +9,10 @@
 #include "machine.h"
 #include "manager.h"
 
+/* After the budget's source woke us (a v1 threshold, v2 memory.events), keep watching this long
+ * whatever the first read said. */
+#define BUDGET_EVENT_WATCH_USEC (10 * USEC_PER_SEC)
+
 /* How long shutdown waits for the guests' balloon commands to be acknowledged. */
 #define EXIT_DEFLATE_TIMEOUT_USEC (5 * USEC_PER_SEC)
 
@@ -223,6 +227,14 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
         /* Within two reserves of the budget (or over): guest stats and footprints kept fresh. */
         m->budget_watch = host.budget.valid &&
                 m->budget_balance > -(int64_t) MIN(2 * host.budget.reserve_bytes, (uint64_t) INT64_MAX / 2);
+        /* A wake-up from the source means its use is on the move: the value read at that moment
+         * is where it crossed, not where it stops. Keep looking for a while (measured: a guest's
+         * touch crossed the threshold, the first read was just short of the watch, and the next
+         * look came 8 s later with the host in swap). */
+        if (host.budget.valid && m->budget_event_usec != 0 && now < m->budget_event_usec + BUDGET_EVENT_WATCH_USEC) {
+                m->budget_watch = true;
+                when = MIN(when, now + host.budget.interval_usec);
+        }
         if (host.budget.valid)
                 m->last_pressure_usec = MAX(m->last_pressure_usec, host.last_pressure_usec);
 
@@ -408,6 +420,7 @@ static void on_host_memory(HostMemory *h, void *userdata) {
         Manager *m = userdata;
 
         log_debug("Host memory source %s: use crossed the watch threshold.", host_memory_path(h));
+        m->budget_event_usec = now_usec();
         refresh_footprints(m);
         /* As a host PSI event: wait one QMP round trip for missing guest stats, not longer. */
         if (m->deferred_budget || m->deferred_host_event != PRESSURE_NONE || request_missing_stats(m, now_usec())) {

@@ -35,6 +35,7 @@ typedef struct Manager {
         int64_t budget_balance;             /* bytes over (> 0) or room left (< 0) at that run */
         bool budget_watch;                  /* within one reserve of the budget: keep stats fresh */
         bool budget_read_failed;            /* logged once until it reads again */
+        usec_t budget_event_usec;           /* last wake-up from the budget's source */
 
         sd_event_source *policy_timer;      /* armed only when the policy asks for a wake-up */
         PressureLevel deferred_host_event;  /* a host event waiting for guest stats (no blind squeeze) */
