@@ -15,6 +15,10 @@
  * counts as under pressure even if the trend is flat. */
 #define RESERVE_LOW_DIVISOR 1
 
+/* A move asked for this long ago and still not done is not "in flight" any more: a guest whose
+ * driver does not follow must not hold up takes from the others for good. */
+#define INFLIGHT_MAX_USEC (10 * USEC_PER_SEC)
+
 /* Over budget by less than this share of the capacity is noise (a page cache breathing, a
  * sample between two moves), not worth a move: 1/256, 4 MiB per GiB. */
 #define BUDGET_SLACK_DIVISOR 256
@@ -446,8 +450,10 @@ static bool vm_managed(const PolicyVM *vm) {
 static void vm_move(PolicyVM *vm, uint64_t new_target, PolicyReason reason, PressureLevel level, usec_t now) {
         if (new_target == vm->new_target_bytes)
                 return;
-        if (new_target > vm->new_target_bytes)
+        if (new_target > vm->new_target_bytes) {
                 vm->state.last_grow_usec = now;
+                vm->state.last_grow_target_bytes = new_target;
+        }
         vm->new_target_bytes = new_target;
         vm->reason = reason;
         vm->reason_level = level;
@@ -533,7 +539,12 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
         } else if (host->level == PRESSURE_NONE && vm->scope_level == PRESSURE_NONE)
                 st->relieved = true;
 
-        bool self_deflated = st->last_actual_bytes != 0 &&
+        /* A deflate we asked for and then cut short by a take lands late: actual rising to the
+         * target of our last grow is that, not the guest deflating itself (seen on a real guest:
+         * the adoption marked it "in need" and held it off for 2 min while the host swapped). */
+        bool own_deflate_landing = st->last_grow_usec != 0 && now - st->last_grow_usec < INFLIGHT_MAX_USEC &&
+                                   vm->actual_bytes <= st->last_grow_target_bytes + SELF_DEFLATE_SLACK_BYTES;
+        bool self_deflated = st->last_actual_bytes != 0 && !own_deflate_landing &&
                              vm->actual_bytes > st->last_actual_bytes &&
                              vm->actual_bytes > vm->target_bytes + SELF_DEFLATE_SLACK_BYTES;
         st->last_actual_bytes = vm->actual_bytes;
@@ -814,9 +825,6 @@ static uint64_t budget_take(PolicyVM *vms, size_t n_vms, uint64_t over, Pressure
         return taken;
 }
 
-/* An inflation asked for this long ago and still not done is not "in flight" any more: a guest
- * whose driver does not follow must not hold up takes from the others for good. */
-#define INFLIGHT_MAX_USEC (10 * USEC_PER_SEC)
 
 /* Inflations asked for and not yet done: the host gets that memory back when the guest follows,
  * so the budget must not take it a second time meanwhile. */

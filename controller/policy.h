@@ -125,6 +125,8 @@ typedef struct PolicyVMState {
         usec_t last_event_usec;           /* last host or scope event that concerned this VM */
         usec_t last_move_usec;            /* last move, either way */
         usec_t last_grow_usec;            /* last move up: recovery and relief steps are spaced by it */
+        uint64_t last_grow_target_bytes;  /* ... and the target it set: actual rising toward it is our
+                                           * own deflate landing, not the guest deflating itself */
         usec_t hold_off_until_usec;       /* self-deflate hold-off */
         usec_t guest_pressure_usec;       /* last time the guest showed pressure of its own, 0 = never */
         uint64_t last_actual_bytes;       /* previous actual, to tell a self-deflate from our inflate */

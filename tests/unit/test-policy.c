@@ -371,6 +371,7 @@ static void test_self_deflate_hold_off(void **state) {
         {
                 PolicyVM again = vm;
                 again.state.last_actual_bytes = 2 * GIB;
+                again.state.last_grow_usec = 0;   /* as before the adoption: no grow of ours landing */
                 host.level = PRESSURE_MEDIUM;
                 policy_decide(&host, &again, 1, now);
                 assert_int_equal(again.reason, POLICY_REASON_ADOPT_SELF_DEFLATE);
@@ -749,8 +750,10 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
 
         /* The point a move starts from: the target, or the guest's own size when it deflated
          * itself (the policy adopts that first), within the bounds. */
+        bool own_landing = pre->state.last_grow_usec != 0 && now - pre->state.last_grow_usec < 10 * USEC_PER_SEC &&
+                           pre->actual_bytes <= pre->state.last_grow_target_bytes + MIB;
         bool adopted = pre->state.last_actual_bytes != 0 && pre->actual_bytes > pre->state.last_actual_bytes &&
-                       pre->actual_bytes > pre->target_bytes + MIB;
+                       pre->actual_bytes > pre->target_bytes + MIB && !own_landing;
         uint64_t base = CLAMP(adopted ? pre->actual_bytes : pre->target_bytes, min, max);
 
         /* The seed moves on every event it has room for: exactly its step, never nothing. */
