@@ -39,25 +39,7 @@ struct Lookup {
 };
 
 int cgroup2_mount_point(char **ret) {
-        _cleanup_free_ char *buf = NULL;
-        int r;
-
-        r = read_full_file("/proc/self/mountinfo", &buf, NULL);
-        if (r < 0)
-                return r;
-        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-                /* id parent maj:min root mountpoint options [optional...] - fstype source super */
-                char mountpoint[PATH_MAX], fstype[64];
-                char *sep = strstr(line, " - ");
-                if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mountpoint) != 1 ||
-                    sscanf(sep + 3, "%63s", fstype) != 1)
-                        continue;
-                if (streq(fstype, "cgroup2")) {
-                        *ret = strdup(mountpoint);
-                        return *ret ? 0 : -ENOMEM;
-                }
-        }
-        return -ENOENT;
+        return mount_point_of("cgroup2", NULL, ret);
 }
 
 /* QEMU option values escape a literal comma as ",,". */

@@ -1,7 +1,6 @@
 /* HostMemorySource=: read the host's memory budget from /proc/meminfo or a memory cgroup. */
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
@@ -162,25 +161,7 @@ static int host_mem_total(uint64_t *ret_total, uint64_t *ret_swap_total) {
 }
 
 int memcg1_mount_point(char **ret) {
-        _cleanup_free_ char *buf = NULL;
-        int r;
-
-        r = read_full_file("/proc/self/mountinfo", &buf, NULL);
-        if (r < 0)
-                return r;
-        for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-                char mountpoint[PATH_MAX], fstype[64], super[512];
-                char *sep = strstr(line, " - ");
-                if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mountpoint) != 1 ||
-                    sscanf(sep + 3, "%63s %*s %511s", fstype, super) != 2 || !streq(fstype, "cgroup"))
-                        continue;
-                for (char *s2 = NULL, *opt = strtok_r(super, ",", &s2); opt; opt = strtok_r(NULL, ",", &s2))
-                        if (streq(opt, "memory")) {
-                                *ret = strdup(mountpoint);
-                                return *ret ? 0 : -ENOMEM;
-                        }
-        }
-        return -ENOENT;
+        return mount_point_of("cgroup", "memory", ret);
 }
 
 int host_memory_read(HostMemory *h, HostBudget *b) {

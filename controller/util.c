@@ -2,6 +2,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <strings.h>
 #include <time.h>
@@ -141,4 +142,29 @@ char *format_size(char *buf, size_t len, uint64_t bytes) {
         else
                 snprintf(buf, len, "%.1f%c", v, suffixes[i]);
         return buf;
+}
+
+int mount_point_of(const char *fstype, const char *super_option, char **ret) {
+        _cleanup_free_ char *buf = NULL;
+        int r;
+
+        r = read_full_file("/proc/self/mountinfo", &buf, NULL);
+        if (r < 0)
+                return r;
+        for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                /* id parent maj:min root mountpoint options [optional...] - fstype source super */
+                char mountpoint[PATH_MAX], type[64], super[512] = "";
+                char *sep = strstr(line, " - ");
+                if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mountpoint) != 1 ||
+                    sscanf(sep + 3, "%63s %*s %511s", type, super) < 1 || !streq(type, fstype))
+                        continue;
+                bool found = !super_option;
+                for (char *s2 = NULL, *opt = strtok_r(super, ",", &s2); !found && opt; opt = strtok_r(NULL, ",", &s2))
+                        found = streq(opt, super_option);
+                if (found) {
+                        *ret = strdup(mountpoint);
+                        return *ret ? 0 : -ENOMEM;
+                }
+        }
+        return -ENOENT;
 }

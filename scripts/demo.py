@@ -42,10 +42,6 @@ HOG_HOLD = 40
 SETTLE = 30                 # act 3
 
 
-def swap_of(pid):
-    return realguest.rss_swap_bytes(pid) - realguest.rss_bytes(pid)
-
-
 class Run:
     """One pass of the story; with_daemon: autoballoond drives the balloons."""
 
@@ -68,7 +64,7 @@ class Run:
                     a = 0
             else:
                 a = 512
-            cells.append("  %4d M %4d M %4d M" % (a, realguest.rss_bytes(g.pid) // MIB, swap_of(g.pid) // MIB))
+            cells.append("  %4d M %4d M %4d M" % (a, realguest.rss_bytes(g.pid) // MIB, realguest.swap_bytes(g.pid) // MIB))
         print("%5.0f %6d M %6d M%s" % (time.monotonic() - t0, use // MIB, swap // MIB, "".join(cells)), flush=True)
 
     def play(self):

@@ -23,16 +23,6 @@ HOST_RAM = 700 * MIB
 RESERVE = 40 * MIB
 
 
-def swap_of(pid):
-    try:
-        for line in open("/proc/%d/status" % pid):
-            if line.startswith("VmSwap:"):
-                return int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return 0
-
-
 def test(env):
     outdir = realguest.images()
     memcg = realguest.HostMemcg(env, "host", HOST_RAM, swap=1024 * MIB)
@@ -52,13 +42,13 @@ def test(env):
             now = time.monotonic()
             if last is not None and total == last:
                 quiet_since = quiet_since or now
-                if now - quiet_since >= 6 and swap_of(g.pid) > 64 * MIB:
+                if now - quiet_since >= 6 and realguest.swap_bytes(g.pid) > 64 * MIB:
                     break
             else:
                 quiet_since = None
             last = total
             time.sleep(0.5)
-        guest_swap0 = swap_of(g.pid)
+        guest_swap0 = realguest.swap_bytes(g.pid)
         log("quiet: no stall for 6 s; the host swapped %d MiB of the guest, memcg usage %d MiB" % (
             guest_swap0 // MIB, memcg.usage() // MIB))
         check(guest_swap0 > 64 * MIB, "the host did not swap the guest's idle memory")
@@ -80,10 +70,10 @@ def test(env):
         last_move = env.ab_get(path, "LastMove")
         balance = env.get(abtest.AB, abtest.AB_PATH, abtest.AB_MANAGER, "HostMemoryBalance")
         log("took %d MiB (last move: %s), guest swap %d -> %d MiB, balance %+d MiB" % (
-            (512 * MIB - target) // MIB, last_move[1], guest_swap0 // MIB, swap_of(g.pid) // MIB, balance // MIB))
+            (512 * MIB - target) // MIB, last_move[1], guest_swap0 // MIB, realguest.swap_bytes(g.pid) // MIB, balance // MIB))
         text = env.daemon_log_text()
         check("reason=host-budget" in text, "no move logged with reason host-budget")
-        check(swap_of(g.pid) < guest_swap0 - 32 * MIB, "the guest's swap did not fall")
+        check(realguest.swap_bytes(g.pid) < guest_swap0 - 32 * MIB, "the guest's swap did not fall")
 
         # While the workload holds its memory, memory goes back only into the room there is:
         # the host never goes over budget again by our give-backs, and the guest gets back at

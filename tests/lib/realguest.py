@@ -44,6 +44,11 @@ def rss_bytes(pid):
     return 0
 
 
+def swap_bytes(pid):
+    """VmSwap of a process: what the host swapped out of it (0 once it is gone)."""
+    return rss_swap_bytes(pid) - rss_bytes(pid)
+
+
 def rss_swap_bytes(pid):
     """VmRSS + VmSwap: what the host spends on a process, wherever the pages are."""
     total = 0
