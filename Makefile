@@ -25,7 +25,7 @@ sim:
 	ninja -C $(BUILD) tests/sim/autoballoon-sim
 	tests/sim/run.sh $(BUILD)
 
-# The daemon's benchmarks (DESIGN §6): reaction time PSI event -> QMP balloon, idle wake-ups, RSS
+# The daemon's benchmarks (docs/benchmarks.md): reaction time PSI event -> QMP balloon, idle wake-ups, RSS
 # and start-up at 1, 100 and 1,000 fake VMs under the real machined (root; about 6 minutes).
 # Figures printed and in $(BUILD)/bench.json; docs/benchmarks.md says what they mean.
 bench: build

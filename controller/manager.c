@@ -79,7 +79,7 @@ static void arm_policy_timer(Manager *m, usec_t when) {
         sd_event_source_set_enabled(m->policy_timer, SD_EVENT_ONESHOT);
 }
 
-/* A host event decided on missing or stale guest stats would squeeze blindly (DESIGN §4).
+/* A host event decided on missing or stale guest stats would squeeze blindly (docs/policy.md).
  * QEMU keeps the statistics the guest last pushed (every StatsIntervalSec), so asking for
  * them costs one QMP round trip, not a wait for the guest: the event waits for those
  * replies, at most STATS_WAIT_MAX_USEC. A VM that was asked within STATS_RETRY_USEC and still

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Benchmarks of autoballoond (DESIGN §6): start-up, idle wake-ups, RSS, and reaction time from
+"""Benchmarks of autoballoond (docs/benchmarks.md): start-up, idle wake-ups, RSS, and reaction time from
 a real PSI event to the `balloon` command, at 1, 100 and 1,000 VMs.
 
 Everything is real except the guests: the real systemd-machined on a private bus (abtest.Env),

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Issue 2, item 5: `make demo` runs to the end on real components (it checks itself that
+"""`make demo` runs to the end on real components (it checks itself that
 the daemon inflated under host pressure, gave memory back, and exited cleanly) and leaves
 nothing behind: no process, cgroup (v1 or v2), mount, zram swap or state directory."""
 import os

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Issue 2, item 3: one real QEMU guest registered with machined; under real host memory
+"""One real QEMU guest registered with machined; under real host memory
 pressure the daemon inflates its balloon and QEMU's RSS (from /proc) falls accordingly.
 
 "Host RAM" is a v1 memcg limit shared by QEMU and a host workload, with zram swap, so the

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Issue 5, item 4: with the host daemon running, the guest under pressure and the host not,
+"""With the host daemon running, the guest under pressure and the host not,
 at most one re-inflate of that VM in 60 s (no ping-pong).
 
 A real QEMU (TCG) guest with the patched virtio_balloon and deflate-on-oom=on (the patch's

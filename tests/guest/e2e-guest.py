@@ -2,7 +2,7 @@
 """End-to-end tests of the guest half on real guests (QEMU TCG), suite 'e2e'.
 
 e2e-guest.py SOURCE_ROOT BUILD_ROOT TEST
-  basic        stock and patched module: load, bind, inflate/deflate (issue 5, item 1)
+  basic        stock and patched module: load, bind, inflate/deflate
   oom          anonymous workload in a half-ballooned guest: patched vs stock
                deflate-on-oom=off (OOM kill) vs stock deflate-on-oom=on (item 2);
                then the hold: no re-inflation toward the old target (no ping-pong)

@@ -2,7 +2,7 @@
 """Host pressure (HostPressureSource=machine.slice) takes memory from the guest that can best
 spare it: a real stall under machine.slice inflates the idle guest (lots of available
 memory), not the busy one (its working set fills it), and never below the busy guest's
-working set (DESIGN §4: never squeeze a guest blindly toward a host-wide target)."""
+working set (docs/policy.md: never squeeze a guest blindly toward a host-wide target)."""
 import json
 import os
 import sys
