@@ -139,6 +139,9 @@ int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, P
         return 0;
 }
 
+/* How long an operator's size below the guest's reserve is left alone at least. */
+#define MANUAL_HOLD_USEC (60 * USEC_PER_SEC)
+
 int machine_resize(Machine *machine, uint64_t target_bytes) {
         int r;
 
@@ -148,6 +151,10 @@ int machine_resize(Machine *machine, uint64_t target_bytes) {
         /* As if the policy had made this move after an event: no recovery step before the
          * cool-down, so the operator's size holds for RecoveryDelaySec at least. */
         machine->policy_state.last_move_usec = machine->policy_state.last_event_usec = now_usec();
+        /* ... and a size below the guest's reserve is the operator's choice, not a guest in need
+         * to be relieved at once */
+        machine->policy_state.manual_until_usec = now_usec() + MAX(MANUAL_HOLD_USEC, policy_vm_recovery_delay(
+                &(PolicyVM) { .knobs = &machine->config.knobs, .state = machine->policy_state }));
         manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
         return 0;
 }

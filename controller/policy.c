@@ -12,8 +12,9 @@
 #define SELF_DEFLATE_SLACK_BYTES (1 * MIB)
 
 /* A guest whose available memory is below half its reserve is living on its last reserve: it
- * counts as under pressure even if the trend is flat. */
-#define RESERVE_LOW_DIVISOR 1
+ * counts as under pressure even if the trend is flat. (Below the whole reserve was tried: it
+ * relieved at once a guest an operator had resized by hand below its reserve.) */
+#define RESERVE_LOW_DIVISOR 2
 
 /* A move asked for this long ago and still not done is not "in flight" any more: a guest whose
  * driver does not follow must not hold up takes from the others for good. */
@@ -396,7 +397,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         }
         uint64_t used = guest_used(vm);
         bool pressure = s->available_bytes < vm_reserve(vm) / RESERVE_LOW_DIVISOR &&
-                        vm->actual_bytes < policy_vm_maximum(vm);
+                        vm->actual_bytes < policy_vm_maximum(vm) && now >= st->manual_until_usec;
 
         if (st->last_stats_usec != 0 && s->updated_usec > st->last_stats_usec) {
                 usec_t dt_usec = s->updated_usec - st->last_stats_usec;

@@ -128,6 +128,8 @@ typedef struct PolicyVMState {
         uint64_t last_grow_target_bytes;  /* ... and the target it set: actual rising toward it is our
                                            * own deflate landing, not the guest deflating itself */
         usec_t hold_off_until_usec;       /* self-deflate hold-off */
+        usec_t manual_until_usec;         /* an operator's ResizeMachine() holds until then: a guest
+                                           * sized below its reserve by hand is not "in need" */
         usec_t guest_pressure_usec;       /* last time the guest showed pressure of its own, 0 = never */
         uint64_t last_actual_bytes;       /* previous actual, to tell a self-deflate from our inflate */
         usec_t last_stats_usec;           /* updated_usec of the previous guest-stats sample */

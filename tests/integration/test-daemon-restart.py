@@ -46,8 +46,11 @@ def test(env):
     env.wait_property(path, "TargetMemory", 512 * MIB, timeout=20)
     env.wait_property(path, "ActualMemory", 512 * MIB, timeout=10)
     moves = [l for l in env.daemon_log_text()[log_offset:].splitlines() if "balloon target" in l]
-    check(moves and "balloon target 300M →" in moves[0] and "reason=recovery" in moves[0],
-          "the first move of the new daemon was not a recovery from 300M: %s" % moves[:1])
+    # recovery, or relief when the guest lives below its reserve at 300 MiB (then it is in need
+    # and gets memory back sooner): either way a give-back starting from the guest's own size
+    check(moves and "balloon target 300M →" in moves[0] and
+          ("reason=recovery" in moves[0] or "reason=guest-pressure" in moves[0]),
+          "the first move of the new daemon was not a give-back from 300M: %s" % moves[:1])
     log("recovery returned the guest to 512 MiB")
 
     # DeflateOnExit=yes: the stop returns an inflated guest to its maximum
