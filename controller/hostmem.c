@@ -1,7 +1,10 @@
 /* HostMemorySource=: read the host's memory budget from /proc/meminfo or a memory cgroup. */
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 
@@ -23,6 +26,8 @@ struct HostMemory {
         int threshold_fd;               /* v1: eventfd registered in cgroup.event_control */
         sd_event_source *threshold_source;
         uint64_t threshold_bytes;
+        char *cgroup;                   /* the source's path in its hierarchy ("/machine.slice"),
+                                         * NULL for /proc/meminfo or when it cannot be told */
 };
 
 static const char *const kind_table[_HOST_MEMORY_KIND_MAX] = {
@@ -329,6 +334,13 @@ int host_memory_new(HostMemory **ret, sd_event *e, const char *path, host_memory
         r = host_memory_read(h, &b);
         if (r < 0)
                 return r;
+        if (h->kind != HOST_MEMORY_MEMINFO) {
+                _cleanup_free_ char *mountinfo = NULL, *real = realpath(path, NULL);
+                /* Which VMs the source holds is told from /proc/PID/cgroup; without the path in
+                 * the hierarchy every VM counts, as with /proc/meminfo. */
+                if (real && read_full_file("/proc/self/mountinfo", &mountinfo, NULL) >= 0)
+                        (void) mountinfo_cgroup_path(mountinfo, real, h->kind == HOST_MEMORY_CGROUP1, &h->cgroup);
+        }
 
         if (e) {
                 h->event = sd_event_ref(e);
@@ -360,6 +372,7 @@ HostMemory *host_memory_free(HostMemory *h) {
                 close(h->threshold_fd);
         sd_event_unref(h->event);
         free(h->path);
+        free(h->cgroup);
         free(h);
         return NULL;
 }
@@ -370,4 +383,94 @@ HostMemoryKind host_memory_kind(const HostMemory *h) {
 
 const char *host_memory_path(const HostMemory *h) {
         return h->path;
+}
+
+/* mountinfo: "id parent maj:min root mountpoint options [optional...] - fstype source super". The
+ * deepest cgroup mount (v1: with the memory controller) holding dir gives dir's path in the
+ * hierarchy: the mount's root joined with the rest of dir. */
+int mountinfo_cgroup_path(const char *mountinfo, const char *dir, bool v1, char **ret) {
+        _cleanup_free_ char *buf = strdup(mountinfo), *best = NULL;
+        size_t best_len = 0;
+        bool found = false;
+
+        if (!buf)
+                return -ENOMEM;
+        for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                char root[PATH_MAX], mountpoint[PATH_MAX], type[64], super[512] = "";
+                char *sep = strstr(line, " - ");
+                if (!sep || sscanf(line, "%*s %*s %*s %4095s %4095s", root, mountpoint) != 2 ||
+                    sscanf(sep + 3, "%63s %*s %511s", type, super) < 1 || !streq(type, v1 ? "cgroup" : "cgroup2"))
+                        continue;
+                bool memory = !v1;
+                for (char *s2 = NULL, *opt = strtok_r(super, ",", &s2); !memory && opt; opt = strtok_r(NULL, ",", &s2))
+                        memory = streq(opt, "memory");
+                size_t n = strlen(mountpoint);
+                if (streq(mountpoint, "/"))
+                        n = 0;
+                if (!memory || strncmp(dir, mountpoint, n) != 0 || (dir[n] != '/' && dir[n] != '\0') ||
+                    (found && n < best_len))
+                        continue;
+                free(best);
+                best = NULL;
+                const char *rest = dir + n;
+                if (asprintf(&best, "%s%s", streq(root, "/") && *rest ? "" : root, rest) < 0)
+                        return -ENOMEM;
+                if (!*best) {
+                        free(best);
+                        best = strdup("/");
+                        if (!best)
+                                return -ENOMEM;
+                }
+                best_len = n;
+                found = true;
+        }
+        if (!found)
+                return -ENOENT;
+        *ret = TAKE_PTR(best);
+        return 0;
+}
+
+/* /proc/PID/cgroup: "0::/path" (v2) or "N:ctrl,ctrl:/path" (v1). Whether the process is in
+ * cgroup or below it: 1 yes, 0 no, -ENOENT no line for that hierarchy. */
+int proc_cgroup_within(const char *text, bool v1, const char *cgroup) {
+        for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+                const char *c1 = strchr(l, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+                const char *eol = strchrnul(l, '\n');
+                if (!c2 || c2 > eol)
+                        continue;
+                bool match;
+                if (v1) {
+                        match = false;
+                        for (const char *p = c1 + 1; p < c2;) {
+                                const char *q = memchr(p, ',', (size_t) (c2 - p));
+                                if (!q)
+                                        q = c2;
+                                match = match || ((size_t) (q - p) == 6 && strncmp(p, "memory", 6) == 0);
+                                p = q + 1;
+                        }
+                } else
+                        match = c1 - l == 1 && l[0] == '0' && c2 == c1 + 1;
+                if (!match)
+                        continue;
+                const char *path = c2 + 1;
+                size_t len = (size_t) (eol - path), n = strlen(cgroup);
+                if (streq(cgroup, "/"))
+                        return 1;
+                return len >= n && strncmp(path, cgroup, n) == 0 && (len == n || path[n] == '/');
+        }
+        return -ENOENT;
+}
+
+int host_memory_holds_pid(const HostMemory *h, pid_t pid) {
+        _cleanup_free_ char *text = NULL;
+        char path[64];
+        int r;
+
+        if (h->kind == HOST_MEMORY_MEMINFO || !h->cgroup)
+                return 1;
+        snprintf(path, sizeof path, "/proc/%d/cgroup", (int) pid);
+        r = read_full_file(path, &text, NULL);
+        if (r < 0)
+                return r;
+        return proc_cgroup_within(text, h->kind == HOST_MEMORY_CGROUP1, h->cgroup);
 }

@@ -2,6 +2,7 @@
  * memory directory; what it holds against what it can hold, and a wake-up when that changes. */
 #pragma once
 
+#include <stdbool.h>
 #include <sys/epoll.h>
 #include <sys/types.h>
 #include <systemd/sd-event.h>
@@ -46,6 +47,14 @@ int memory_stat_get(const char *text, const char *key, uint64_t *ret);
 /* A memory.max/memory.high/limit_in_bytes value: "max" and v1's "unlimited" (near INT64_MAX)
  * are UINT64_MAX. */
 int memory_limit_parse(const char *text, uint64_t *ret);
+
+/* Whether the source holds the process's memory: 1 for /proc/meminfo, else whether it is in the
+ * source's cgroup or below (its memory cgroup on v1); < 0 when that cannot be read. */
+int host_memory_holds_pid(const HostMemory *h, pid_t pid);
+/* Pure parsers behind it: dir's path in its cgroup hierarchy from mountinfo text, and whether a
+ * /proc/PID/cgroup text places the process in cgroup or below. */
+int mountinfo_cgroup_path(const char *mountinfo, const char *dir, bool v1, char **ret);
+int proc_cgroup_within(const char *text, bool v1, const char *cgroup);
 
 /* What the host holds for a process: VmRSS and VmSwap from /proc/PID/status. */
 int process_footprint(pid_t pid, uint64_t *ret_rss, uint64_t *ret_swap);

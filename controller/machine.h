@@ -47,6 +47,7 @@ struct Machine {
         GuestStats stats;
         uint64_t host_rss_bytes;      /* what the host holds for it: its leader's VmRSS ... */
         uint64_t host_swap_bytes;     /* ... and VmSwap (UINT64_MAX: not read) */
+        bool outside_budget;          /* its leader is not in HostMemorySource='s cgroup */
         bool free_page_reporting;     /* the balloon has free-page-reporting on (false until known) */
         bool free_page_reporting_hinted; /* the hint that it is off was logged (once per machine) */
         usec_t stats_requested_usec;  /* last qom-get guest-stats asked before a decision */

@@ -158,6 +158,19 @@ static void defer_host_event(Manager *m, PressureLevel event, usec_t now) {
         }
 }
 
+/* What the host holds for one VM (its QEMU's VmRSS and VmSwap), and whether that is in the
+ * budget's source at all: a VM whose QEMU lives outside HostMemorySource='s cgroup neither
+ * fills it nor can make room in it (a v1 memcg test host, or a slice holding some VMs only). */
+static void read_footprint(Manager *m, Machine *machine) {
+        if (machine->leader <= 0 ||
+            process_footprint(machine->leader, &machine->host_rss_bytes, &machine->host_swap_bytes) < 0) {
+                machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
+                return;
+        }
+        machine->outside_budget = m->host_memory && host_memory_holds_pid(m->host_memory, machine->leader) == 0;
+}
+
+
 void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_machine, PressureLevel scope_event) {
         _cleanup_free_ PolicyVM *vms = NULL;
         usec_t now = now_usec(), when;
@@ -191,9 +204,8 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                 Machine *machine = m->machines[i];
                 /* A VM's footprint is read with the guest stats and on events; a new one once at
                  * its first decision, so that the budget knows what it holds from the start. */
-                if (m->host_memory && machine->host_rss_bytes == UINT64_MAX && machine->leader > 0 &&
-                    process_footprint(machine->leader, &machine->host_rss_bytes, &machine->host_swap_bytes) < 0)
-                        machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
+                if (m->host_memory && machine->host_rss_bytes == UINT64_MAX)
+                        read_footprint(m, machine);
                 vms[i] = (PolicyVM) {
                         .knobs = &machine->config.knobs,
                         .ram_bytes = machine->ram_bytes,
@@ -206,6 +218,7 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                         .controllable = machine_controllable(machine),
                         .host_rss_bytes = machine->host_rss_bytes,
                         .host_swap_bytes = machine->host_swap_bytes,
+                        .outside_budget = machine->outside_budget,
                         .state = machine->policy_state,
                 };
         }
@@ -408,12 +421,8 @@ static int resolve_host_pressure(Manager *m, char **ret) {
 /* What the host holds for each VM (its QEMU's RSS and swap), for the budget and the shares.
  * Read with the guest stats, and on budget and pressure events: never on an idle host. */
 static void refresh_footprints(Manager *m) {
-        for (size_t i = 0; i < m->n_machines; i++) {
-                Machine *machine = m->machines[i];
-                if (machine->leader <= 0 ||
-                    process_footprint(machine->leader, &machine->host_rss_bytes, &machine->host_swap_bytes) < 0)
-                        machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
-        }
+        for (size_t i = 0; i < m->n_machines; i++)
+                read_footprint(m, m->machines[i]);
 }
 
 static void on_host_memory(HostMemory *h, void *userdata) {
@@ -488,7 +497,8 @@ int manager_budget_now(Manager *m, HostBudget *b, int64_t *ret_balance) {
         for (size_t i = 0; i < m->n_machines; i++)
                 vms[i] = (PolicyVM) { .ram_bytes = m->machines[i]->ram_bytes,
                                       .host_rss_bytes = m->machines[i]->host_rss_bytes,
-                                      .host_swap_bytes = m->machines[i]->host_swap_bytes };
+                                      .host_swap_bytes = m->machines[i]->host_swap_bytes,
+                                      .outside_budget = m->machines[i]->outside_budget };
         *ret_balance = host_budget_balance(b, vms, m->n_machines);
         return b->valid ? 0 : -ENODATA;
 }

@@ -681,7 +681,8 @@ int64_t host_budget_balance(const HostBudget *b, const PolicyVM *vms, size_t n_v
          * swap (a host daemon's cold pages) is nobody's to give back, so it is not counted. */
         held = add_sat(b->used_bytes, b->reserve_bytes);
         for (size_t i = 0; i < n_vms; i++)
-                held = add_sat(held, vm_host_swap(vms + i));
+                if (!vms[i].outside_budget)
+                        held = add_sat(held, vm_host_swap(vms + i));
         return to_balance(held, b->capacity_bytes);
 }
 
@@ -707,13 +708,13 @@ static uint64_t vm_held_unused(const PolicyVM *vm) {
  * the growth of its host footprint against it). It may any time, so it is not room for another
  * give-back. Without a known footprint nothing is counted. */
 static uint64_t vm_promised(const PolicyVM *vm) {
-        return vm->host_rss_bytes == UINT64_MAX ? 0 : vm->state.recovered_bytes;
+        return vm->host_rss_bytes == UINT64_MAX || vm->outside_budget ? 0 : vm->state.recovered_bytes;
 }
 
 /* What the guest may still grow into on the host: its balloon limit beyond what the host holds
  * for it. QEMU's own overhead is in the footprint, so this errs low by that much. */
 static uint64_t vm_potential(const PolicyVM *vm) {
-        if (vm->host_rss_bytes == UINT64_MAX || !vm_managed(vm))
+        if (vm->host_rss_bytes == UINT64_MAX || vm->outside_budget || !vm_managed(vm))
                 return 0;
         uint64_t footprint = add_sat(MIN(vm->host_rss_bytes, vm->ram_bytes), vm_host_swap(vm));
         return sub_sat(MIN(vm->new_target_bytes, vm->ram_bytes), footprint);
@@ -727,8 +728,8 @@ static bool grown_this_call(const PolicyVM *vm) {
 /* Who gives toward the budget, and in which pass: guests in need of memory only in the second
  * (last-victim) pass, guests without fresh stats only in the first (a blind step at most). */
 static bool budget_donor(const PolicyVM *vm, PressureLevel level, bool last_pass, usec_t now) {
-        if (!vm_managed(vm) || vm->knobs->preset != POLICY_PRESET_DEFAULT || vm_held_off(vm, level, now) ||
-            grown_this_call(vm))
+        if (!vm_managed(vm) || vm->outside_budget || vm->knobs->preset != POLICY_PRESET_DEFAULT ||
+            vm_held_off(vm, level, now) || grown_this_call(vm))
                 return false;
         /* One take per guest-stats sample: the next one sees what this one did to the guest and
          * the host (a take of swapped-out guest pages can swap some in first, and the host's use

@@ -194,6 +194,8 @@ typedef struct PolicyVM {
                                            * freed) is what a take gives the host back at once */
         bool free_page_reporting;         /* the balloon has free-page-reporting on: memory the guest
                                            * frees goes back to the host by itself */
+        bool outside_budget;              /* its QEMU is not in HostMemorySource='s cgroup: the budget
+                                           * neither counts what it holds nor takes from it */
         /* kept across calls by the caller */
         PolicyVMState state;
         /* outputs */

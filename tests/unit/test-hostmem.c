@@ -178,6 +178,50 @@ static void test_reserve(void **state) {
         assert_true(host_memory_reserve_parse("lots", &bytes, &permille) < 0);
 }
 
+/* Which VMs a cgroup source holds: the source's path in its hierarchy from mountinfo (a bind
+ * mount of a subtree, a nested mount), and /proc/PID/cgroup lines matched at path boundaries. */
+static void test_membership(void **state) {
+        (void) state;
+        const char *mi =
+                "25 1 0:22 / / rw - ext4 /dev/root rw\n"
+                "30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+                "31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+                "32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+                "33 30 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n"
+                "40 25 0:28 /ab/env /run/ab-memcg rw - cgroup cgroup rw,memory\n";
+        char *p = NULL;
+
+        assert_int_equal(mountinfo_cgroup_path(mi, "/sys/fs/cgroup/memory/host", true, &p), 0);
+        assert_string_equal(p, "/host");
+        free(p);
+        assert_int_equal(mountinfo_cgroup_path(mi, "/sys/fs/cgroup/memory", true, &p), 0);
+        assert_string_equal(p, "/");
+        free(p);
+        assert_int_equal(mountinfo_cgroup_path(mi, "/run/ab-memcg/host/vms", true, &p), 0);
+        assert_string_equal(p, "/ab/env/host/vms");
+        free(p);
+        assert_int_equal(mountinfo_cgroup_path(mi, "/run/ab-memcg", true, &p), 0);
+        assert_string_equal(p, "/ab/env");
+        free(p);
+        assert_int_equal(mountinfo_cgroup_path(mi, "/sys/fs/cgroup/unified/machine.slice", false, &p), 0);
+        assert_string_equal(p, "/machine.slice");
+        free(p);
+        /* not a prefix at a path boundary; a v1 hierarchy without the memory controller */
+        assert_int_equal(mountinfo_cgroup_path(mi, "/sys/fs/cgroup/memoryx/a", true, &p), -ENOENT);
+        assert_int_equal(mountinfo_cgroup_path(mi, "/sys/fs/cgroup/cpu/a", true, &p), -ENOENT);
+
+        const char *v1 = "12:cpu,cpuacct:/other\n11:memory:/host/vms/vm1\n0::/machine.slice/machine-vm1.scope\n";
+        assert_int_equal(proc_cgroup_within(v1, true, "/host"), 1);
+        assert_int_equal(proc_cgroup_within(v1, true, "/host/vms/vm1"), 1);
+        assert_int_equal(proc_cgroup_within(v1, true, "/hos"), 0);
+        assert_int_equal(proc_cgroup_within(v1, true, "/other"), 0);
+        assert_int_equal(proc_cgroup_within(v1, true, "/"), 1);
+        assert_int_equal(proc_cgroup_within(v1, false, "/machine.slice"), 1);
+        assert_int_equal(proc_cgroup_within(v1, false, "/machine.slice/machine-vm2.scope"), 0);
+        assert_int_equal(proc_cgroup_within("0::/a\n", true, "/a"), -ENOENT);
+        assert_int_equal(proc_cgroup_within("3:memory,foo:/a/b", true, "/a"), 1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_meminfo),
@@ -185,6 +229,7 @@ int main(void) {
                 cmocka_unit_test(test_process_status),
                 cmocka_unit_test(test_sources),
                 cmocka_unit_test(test_reserve),
+                cmocka_unit_test(test_membership),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1153,6 +1153,44 @@ static void test_budget_no_swap(void **state) {
         assert_true(left + 50 * MIB <= 1 * GIB - 400 * MIB - 100 * MIB + 2 * MIB);
 }
 
+/* A VM whose QEMU is outside the budget's cgroup neither fills it nor makes room in it: the same
+ * host as above with one VM outside squeezes only the one inside, and with both outside nothing
+ * moves at all. */
+static void test_budget_outside_source(void **state) {
+        PolicyKnobs k;
+        PolicyVM vms[2];
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+
+        policy_knobs_init_default(&k);
+        for (int i = 0; i < 2; i++) {
+                vm_init(&vms[i], &k, 1 * GIB);
+                vm_stats(&vms[i], now, 900 * MIB);
+                vm_footprint(&vms[i], 200 * MIB, 0);
+        }
+        /* 524 MiB of room: one guest's 824 MiB of growth does not fit, two guests' would not either */
+        host.budget = budget_of(1 * GIB, 400 * MIB, 100 * MIB);
+        host.budget.swap_capable = false;
+        vms[1].outside_budget = true;
+        policy_decide(&host, vms, 2, now);
+        assert_int_equal(vms[0].reason, POLICY_REASON_HOST_BUDGET);
+        assert_true(vms[0].new_target_bytes < 1 * GIB);
+        assert_int_equal(vms[1].new_target_bytes, 1 * GIB);
+        /* only the inside guest's growth is counted: it is squeezed to fit the room alone */
+        assert_true(vms[0].new_target_bytes - 200 * MIB + 50 * MIB <= 1 * GIB - 500 * MIB + 2 * MIB);
+        assert_true(vms[0].new_target_bytes - 200 * MIB + 50 * MIB + 20 * MIB >= 1 * GIB - 500 * MIB);
+
+        for (int i = 0; i < 2; i++) {
+                vm_init(&vms[i], &k, 1 * GIB);
+                vm_stats(&vms[i], now, 900 * MIB);
+                vm_footprint(&vms[i], 200 * MIB, 0);
+                vms[i].outside_budget = true;
+        }
+        assert_int_equal(policy_decide(&host, vms, 2, now += USEC_PER_SEC), USEC_INFINITY);
+        for (int i = 0; i < 2; i++)
+                assert_int_equal(vms[i].new_target_bytes, 1 * GIB);
+}
+
 /* Near the line, not over: what a guest touched and freed goes (as free page reporting would
  * return it), its cache stays; far from the line nothing moves. */
 static void test_budget_free_near_line(void **state) {
@@ -1358,6 +1396,7 @@ int main(void) {
                 cmocka_unit_test(test_budget_idle_no_timer),
                 cmocka_unit_test(test_budget_free_page_reporting),
                 cmocka_unit_test(test_budget_no_swap),
+                cmocka_unit_test(test_budget_outside_source),
                 cmocka_unit_test(test_budget_free_near_line),
                 cmocka_unit_test(test_budget_random),
                 cmocka_unit_test(test_relief_after_take),
