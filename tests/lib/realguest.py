@@ -173,12 +173,16 @@ def start_guest(env, name, outdir, mem="512M", memcg=None, deflate_on_oom="on",
            "--balloon", balloon, "--free-page-reporting", free_page_reporting]
     for p in params:
         cmd += ["--param", p]
+    # A guest of the same name booted before in this environment left its console behind:
+    # its ready marker must not count for this boot.
+    console = os.path.join(rundir, "console.log")
+    if os.path.exists(console):
+        os.unlink(console)
     t = time.monotonic()
     proc = env.spawn(cmd, name="qemu-" + name, stdout=env.file("guest-%s.log" % name),
                      stderr=env.file("guest-%s.log" % name), memcg=memcg.dir if memcg else None)
     env.create_machine(name, proc.ns_pid)
     # Not guestlib.wait_ready(): QEMU's pidfile holds its PID in the namespace, not ours.
-    console = os.path.join(rundir, "console.log")
 
     def ready():
         if not proc.alive():
