@@ -27,13 +27,30 @@ registered=$(meson introspect --tests "$BUILD" | python3 -c '
 import json, sys
 print(" ".join(sorted({s.split(":", 1)[-1] for t in json.load(sys.stdin) for s in t["suite"]})))')
 order=""
-for suite in ${SUITES:-unit fuzz integration e2e} $registered; do
+for suite in ${SUITES:-unit fuzz integration sim e2e} $registered; do
         case " $order " in *" $suite "*) ;; *) order="$order $suite" ;; esac
 done
 [ -n "${SUITES:-}" ] && order=$SUITES
 
-rm -f "$BUILD"/meson-logs/testlog-*.json
+# Each suite and the fewest tests it may hold: a suite that vanished or shrank (its interpreter
+# not found at setup, a meson.build that stopped registering its tests) fails here instead of
+# passing with less. Raise a figure when you add tests; never lower one to make a run pass.
+EXPECTED="unit:11 fuzz:2 integration:16 sim:5 e2e:11"
 rc=0
+counts=$(meson introspect --tests "$BUILD" | python3 -c '
+import collections, json, sys
+c = collections.Counter(s.split(":", 1)[-1] for t in json.load(sys.stdin) for s in t["suite"])
+print(" ".join("%s:%d" % kv for kv in c.items()))')
+for want in $EXPECTED; do
+        suite=${want%%:*} min=${want#*:} have=0
+        for c in $counts; do [ "${c%%:*}" = "$suite" ] && have=${c#*:}; done
+        if [ "$have" -lt "$min" ]; then
+                echo "== suite $suite: $have tests registered, expected at least $min" >&2
+                rc=1
+        fi
+done
+
+rm -f "$BUILD"/meson-logs/testlog-*.json
 for suite in $order; do
         case " $registered " in
         *" $suite "*) ;;

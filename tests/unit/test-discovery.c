@@ -3,6 +3,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "discovery.h"
@@ -99,11 +101,12 @@ static void test_malformed(void **state) {
 
 static void test_cgroup2_mount(void **state) {
         char *p = NULL;
-        /* Every Linux with PSI has cgroup2 somewhere; its mount is absolute. */
-        if (cgroup2_mount_point(&p) == 0) {
-                assert_true(p[0] == '/');
-                free(p);
-        }
+        /* Every Linux with PSI has cgroup2 somewhere (the daemon needs it for the VMs' scopes);
+         * a machine the tests run on without it is a broken test machine, not a pass. */
+        assert_int_equal(cgroup2_mount_point(&p), 0);
+        assert_true(p[0] == '/');
+        assert_int_equal(access(p, F_OK), 0);
+        free(p);
 }
 
 int main(void) {

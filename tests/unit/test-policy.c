@@ -945,8 +945,9 @@ static void test_random_properties(void **state) {
         print_message("policy properties: %u decisions checked: %u inflations (%u seed, %u against the "
                       "working set), %u recovery steps\n",
                       cases_checked, inflations_checked, seed_moves_checked, floor_checked, recoveries_checked);
+        /* The generator reached every kind of move the checks are about, not only quiet calls. */
         assert_true(inflations_checked > 10000 && seed_moves_checked > 1000 && floor_checked > 5000);
-        assert_true(cases_checked >= 100000);
+        assert_true(recoveries_checked > 10000);
 }
 
 /* No pressure and every VM at its maximum: no timer, no move, whatever else the snapshot says. */
@@ -1336,7 +1337,7 @@ static void test_budget_random(void **state) {
 static void test_idle_no_timer(void **state) {
         static PolicyKnobs sets[N_KNOB_SETS];
         PolicyVM vm[VMS_MAX];
-        unsigned cases = 0;
+        unsigned cases = 0, tempting = 0;
 
         seed_rng();
         for (unsigned c = 0; c < IDLE_CASES / 4; c++) {
@@ -1365,6 +1366,14 @@ static void test_idle_no_timer(void **state) {
                 for (int call = 0; call < 4; call++) {
                         for (size_t i = 0; i < n; i++)
                                 random_stats(&vm[i], now);
+                        /* a snapshot where a careless policy would arm something: a guest below
+                         * its target, in a hold-off, or lately in need */
+                        for (size_t i = 0; i < n; i++)
+                                if (vm[i].actual_bytes < vm[i].target_bytes || vm[i].state.hold_off_until_usec > now ||
+                                    vm[i].state.guest_pressure_usec != 0) {
+                                        tempting++;
+                                        break;
+                                }
                         usec_t next = policy_decide(&host, vm, n, now);
                         if (next != USEC_INFINITY)
                                 fail_msg("idle snapshot armed a timer in %" PRIu64 " us", next - now);
@@ -1374,8 +1383,10 @@ static void test_idle_no_timer(void **state) {
                         now += rnd_range(0, 60 * USEC_PER_SEC);
                 }
         }
-        print_message("idle snapshots: %u, no timer armed\n", cases);
-        assert_true(cases >= IDLE_CASES);
+        print_message("idle snapshots: %u (%u with a guest below its target, held off or lately in need), "
+                      "no timer armed\n", cases, tempting);
+        /* the property is only worth as much as the snapshots that could have broken it */
+        assert_true(tempting > cases / 2);
 }
 
 int main(void) {
