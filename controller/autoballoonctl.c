@@ -13,15 +13,10 @@
 #include <systemd/sd-event.h>
 #include <time.h>
 
+#include "bus-names.h"
 #include "config.h"
 #include "knob-bus.h"
 #include "log.h"
-
-#define BUS_NAME "org.autoballoon1"
-#define BUS_PATH "/org/autoballoon1"
-#define BUS_MANAGER_IFACE "org.autoballoon1.Manager"
-#define BUS_MACHINE_IFACE "org.autoballoon1.Machine"
-#define BUS_ERROR_NO_SUCH_MACHINE "org.autoballoon1.Error.NoSuchMachine"
 
 /* systemctl's exit codes */
 #define EXIT_USAGE 2

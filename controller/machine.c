@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "bus-names.h"
 #include "machine.h"
 
 /* journalctl MESSAGE_ID=... finds every balloon move. */
@@ -383,7 +384,7 @@ int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm) {
                 r = -ENOMEM;
                 goto fail;
         }
-        r = sd_bus_path_encode("/org/autoballoon1/machine", dm->name, &machine->object_path);
+        r = sd_bus_path_encode(BUS_MACHINE_PREFIX, dm->name, &machine->object_path);
         if (r < 0)
                 goto fail;
 

@@ -6,18 +6,12 @@
 #include <stdio.h>
 
 #include "auth.h"
+#include "bus-names.h"
 #include "config.h"
 #include "knob-bus.h"
 #include "log.h"
 #include "machine.h"
 #include "manager.h"
-
-#define BUS_PATH "/org/autoballoon1"
-#define BUS_MANAGER_IFACE "org.autoballoon1.Manager"
-#define BUS_MACHINE_PREFIX "/org/autoballoon1/machine"
-#define BUS_MACHINE_IFACE "org.autoballoon1.Machine"
-#define BUS_ERROR_NO_SUCH_MACHINE "org.autoballoon1.Error.NoSuchMachine"
-#define BUS_ERROR_NO_BALLOON "org.autoballoon1.Error.NoBalloon"
 
 /* --- knobs: reading, checking, applying --------------------------------------------------- */
 

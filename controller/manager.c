@@ -7,6 +7,7 @@
 
 #include "log.h"
 #include "machine.h"
+#include "bus-names.h"
 #include "manager.h"
 
 /* After the budget's source woke us (a v1 threshold, v2 memory.events), keep watching this long
@@ -811,7 +812,7 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
 
-        r = sd_bus_request_name(m->bus, "org.autoballoon1", 0);
+        r = sd_bus_request_name(m->bus, BUS_NAME, 0);
         if (r < 0)
                 return log_error_errno(r, "Failed to acquire bus name org.autoballoon1: %m "
                                        "(is dbus/org.autoballoon1.conf installed in the bus's policy directory?)");
