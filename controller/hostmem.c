@@ -30,15 +30,13 @@ struct HostMemory {
                                          * NULL for /proc/meminfo or when it cannot be told */
 };
 
-static const char *const kind_table[_HOST_MEMORY_KIND_MAX] = {
+static const char *const host_memory_kind_table[_HOST_MEMORY_KIND_MAX] = {
         [HOST_MEMORY_MEMINFO] = "meminfo",
         [HOST_MEMORY_CGROUP2] = "cgroup2",
         [HOST_MEMORY_CGROUP1] = "cgroup1",
 };
 
-const char *host_memory_kind_to_string(HostMemoryKind k) {
-        return k >= 0 && k < _HOST_MEMORY_KIND_MAX ? kind_table[k] : NULL;
-}
+DEFINE_STRING_TABLE_TO_STRING(host_memory_kind, HostMemoryKind, _HOST_MEMORY_KIND_MAX)
 
 static int parse_u64(const char *s, uint64_t *ret) {
         char *end;

@@ -18,9 +18,7 @@ static const char *const machine_state_table[_MACHINE_STATE_MAX] = {
         [MACHINE_FAILED] = "failed",
 };
 
-const char *machine_state_to_string(MachineState s) {
-        return s >= 0 && s < _MACHINE_STATE_MAX ? machine_state_table[s] : NULL;
-}
+DEFINE_STRING_TABLE_TO_STRING(machine_state, MachineState, _MACHINE_STATE_MAX)
 
 static void machine_emit(Machine *machine, const char *prop, ...) {
         /* PropertiesChanged; the bus may be gone during shutdown. */

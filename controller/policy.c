@@ -63,31 +63,11 @@ static const char *const policy_reason_table[_POLICY_REASON_MAX] = {
         [POLICY_REASON_HOST_BUDGET] = "host-budget",
 };
 
-const char *pressure_level_to_string(PressureLevel l) {
-        return l >= 0 && l < _PRESSURE_LEVEL_MAX ? pressure_level_table[l] : NULL;
-}
-
-PressureLevel pressure_level_from_string(const char *s) {
-        for (int i = 0; s && i < _PRESSURE_LEVEL_MAX; i++)
-                if (streq(s, pressure_level_table[i]))
-                        return (PressureLevel) i;
-        return _PRESSURE_LEVEL_INVALID;
-}
-
-const char *policy_preset_to_string(PolicyPreset p) {
-        return p >= 0 && p < _POLICY_PRESET_MAX ? policy_preset_table[p] : NULL;
-}
-
-PolicyPreset policy_preset_from_string(const char *s) {
-        for (int i = 0; s && i < _POLICY_PRESET_MAX; i++)
-                if (streq(s, policy_preset_table[i]))
-                        return (PolicyPreset) i;
-        return _POLICY_PRESET_INVALID;
-}
-
-const char *policy_reason_to_string(PolicyReason r) {
-        return r >= 0 && r < _POLICY_REASON_MAX ? policy_reason_table[r] : NULL;
-}
+DEFINE_STRING_TABLE_TO_STRING(pressure_level, PressureLevel, _PRESSURE_LEVEL_MAX)
+DEFINE_STRING_TABLE_FROM_STRING(pressure_level, PressureLevel, _PRESSURE_LEVEL_MAX, _PRESSURE_LEVEL_INVALID)
+DEFINE_STRING_TABLE_TO_STRING(policy_preset, PolicyPreset, _POLICY_PRESET_MAX)
+DEFINE_STRING_TABLE_FROM_STRING(policy_preset, PolicyPreset, _POLICY_PRESET_MAX, _POLICY_PRESET_INVALID)
+DEFINE_STRING_TABLE_TO_STRING(policy_reason, PolicyReason, _POLICY_REASON_MAX)
 
 void policy_knobs_init_default(PolicyKnobs *k) {
         *k = (PolicyKnobs) {

@@ -22,6 +22,21 @@ typedef uint64_t usec_t;
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : (x) > (hi) ? (hi) : (x))
 
+/* An enum's names: after `static const char *const NAME_table[MAX] = { [X] = "x", ... };`,
+ * these define NAME_to_string() (NULL when out of range) and NAME_from_string() (invalid when
+ * unknown), as systemd's string-table.h does. */
+#define DEFINE_STRING_TABLE_TO_STRING(name, type, max)                                   \
+        const char *name##_to_string(type i) {                                            \
+                return (int) i >= 0 && (int) i < (max) ? name##_table[i] : NULL;          \
+        }
+#define DEFINE_STRING_TABLE_FROM_STRING(name, type, max, invalid)                        \
+        type name##_from_string(const char *s) {                                          \
+                for (int i = 0; s && i < (max); i++)                                      \
+                        if (name##_table[i] && strcmp(s, name##_table[i]) == 0)           \
+                                return (type) i;                                          \
+                return (invalid);                                                         \
+        }
+
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _unused_ __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
