@@ -91,10 +91,14 @@ int main(int argc, char *argv[]) {
                 (void) setrlimit(RLIMIT_NOFILE, &rl);
         }
 
-        /* Block before any thread or fd exists; sd-event takes them through a signalfd. */
+        /* Every signal the daemon handles, blocked here and only here, before any thread (the
+         * trigger closer in psi.c) exists: a thread started earlier would take a SIGHUP with
+         * the default action and end the daemon. sd-event takes them through a signalfd
+         * (SIGTERM and SIGINT below, SIGHUP in manager.c). */
         sigemptyset(&mask);
         sigaddset(&mask, SIGTERM);
         sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
         sigprocmask(SIG_BLOCK, &mask, NULL);
         signal(SIGPIPE, SIG_IGN);
 

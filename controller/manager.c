@@ -785,10 +785,7 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
 
-        sigset_t mask;
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGHUP);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
+        /* SIGHUP is blocked by main() with the others, before any thread exists. */
         r = sd_event_add_signal(m->event, NULL, SIGHUP, on_sighup, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to install the SIGHUP handler: %m");
