@@ -46,8 +46,9 @@ def test(env):
         moved = env.wait_for(lambda: env.ab_get(path, "ActualMemory") <= actual0 - 20 * MIB,
                              60, "the balloon to inflate by 20 MiB under host pressure")
         log("balloon inflated by >= 20 MiB %.1f s after the host workload started" % (time.monotonic() - t0))
-        # let the moves settle, then compare RSS (+ what was swapped out of QEMU)
-        time.sleep(4)
+        # once the balloon has reached its target, compare RSS (+ what was swapped out of QEMU)
+        env.wait_for(lambda: abs(env.ab_get(path, "ActualMemory") - env.ab_get(path, "TargetMemory")) <= MIB,
+                     30, "the balloon to reach its target")
         actual = env.ab_get(path, "ActualMemory")
         rss_after = realguest.rss_swap_bytes(g.pid)
         log("ActualMemory %d MiB, QEMU RSS+swap %d -> %d MiB, memcg swap %d MiB, oom kills %d" % (

@@ -162,8 +162,7 @@ def basic_balloon(g):
     secs = g.qmp.balloon_to(BALLOON_TARGET_MIB)
     check(abs(g.qmp.actual_mib() - BALLOON_TARGET_MIB) <= 2, f'{g.name}: inflated to 256 MiB in {secs:.1f}s')
     figure(f'{g.name}.inflate_256_s', round(secs, 2))
-    time.sleep(0.5)
-    free1 = meminfo(g)
+    free1 = settled_meminfo(g)
     shrink = (free0['MemTotal'] + free0['MemFree']) - (free1['MemTotal'] + free1['MemFree'])
     check(shrink > 0.8 * (GUEST_MIB - BALLOON_TARGET_MIB) * 1024,
           f'{g.name}: guest lost {shrink // 1024} MiB of MemTotal+MemFree')
@@ -174,6 +173,23 @@ def basic_balloon(g):
 def meminfo(g):
     out = g.ok("grep -E '^(MemTotal|MemFree|MemAvailable):' /proc/meminfo")
     return {l.split(':')[0]: int(l.split()[1]) for l in out.splitlines()}
+
+
+def settled_meminfo(g, timeout=10.0):
+    """meminfo once the guest's view has caught up with a balloon move: two reads in a row
+    whose MemTotal+MemFree and MemAvailable agree within 1 MiB (the driver frees or takes its
+    last pages after QEMU's `actual` has landed). Fails after timeout."""
+    end = time.monotonic() + timeout
+    last = meminfo(g)
+    while True:
+        time.sleep(0.2)
+        cur = meminfo(g)
+        if (abs((cur['MemTotal'] + cur['MemFree']) - (last['MemTotal'] + last['MemFree'])) <= 1024 and
+                abs(cur['MemAvailable'] - last['MemAvailable']) <= 1024):
+            return cur
+        if time.monotonic() > end:
+            raise Failed(f'{g.name}: /proc/meminfo still moving {timeout:.0f} s after a balloon move')
+        last = cur
 
 
 def in_parallel(*calls):
@@ -225,8 +241,7 @@ def test_basic():
 def inflate_half(g):
     """Inflates the guest to half its RAM; returns MemAvailable (MiB) afterwards."""
     g.qmp.balloon_to(BALLOON_TARGET_MIB)
-    time.sleep(1)
-    return meminfo(g)['MemAvailable'] // 1024
+    return settled_meminfo(g)['MemAvailable'] // 1024
 
 
 def run_workload(g, inflate=True, command=None):
@@ -264,7 +279,6 @@ def timed_run(name, balloon, deflate_on_oom, command=None, inflate=True):
     the caller wants it back (returns (result, MemAvailable after inflating, guest))."""
     g = Guest(name, balloon, deflate_on_oom, cpu=pinned_cpu())
     avail = inflate_half(g) if inflate else None
-    time.sleep(1)
     return run_workload(g, inflate=False, command=command), avail, g
 
 
@@ -291,7 +305,7 @@ def test_oom():
     actual = g.qmp.actual_mib()
     check(a['holding'] == 1, 'patched: holding the old host target')
     g.qmp.cmd('balloon', value=BALLOON_TARGET_MIB * guestlib.MIB)
-    time.sleep(3)
+    time.sleep(3)   # an observation window (nothing may happen in it), not a wait
     check(abs(g.qmp.actual_mib() - actual) <= 2,
           f'patched: old target re-sent, actual stays at {g.qmp.actual_mib():.0f} MiB (no re-inflate)')
     check(g.auto()['held'] > 0, 'patched: the size work saw and held the stale target')
@@ -392,7 +406,7 @@ def test_not_eager():
     out = g.ok(f'pagestream {2 * GUEST_MIB}', timeout=300)
     log(out.strip())
     g.ok('echo 3 > /proc/sys/vm/drop_caches')
-    time.sleep(1)
+    time.sleep(1)   # an observation window: the auto-deflate worker would act in it
     a = g.auto()
     lost = (g.qmp.actual_mib() - BALLOON_TARGET_MIB) / balloon_mib * 100
     figure('deflated_pct', round(lost, 2))

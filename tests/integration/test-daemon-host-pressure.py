@@ -3,7 +3,6 @@
 spare it: a real stall under machine.slice inflates the idle guest (lots of available
 memory), not the busy one (its working set fills it), and never below the busy guest's
 working set (docs/policy.md: never squeeze a guest blindly toward a host-wide target)."""
-import json
 import os
 import sys
 import time
@@ -14,15 +13,6 @@ from abtest import check, log  # noqa: E402
 
 MIB = 1 << 20
 STALL_SECONDS = 10
-
-
-def balloon_targets(vm):
-    out = []
-    for line in vm.records().splitlines():
-        msg = json.loads(line)
-        if msg.get("execute") == "balloon":
-            out.append(int(msg["arguments"]["value"]))
-    return out
 
 
 def test(env):
@@ -38,14 +28,14 @@ def test(env):
 
     t = time.monotonic()
     stall = env.stall(hog_cg, seconds=STALL_SECONDS)
-    env.wait_for(lambda: balloon_targets(idle), STALL_SECONDS + 4, "a balloon command to the idle VM")
+    env.wait_for(lambda: idle.balloon_targets(), STALL_SECONDS + 4, "a balloon command to the idle VM")
     log("first balloon to idle after %.2f s of host stall: %s MiB" %
-        (time.monotonic() - t, [v // MIB for v in balloon_targets(idle)]))
+        (time.monotonic() - t, [v // MIB for v in idle.balloon_targets()]))
     level = env.get(abtest.AB, abtest.AB_PATH, abtest.AB_MANAGER, "HostPressure")
     r = stall.wait()
     log("stall:", r, "HostPressure was", level)
     env.pump(1)
-    i, b = balloon_targets(idle), balloon_targets(busy)
+    i, b = idle.balloon_targets(), busy.balloon_targets()
     log("balloon targets: idle %s MiB, busy %s MiB" % ([v // MIB for v in i], [v // MIB for v in b]))
     check(level != "none", "HostPressure stayed 'none' under a %.0f %% stall" % r["some_percent"])
     check(min(i) < 1024 * MIB, "the idle VM was not inflated")

@@ -92,7 +92,10 @@ def test(env):
         separate_qmp_vm(env, name, mode=mode)
         env.wait_signal("MachineAdded", lambda s: s[4][0] == name, timeout=2, since=t)
         st = env.wait_property(env.machine_path(name), "State", lambda v: v in BROKEN, timeout=3)
-        time.sleep(1)  # let it go through a few reconnects with the same peer
+        # it goes through a few reconnects with the same peer, and stays broken
+        conns = env.file("%s.qmp.connections" % name)
+        env.wait_for(lambda: os.path.exists(conns) and len(open(conns).read().splitlines()) >= 3, 10,
+                     "%s: three connections to the bad peer" % name)
         st, reason = state(env, name)
         log("%s: State %s, StateReason %r" % (name, st, reason))
         check(st in BROKEN and reason, "%s: State %r, StateReason %r" % (name, st, reason))

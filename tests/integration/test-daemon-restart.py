@@ -3,7 +3,6 @@
 (DeflateOnExit=no) leaves a guest inflated; the next daemon resumes from the guest's reported
 size (TargetMemory = ActualMemory, not the configured RAM), and recovery gives the memory back
 up to the maximum. With DeflateOnExit=yes the stop itself returns the guest to its maximum."""
-import json
 import os
 import sys
 
@@ -12,12 +11,6 @@ import abtest  # noqa: E402
 from abtest import check, log  # noqa: E402
 
 MIB = 1 << 20
-
-
-def balloon_values(vm):
-    """The values of every `balloon` the fake received, in order."""
-    return [r["arguments"]["value"] for r in map(json.loads, filter(str.strip, vm.records().splitlines()))
-            if r.get("execute") == "balloon"]
 
 
 def test(env):
@@ -31,7 +24,7 @@ def test(env):
     env.ab_call("ResizeMachine", vm.name, abtest.dbus.UInt64(300 * MIB))
     env.wait_property(path, "ActualMemory", 300 * MIB, timeout=10)
     check(env.stop_daemon() == 0, "daemon exit code")
-    balloons = balloon_values(vm)
+    balloons = vm.balloon_targets()
     check(balloons and balloons[-1] == 300 * MIB,
           "DeflateOnExit=no still deflated: %s" % balloons[-1:])
     log("stopped with the guest at 300 MiB (DeflateOnExit=no)")
@@ -62,7 +55,7 @@ def test(env):
     env.ab_call("ResizeMachine", vm.name, abtest.dbus.UInt64(256 * MIB))
     env.wait_property(path, "ActualMemory", 256 * MIB, timeout=10)
     check(env.stop_daemon() == 0, "daemon exit code")
-    balloons = balloon_values(vm)
+    balloons = vm.balloon_targets()
     check(balloons[-1] == 512 * MIB,
           "DeflateOnExit=yes did not return the guest to 512 MiB: %s" % balloons[-1:])
     log("DeflateOnExit=yes: the stop sent balloon 512 MiB")

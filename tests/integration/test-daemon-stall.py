@@ -2,9 +2,7 @@
 """Scope pressure: a real memory stall in one VM's scope makes the daemon send that VM a
 `balloon` with a lower target (the fake QMP device's record shows it); the fake's
 BALLOON_CHANGE then shows up as ActualMemory on D-Bus, with PropertiesChanged."""
-import json
 import os
-import re
 import sys
 import time
 
@@ -14,22 +12,6 @@ from abtest import check, log  # noqa: E402
 
 MIB = 1 << 20
 STALL_SECONDS = 10
-
-
-def balloon_targets(vm):
-    """Values of the `balloon` commands the fake received, in order."""
-    out = []
-    for line in vm.records().splitlines():
-        m = re.search(r'\{.*\}', line)
-        if not m:
-            continue
-        try:
-            msg = json.loads(m.group(0))
-        except ValueError:
-            continue
-        if msg.get("execute") == "balloon":
-            out.append(int(msg["arguments"]["value"]))
-    return out
 
 
 def test(env):
@@ -45,12 +27,12 @@ def test(env):
     env.wait_property(env.machine_path(idle.name), "State", "managed", timeout=5)
     before = env.ab_get(path, "ActualMemory")
     check(before == 512 * MIB, "ActualMemory before the stall is %d" % before)
-    check(balloon_targets(vm) == [], "balloon before any pressure: %s" % balloon_targets(vm))
+    check(vm.balloon_targets() == [], "balloon before any pressure: %s" % vm.balloon_targets())
 
     cg = env.ab_get(path, "ControlGroup")
     t = time.monotonic()
     stall = env.stall(cg, seconds=STALL_SECONDS)
-    sent = env.wait_for(lambda: balloon_targets(vm), STALL_SECONDS + 4, "a balloon command to %s" % vm.name)
+    sent = env.wait_for(lambda: vm.balloon_targets(), STALL_SECONDS + 4, "a balloon command to %s" % vm.name)
     log("first balloon to %s after %.2f s of stall: %s MiB" % (vm.name, time.monotonic() - t,
                                                                  [v // MIB for v in sent]))
     check(sent[0] < 512 * MIB, "balloon target %d is not below 512 MiB" % sent[0])
@@ -79,8 +61,8 @@ def test(env):
     check(env.ab_get(path, "ActualMemory") == 500 * MIB, "ActualMemory is not 500 MiB")
     log("guest self-deflate to 500 MiB seen after %.3f s; TargetMemory now %d MiB" %
         (time.monotonic() - t, env.ab_get(path, "TargetMemory") // MIB))
-    check(balloon_targets(idle) == [], "the idle VM was ballooned by another VM's scope pressure: %s"
-          % balloon_targets(idle))
+    check(idle.balloon_targets() == [], "the idle VM was ballooned by another VM's scope pressure: %s"
+          % idle.balloon_targets())
     # every move is logged once, with its reason (STYLE.md: "why did my VM shrink?")
     moves = [l for l in env.daemon_log_text().splitlines() if "machine=vm1" in l and "reason=" in l]
     check(any("reason=scope-pressure" in l for l in moves), "no move of vm1 logged with reason=scope-pressure")
@@ -88,7 +70,7 @@ def test(env):
     rc = env.stop_daemon()
     check(rc == 0, "daemon exit code %s on SIGTERM" % rc)
     # DeflateOnExit=yes: the guest gets its memory back
-    final = balloon_targets(vm)
+    final = vm.balloon_targets()
     log("balloon commands to %s: %s MiB" % (vm.name, [v // MIB for v in final]))
     check(final[-1] == 512 * MIB, "not deflated to 512 MiB on exit: last target %d" % final[-1])
 

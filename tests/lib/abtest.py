@@ -17,6 +17,7 @@ state dir (logs) of a failed run.
 import atexit
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -192,6 +193,20 @@ class VM:
             return open(self.record_log).read()
         except FileNotFoundError:
             return ""
+
+    def balloon_targets(self):
+        """The values of the `balloon` commands the fake received, in order (a line of the
+        record that is not a whole JSON object, e.g. one being written, is skipped)."""
+        out = []
+        for line in self.records().splitlines():
+            m = re.search(r"\{.*\}", line)
+            try:
+                msg = json.loads(m.group(0)) if m else None
+            except ValueError:
+                msg = None
+            if isinstance(msg, dict) and msg.get("execute") == "balloon":
+                out.append(int(msg["arguments"]["value"]))
+        return out
 
 
 class Env:

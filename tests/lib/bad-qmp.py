@@ -4,7 +4,8 @@
   bad-qmp.py SOCKET garbage   greeting, then binary junk and broken JSON for every command
   bad-qmp.py SOCKET hang      accept, then never say anything
   bad-qmp.py SOCKET close     send half a greeting and hang up
-Every connection is served the same way, so reconnects meet the same peer.
+Every connection is served the same way, so reconnects meet the same peer. Each accepted
+connection appends a line to SOCKET.connections, for tests that wait for reconnects.
 """
 import os
 import socket
@@ -46,6 +47,8 @@ def main():
     srv.listen(8)
     while True:
         conn, _ = srv.accept()
+        with open(path + ".connections", "a") as f:
+            f.write("accepted\n")
         threading.Thread(target=serve, args=(conn, mode), daemon=True).start()
 
 
