@@ -3,10 +3,17 @@
 # overcommit) and over the real benchmark's timeline (tests/bench/overcommit-timeline.json),
 # keep a CSV per run, plot them, and refresh the two summary tables in docs/simulation.md.
 # Deterministic: the same build gives the same figures.
-#   tests/sim/run.sh [BUILD_DIR]      (CSVs go to BUILD_DIR/sim, plots to docs/sim)
+#   tests/sim/run.sh [BUILD_DIR]          (CSVs go to BUILD_DIR/sim, plots to docs/sim)
+#   tests/sim/run.sh --check [BUILD_DIR]  no plots; fails when the tables in docs/simulation.md
+#                                         are not what this build's simulator prints (make check)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+CHECK=0
+if [ "${1:-}" = --check ]; then
+        CHECK=1
+        shift
+fi
 BUILD=${1:-build}
 SIM=$BUILD/tests/sim/autoballoon-sim
 OUT=$BUILD/sim
@@ -18,6 +25,10 @@ TIMELINE=tests/bench/overcommit-timeline.json
 
 [ -x "$SIM" ] || { echo "$SIM not built (ninja -C $BUILD tests/sim/autoballoon-sim)" >&2; exit 1; }
 mkdir -p "$OUT" "$PLOTS"
+# --check draws nothing
+gnuplot() {
+        if [ $CHECK = 1 ]; then cat >/dev/null; else command gnuplot "$@"; fi
+}
 
 table=$(mktemp)
 ttable=$(mktemp)
@@ -145,17 +156,26 @@ unset multiplot
 EOF
 done
 
-# Refresh the generated tables in docs/simulation.md, between their markers.
-python3 - "$DOC" "$table" "$ttable" "$SIM ${tcmd[*]}" <<'PY'
-import sys
-doc, table, ttable, cmd = sys.argv[1], open(sys.argv[2]).read(), open(sys.argv[3]).read(), sys.argv[4]
+# Refresh the generated tables in docs/simulation.md, between their markers (--check: compare).
+python3 - "$DOC" "$table" "$ttable" "$CHECK" \
+        "BUILD/tests/sim/autoballoon-sim ${tcmd[*]//$OUT/BUILD/sim}" <<'PY'
+import difflib, sys
+doc, table, ttable, check, cmd = (sys.argv[1], open(sys.argv[2]).read(), open(sys.argv[3]).read(),
+                                  sys.argv[4] == "1", sys.argv[5])
 text = open(doc).read()
 def put(text, name, body):
     begin, end = "<!-- %s-begin -->" % name, "<!-- %s-end -->" % name
     a, b = text.index(begin) + len(begin), text.index(end)
     return text[:a] + "\n" + body + text[b:]
-text = put(text, "sim-table", table)
-text = put(text, "sim-overcommit-table", "Made by `make sim` (`tests/sim/run.sh`), which ran `%s`.\n\n%s" % (cmd, ttable))
-open(doc, "w").write(text)
+new = put(text, "sim-table", table)
+new = put(new, "sim-overcommit-table", "Made by `make sim` (`tests/sim/run.sh`), which ran `%s`.\n\n%s" % (cmd, ttable))
+if check:
+    if new != text:
+        sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), doc, doc + " (this build)"))
+        print("%s: the simulator's tables are out of date: run make sim and commit" % doc)
+        sys.exit(1)
+    print("%s: the simulator's tables are what this build prints" % doc)
+else:
+    open(doc, "w").write(new)
 PY
-echo "CSVs in $OUT, plots in $PLOTS, table in $DOC"
+[ $CHECK = 1 ] || echo "CSVs in $OUT, plots in $PLOTS, table in $DOC"
