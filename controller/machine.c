@@ -338,9 +338,47 @@ static void on_qmp_state(QmpClient *c, QmpState state, int error, const char *de
         }
 }
 
+/* The path on the leader's command line is the guest side's word: a compromised QEMU can
+ * rewrite its own argv to name another VM's monitor (or plant a symlink there), and we
+ * connect as root. So the monitor must be served by this machine's leader, or by a process in
+ * its scope (a QEMU helper holding the socket). A QMPSocket= drop-in is root's own word and is
+ * not checked: it may name a proxy outside the scope. */
+static int on_qmp_verify_peer(QmpClient *c, const struct ucred *peer, char **ret_reason, void *userdata) {
+        Machine *machine = userdata;
+        _cleanup_free_ char *cgroup = NULL, *comm = NULL;
+        const char *why;
+        char p[64];
+        int r;
+
+        if (!streq_ptr(machine->qmp_socket_source, "cmdline"))
+                return 0;
+        if (peer->pid > 0 && peer->pid == machine->leader)
+                return 0;
+
+        if (peer->pid <= 0)
+                why = "outside this PID namespace";
+        else {
+                r = pid_cgroup_path(peer->pid, &cgroup);
+                if (r >= 0 && cgroup_path_is_under(cgroup, machine->control_group))
+                        return 0;
+                why = r < 0 ? "of unknown cgroup" : "in another cgroup";
+                snprintf(p, sizeof p, "/proc/%d/comm", (int) peer->pid);
+                if (read_full_file(p, &comm, NULL) >= 0)
+                        comm[strcspn(comm, "\n")] = 0;
+        }
+        if (asprintf(ret_reason, "Refused the QMP socket %s from the command line of PID %d: it is served by "
+                     "PID %d%s%s%s, %s%s%s, not by the leader nor a process in %s; another VM's monitor? "
+                     "Retrying.", machine->qmp_socket, (int) machine->leader, (int) peer->pid,
+                     comm ? " (" : "", strempty(comm), comm ? ")" : "", why, cgroup ? " " : "",
+                     strempty(cgroup), machine->control_group) < 0)
+                *ret_reason = NULL;
+        return -EPERM;
+}
+
 static const QmpCallbacks qmp_callbacks = {
         .on_event = on_qmp_event,
         .on_state = on_qmp_state,
+        .verify_peer = on_qmp_verify_peer,
 };
 
 static void on_scope_pressure(PsiWatch *w, PressureLevel event, PressureLevel level, int error, void *userdata) {

@@ -181,6 +181,7 @@ struct QmpClient {
 
         QmpState state;
         bool greeted;                   /* greeting seen, qmp_capabilities in flight */
+        bool peer_checked;              /* verify_peer passed on this connection */
         int fd;
         uint64_t connection;            /* bumped per connect: stale work checks it */
         bool backlogged;                /* input left unread: watch level-triggered until drained */
@@ -666,6 +667,32 @@ static void handle_input(QmpClient *c) {
         c->backlogged = true;
 }
 
+/* The peer is whoever called listen() on the socket the path led to, after symlinks and
+ * bind mounts: the owner decides whether it is the QEMU it meant. Nothing has been sent yet. */
+static int check_peer(QmpClient *c) {
+        struct ucred peer = {};
+        socklen_t len = sizeof peer;
+        int r;
+
+        if (c->peer_checked || !c->cb.verify_peer) {
+                c->peer_checked = true;
+                return 0;
+        }
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) < 0) {
+                r = -errno;
+                disconnectf(c, r, "cannot read the credentials of the QMP peer at %s: %s", c->path, strerror(-r));
+                return r;
+        }
+        _cleanup_free_ char *why = NULL;
+        r = c->cb.verify_peer(c, &peer, &why, c->userdata);
+        if (r < 0) {
+                disconnectf(c, r, "%s", why ?: "QMP peer refused");
+                return r;
+        }
+        c->peer_checked = true;
+        return 0;
+}
+
 static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         _cleanup_(qmp_client_unrefp) QmpClient *c = qmp_client_ref(userdata);
         int r;
@@ -680,7 +707,12 @@ static int on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
                         disconnectf(c, -error, "connect to %s failed: %s", c->path, strerror(error));
                         return 0;
                 }
+                if (check_peer(c) < 0)
+                        return 0;
         }
+        /* Not a word is read from (or sent to) a peer that was not checked. */
+        if (!c->peer_checked && check_peer(c) < 0)
+                return 0;
 
         uint64_t connection = c->connection;
         if (revents & EPOLLIN) {
@@ -806,8 +838,13 @@ static int try_connect(QmpClient *c) {
         c->fd = TAKE_FD(fd);
         c->connection++;
         c->greeted = false;
+        c->peer_checked = false;
         c->connect_deadline_usec = now_usec() + c->command_timeout_usec;
         (void) arm_timeout(c);
+        /* A unix socket connects at once (EAGAIN, not EINPROGRESS, when the backlog is full):
+         * check the peer now, before its greeting is even read. */
+        if (!in_progress)
+                return check_peer(c);
         return 0;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <json-c/json.h>
+#include <sys/socket.h>
 #include <systemd/sd-event.h>
 
 #include "util.h"
@@ -77,9 +78,17 @@ typedef void (*qmp_event_cb_t)(QmpClient *c, const char *event, json_object *dat
 typedef void (*qmp_state_cb_t)(QmpClient *c, QmpState state, int error, const char *desc,
                                void *userdata);
 
+/* Called once per connection, as soon as it is up and before anything is sent on it, with
+ * the peer's SO_PEERCRED (pid as this process's PID namespace sees it, 0 if it cannot). Return
+ * 0 to use the connection; a negative errno to drop it, with *ret_reason (malloc'd) saying
+ * why: it becomes the desc of the WAITING_RETRY state, and the client tries again at its
+ * usual back-off (the socket may belong to the right peer later). Must not free the client. */
+typedef int (*qmp_verify_peer_cb_t)(QmpClient *c, const struct ucred *peer, char **ret_reason, void *userdata);
+
 typedef struct QmpCallbacks {
         qmp_event_cb_t on_event;
         qmp_state_cb_t on_state;
+        qmp_verify_peer_cb_t verify_peer;   /* NULL: any peer is used */
 } QmpCallbacks;
 
 int qmp_client_new(QmpClient **ret, sd_event *e, const char *socket_path,
