@@ -225,6 +225,14 @@ void guest_stats_init(GuestStats *s) {
         };
 }
 
+void guest_stats_clamp(GuestStats *s, uint64_t ram_bytes) {
+        uint64_t *bytes[] = { &s->total_bytes, &s->free_bytes, &s->available_bytes, &s->caches_bytes };
+
+        for (size_t i = 0; i < ELEMENTSOF(bytes); i++)
+                if (*bytes[i] != UINT64_MAX)
+                        *bytes[i] = MIN(*bytes[i], ram_bytes);
+}
+
 /* bytes * permille / 1000 without overflowing for any size below SIZE_KNOB_MAX. */
 static uint64_t permille_of(uint64_t bytes, uint32_t permille) {
         return bytes / 1000 * permille + bytes % 1000 * permille / 1000;
@@ -239,6 +247,7 @@ static uint64_t percent_of(uint64_t bytes, uint32_t percent) {
 static uint64_t sub_sat(uint64_t a, uint64_t b) {
         return a > b ? a - b : 0;
 }
+static uint64_t add_sat(uint64_t a, uint64_t b);
 
 static bool level_valid_event(PressureLevel l) {
         return l > PRESSURE_NONE && l < _PRESSURE_LEVEL_MAX;
@@ -289,7 +298,7 @@ static uint64_t vm_floor(const PolicyVM *vm, usec_t now, bool peak) {
         /* A spiky guest between two spikes looks idle; its working set is what it used lately. */
         if (peak && vm->state.used_peak_usec != 0 && now - vm->state.used_peak_usec <= vm->knobs->working_set_window_usec)
                 used = MAX(used, vm->state.used_peak_bytes);
-        uint64_t floor = used + vm_reserve(vm);
+        uint64_t floor = add_sat(used, vm_reserve(vm));
         return MAX(min, MIN(floor, max));
 }
 
@@ -370,7 +379,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
          * QEMU not yet reported (actual still above target). */
         uint64_t discount = 0;
         if (s->updated_usec != st->last_stats_usec) {
-                discount = st->fell_prev_bytes + st->rose_bytes + sub_sat(vm->actual_bytes, vm->target_bytes);
+                discount = add_sat(add_sat(st->fell_prev_bytes, st->rose_bytes), sub_sat(vm->actual_bytes, vm->target_bytes));
                 st->fell_prev_bytes = st->fell_bytes;
                 st->fell_bytes = st->rose_bytes = 0;
                 st->stats_actual_bytes = vm->actual_bytes;   /* a new sample: actual as of now */
@@ -382,7 +391,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         if (st->last_stats_usec != 0 && s->updated_usec > st->last_stats_usec) {
                 usec_t dt_usec = s->updated_usec - st->last_stats_usec;
 
-                if (used > st->last_used_bytes + discount &&
+                if (used > add_sat(st->last_used_bytes, discount) &&
                     used - st->last_used_bytes - discount >= permille_of(vm->ram_bytes, k->available_drop_permille))
                         pressure = true;
                 if (counter_grew(s->alloc_stalls, st->last_alloc_stalls) ||
@@ -404,7 +413,7 @@ static void observe_guest(PolicyVM *vm, usec_t now) {
         }
 
         if (s->updated_usec != st->last_stats_usec) {
-                st->used_growth_bytes = st->last_stats_usec != 0 ? sub_sat(used, st->last_used_bytes + discount) : 0;
+                st->used_growth_bytes = st->last_stats_usec != 0 ? sub_sat(used, add_sat(st->last_used_bytes, discount)) : 0;
                 st->last_stats_usec = s->updated_usec;
                 st->last_used_bytes = used;
                 st->last_major_faults = s->major_faults;
@@ -463,7 +472,6 @@ static uint64_t vm_take(PolicyVM *vm, uint64_t take, PolicyReason reason, Pressu
 }
 
 static uint64_t vm_host_swap(const PolicyVM *vm);
-static uint64_t add_sat(uint64_t a, uint64_t b);
 
 /* Per-call bookkeeping of one VM: adopt a self-deflate, respect bounds, count events in a row. */
 static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, usec_t now) {
@@ -475,9 +483,14 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
         vm->reason = POLICY_REASON_NONE;
         vm->reason_level = PRESSURE_NONE;
 
+        /* What the guest reports is its own word, whoever built this snapshot: within its RAM. */
+        if (vm->ram_bytes > 0) {
+                vm->actual_bytes = MIN(vm->actual_bytes, vm->ram_bytes);
+                guest_stats_clamp(&vm->stats, vm->ram_bytes);
+        }
         if (st->last_actual_bytes != 0) {
-                st->fell_bytes += sub_sat(st->last_actual_bytes, vm->actual_bytes);
-                st->rose_bytes += sub_sat(vm->actual_bytes, st->last_actual_bytes);
+                st->fell_bytes = add_sat(st->fell_bytes, sub_sat(st->last_actual_bytes, vm->actual_bytes));
+                st->rose_bytes = add_sat(st->rose_bytes, sub_sat(vm->actual_bytes, st->last_actual_bytes));
         }
         observe_guest(vm, now);
 
@@ -957,7 +970,7 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                         /* A guest growing faster than the step gets twice its last growth: the
                          * next sample should find it with room, not in reclaim. */
                         if (relief)
-                                step = MAX(step, 2 * st->used_growth_bytes);
+                                step = MAX(step, add_sat(st->used_growth_bytes, st->used_growth_bytes));
                         step = MIN(MAX(step, MOVE_GRANULE_BYTES), max - vm->new_target_bytes);
                         /* With a budget, memory goes back only into room that can hold it: a
                          * guest in need gets its step all the same (the room there is, and what

@@ -117,6 +117,10 @@ typedef struct GuestStats {
 } GuestStats;
 
 void guest_stats_init(GuestStats *s);
+/* The byte-valued stats (total, free, available, caches) are the guest's own word: clamped to
+ * [0, ram_bytes]; "not reported" stays so. Counters (faults, swap, stalls) are left alone: they
+ * are cumulative and may pass the RAM size; the policy only ever compares them. */
+void guest_stats_clamp(GuestStats *s, uint64_t ram_bytes);
 
 /* Policy-private memory of one VM, kept by the caller between calls, zero-initialised. */
 typedef struct PolicyVMState {

@@ -750,11 +750,13 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
 
         /* The point a move starts from: the target, or the guest's own size when it deflated
          * itself (the policy adopts that first), within the bounds. */
+        /* The guest's actual counts at most as its RAM, whatever it says. */
+        uint64_t actual = MIN(pre->actual_bytes, pre->ram_bytes);
         bool own_landing = pre->state.last_grow_usec != 0 && now - pre->state.last_grow_usec < 10 * USEC_PER_SEC &&
-                           pre->actual_bytes <= pre->state.last_grow_target_bytes + MIB;
-        bool adopted = pre->state.last_actual_bytes != 0 && pre->actual_bytes > pre->state.last_actual_bytes &&
-                       pre->actual_bytes > pre->target_bytes + MIB && !own_landing;
-        uint64_t base = CLAMP(adopted ? pre->actual_bytes : pre->target_bytes, min, max);
+                           actual <= pre->state.last_grow_target_bytes + MIB;
+        bool adopted = pre->state.last_actual_bytes != 0 && actual > pre->state.last_actual_bytes &&
+                       actual > pre->target_bytes + MIB && !own_landing;
+        uint64_t base = CLAMP(adopted ? actual : pre->target_bytes, min, max);
 
         /* The seed moves on every event it has room for: exactly its step, never nothing. */
         if (k->preset == POLICY_PRESET_SEED && level > PRESSURE_NONE && k->seed_step_bytes[level] > 0 &&
@@ -789,8 +791,7 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
                 } else {
                         /* 2. Never into the working set (plus its reserve). */
                         floor_checked++;
-                        uint64_t used = pre->actual_bytes > pre->stats.available_bytes
-                                                ? pre->actual_bytes - pre->stats.available_bytes : 0;
+                        uint64_t used = actual > pre->stats.available_bytes ? actual - pre->stats.available_bytes : 0;
                         uint64_t reserve = MAX(k->reserve_bytes, ram / 100 * k->reserve_percent + ram % 100 * k->reserve_percent / 100);
                         if (vm->new_target_bytes < MIN(used + reserve, max))
                                 fail_msg("target %" PRIu64 " below working set %" PRIu64 " + reserve %" PRIu64,
