@@ -68,6 +68,7 @@ struct Balloon {
         int64_t stats_last_update;      /* QEMU's last-update (wall-clock seconds) last reported */
         bool stats_in_flight;           /* one qom-get guest-stats at a time is plenty */
         bool stats_failing;             /* warned about a failing poll; quiet until one works */
+        bool actual_clamp_warned;       /* warned about an actual above RAM (once: a guest may keep lying) */
 
         BalloonOp *ops;
 };
@@ -211,6 +212,20 @@ static bool get_uint64_member(json_object *o, const char *key, uint64_t *ret) {
         return true;
 }
 
+/* QEMU computes actual from a number the guest writes (its balloon's page count), unbounded:
+ * the guest's word, never more than its RAM. Once the RAM is known (ram_bytes > 0). */
+static uint64_t clamp_actual(Balloon *b, uint64_t actual) {
+        if (b->ram_bytes == 0 || actual <= b->ram_bytes)
+                return actual;
+        if (!b->actual_clamp_warned) {
+                b->actual_clamp_warned = true;
+                log_warning("The guest on %s reports a balloon size of %" PRIu64 " bytes, above its RAM of %" PRIu64
+                            " bytes; taken as its RAM (said once).", qmp_client_path(b->qmp), actual,
+                            b->ram_bytes);
+        }
+        return b->ram_bytes;
+}
+
 static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply, const char *desc) {
         const char *qmp_path = qmp_client_path(b->qmp);
         int r;
@@ -248,6 +263,12 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                         return fail(b, error, "Failed to read the RAM size of %s: %s", qmp_path, desc);
                 if (!get_uint64_member(reply, "base-memory", &b->ram_bytes) || b->ram_bytes == 0)
                         return fail(b, -EBADMSG, "query-memory-size-summary on %s returned no base-memory", qmp_path);
+                if (b->ram_bytes > BALLOON_RAM_MAX_BYTES) {
+                        uint64_t ram = b->ram_bytes;
+                        b->ram_bytes = 0;
+                        return fail(b, -EBADMSG, "query-memory-size-summary on %s returned an implausible base-memory of %"
+                                    PRIu64 " bytes (more than %" PRIu64 ")", qmp_path, ram, (uint64_t) BALLOON_RAM_MAX_BYTES);
+                }
 
                 r = balloon_execute(b, "query-balloon", NULL, BALLOON_OP_QUERY, NULL);
                 if (r < 0)
@@ -267,6 +288,7 @@ static int attach_step(Balloon *b, BalloonOp *op, int error, json_object *reply,
                         return fail(b, error, "Failed to query the balloon of %s: %s", qmp_path, desc);
                 if (!get_uint64_member(reply, "actual", &b->actual_bytes))
                         return fail(b, -EBADMSG, "query-balloon on %s returned no actual size", qmp_path);
+                b->actual_bytes = clamp_actual(b, b->actual_bytes);
 
                 /* QEMU's virtio proxies (PCI, CCW) alias every property of their
                  * virtio-backend child, so the proxy path answers for free-page-reporting as
@@ -353,9 +375,12 @@ static int handle_stats(Balloon *b, int error, json_object *reply, const char *d
         int64_t last_update = 0;
         if (json_object_object_get_ex(reply, "last-update", &v))
                 last_update = json_object_get_int64(v);
-        if (!stats.valid || last_update <= b->stats_last_update)
+        /* A new sample is one whose stamp changed: QEMU's wall clock may have gone back since
+         * the last one, and a stamp in the future must not hide every later sample. */
+        if (!stats.valid || last_update == b->stats_last_update)
                 return 0;   /* nothing new since the last poll */
         b->stats_last_update = last_update;
+        guest_stats_clamp(&stats, b->ram_bytes);
 
         /* last-update is QEMU's wall clock at reception; turn it into our monotonic clock so
          * the policy can judge age without reading two clocks. */
@@ -498,6 +523,7 @@ void balloon_handle_event(Balloon *b, const char *event, json_object *data) {
                 log_debug("BALLOON_CHANGE without actual from %s, ignored", qmp_client_path(b->qmp));
                 return;
         }
+        actual = clamp_actual(b, actual);
         b->actual_bytes = actual;
         /* Before ready, the query-balloon answer reports actual as part of on_ready. */
         if (b->ready && b->cb.on_actual)

@@ -7,11 +7,16 @@
 
 typedef struct Balloon Balloon;
 
+/* The largest base-memory believed from QEMU: 16 PiB, above any machine. More is a broken or
+ * compromised QEMU, refused at attach; below it, sums over thousands of VMs cannot overflow. */
+#define BALLOON_RAM_MAX_BYTES (UINT64_MAX / 1024)
+
 typedef struct BalloonCallbacks {
         /* The device was found and query-balloon answered: the balloon is usable.
          * ram_bytes is the guest's configured RAM (query-memory-size-summary base-memory). */
         void (*on_ready)(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes, void *userdata);
-        /* BALLOON_CHANGE event or a query-balloon answer. */
+        /* BALLOON_CHANGE event or a query-balloon answer. actual_bytes (here and in on_ready) is
+         * clamped to the RAM, and the byte-valued stats of on_stats too: they are the guest's. */
         void (*on_actual)(Balloon *b, uint64_t actual_bytes, void *userdata);
         /* Fresh guest statistics (qom-get guest-stats with a newer last-update). */
         void (*on_stats)(Balloon *b, const GuestStats *stats, void *userdata);
