@@ -85,6 +85,8 @@ struct Vm {
         StatKind stat_kind[N_STATS];
         uint64_t stat_value[N_STATS];
         uint64_t used_bytes;            /* for derived stats: what the guest's workload holds */
+        bool lying;                     /* "lie-actual": report lie_actual_bytes as actual, whatever */
+        uint64_t lie_actual_bytes;
         sd_event_source *move_timer;
         sd_event_source *change_throttle;   /* BALLOON_CHANGE rate limit period running */
         bool change_pending;                /* a change came during the period */
@@ -306,9 +308,14 @@ static json_object *guest_stats(Vm *vm) {
         return ret;
 }
 
+/* What the guest tells QEMU its balloon holds: the truth, or a hostile guest's number. */
+static uint64_t reported_actual(Vm *vm) {
+        return vm->lying ? vm->lie_actual_bytes : vm->actual_bytes;
+}
+
 static void emit_balloon_change(Vm *vm) {
         json_object *data = json_object_new_object();
-        json_object_object_add(data, "actual", json_object_new_uint64(vm->actual_bytes));
+        json_object_object_add(data, "actual", json_object_new_uint64(reported_actual(vm)));
         vm_emit(vm, "BALLOON_CHANGE", data);
 }
 
@@ -563,7 +570,7 @@ static int handle_command(Conn *c, json_object *msg) {
                 if (!vm->has_balloon)
                         return send_error(c, id, "DeviceNotActive", "No balloon device has been activated");
                 json_object *r = json_object_new_object();
-                json_object_object_add(r, "actual", json_object_new_uint64(vm->actual_bytes));
+                json_object_object_add(r, "actual", json_object_new_uint64(reported_actual(vm)));
                 send_return(c, r, id);
         } else if (streq(cmd, "balloon"))
                 cmd_balloon(c, vm, args, id);
@@ -865,6 +872,27 @@ static void control_line(FILE *out, char *line) {
                         /* The guest moved the balloon itself (deflate-on-oom): it stays there. */
                         vm->target_bytes = v;
                         vm_set_actual(vm, v);
+                } else if (streq(verb, "lie-actual")) {
+                        /* A hostile guest: any 64-bit number as its balloon size, above the RAM
+                         * too (QEMU computes actual from the guest's page count, unchecked); the
+                         * balloon itself keeps moving underneath. "off" tells the truth again. */
+                        uint64_t v = 0;
+                        char *end = NULL;
+                        bool off = streq(rest, "off"), plain = *rest && strspn(rest, "0123456789") == strlen(rest);
+                        int r = 0;
+                        if (plain) {   /* exact, up to 2^64-1 (parse_size goes through a double) */
+                                errno = 0;
+                                v = strtoull(rest, &end, 10);
+                                r = errno ? -errno : 0;
+                        } else if (!off)
+                                r = parse_size(rest, &v);
+                        if (r < 0) {
+                                fprintf(out, "error: bad size '%s'\n", rest);
+                                return;
+                        }
+                        vm->lying = !off;
+                        vm->lie_actual_bytes = v;
+                        emit_balloon_change(vm);
                 } else if (streq(verb, "garbage")) {
                         for (Monitor *m = vm->monitors; m; m = m->next)
                                 if (m->conn && m->control)
@@ -886,8 +914,8 @@ static void control_line(FILE *out, char *line) {
                 } else if (streq(verb, "quit"))
                         vm_quit(vm, "host-signal");
                 else {
-                        fprintf(out, "error: unknown command '%s' (status, stats, actual, garbage, hangup, "
-                                "hang, unhang, event, quit)\n", verb);
+                        fprintf(out, "error: unknown command '%s' (status, stats, actual, lie-actual, garbage, "
+                                "hangup, hang, unhang, event, quit)\n", verb);
                         return;
                 }
         }
@@ -1101,6 +1129,7 @@ static void help(void) {
                "                                             connection (with --fake-garbage-once: only once)\n"
                "  --fake-control=PATH                        control socket, one command per line:\n"
                "                                             [@VM] status | stats KEY=VAL,... | actual SIZE |\n"
+               "                                             lie-actual SIZE|off |\n"
                "                                             garbage | hangup | event NAME [JSON] | quit;\n"
                "                                             hang | unhang (stop/resume reading QMP);\n"
                "                                             answers 'ok' or 'error: ...' per line\n"
