@@ -483,6 +483,62 @@ static void test_not_there_yet(void **state) {
         fake_kill(&f, SIGTERM);
 }
 
+/* verify_peer: called with the fake's PID before anything is sent; a refusal drops the
+ * connection with the owner's reason, nothing reaches the peer, and the client retries at
+ * back-off until the owner accepts. */
+typedef struct PeerCheck {
+        Seen seen;
+        unsigned n_calls;
+        pid_t last_pid;
+        bool accept;
+} PeerCheck;
+
+static int verify_peer(QmpClient *c, const struct ucred *peer, char **ret_reason, void *userdata) {
+        PeerCheck *p = userdata;
+
+        p->n_calls++;
+        p->last_pid = peer->pid;
+        if (p->accept)
+                return 0;
+        assert_true(asprintf(ret_reason, "peer PID %d refused by the test", (int) peer->pid) > 0);
+        return -EPERM;
+}
+
+static void test_verify_peer(void **state) {
+        static const QmpCallbacks cb = { .on_event = on_event, .on_state = on_state, .verify_peer = verify_peer };
+        _cleanup_(sd_event_unrefp) sd_event *e = NULL;
+        _cleanup_(qmp_client_freep) QmpClient *c = NULL;
+        PeerCheck p = {};
+        char want[64];
+        Fake f;
+
+        fake_start(&f, "peer", NULL);
+        assert_int_equal(sd_event_new(&e), 0);
+        assert_int_equal(qmp_client_new(&c, e, f.sock, &cb, &p), 0);
+        qmp_client_set_backoff_max(c, 200 * USEC_PER_MSEC);
+        assert_int_equal(qmp_client_start(c), 0);
+        /* refused at connect, before the greeting is even read */
+        assert_int_equal(p.n_calls, 1);
+        assert_int_equal(p.last_pid, f.pid);
+        assert_int_equal(p.seen.state, QMP_WAITING_RETRY);
+        assert_int_equal(p.seen.state_error, -EPERM);
+        snprintf(want, sizeof want, "peer PID %d refused by the test", (int) f.pid);
+        assert_string_equal(p.seen.state_desc, want);
+
+        run_for(e, 600 * USEC_PER_MSEC);
+        assert_true(p.n_calls >= 3);       /* 100, 200, 200 ms ... */
+        assert_true(p.n_calls <= 8);       /* ... not a spin */
+        assert_int_equal(p.seen.n_ready, 0);
+        assert_false(record_has(&f, "qmp_capabilities"));
+
+        p.accept = true;
+        for (usec_t end = now_usec() + 2 * USEC_PER_SEC; p.seen.state != QMP_READY && now_usec() < end;)
+                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
+        assert_int_equal(p.seen.state, QMP_READY);
+        assert_true(record_has(&f, "qmp_capabilities"));
+        fake_kill(&f, SIGTERM);
+}
+
 static void test_killed_mid_command(void **state) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         _cleanup_(qmp_client_freep) QmpClient *c = NULL;
@@ -847,6 +903,7 @@ int main(void) {
                 cmocka_unit_test(test_balloon_roundtrip),
                 cmocka_unit_test_teardown(test_free_page_reporting, kill_current_fake),
                 cmocka_unit_test(test_not_there_yet),
+                cmocka_unit_test(test_verify_peer),
                 cmocka_unit_test(test_killed_mid_command),
                 cmocka_unit_test(test_garbage),
                 cmocka_unit_test(test_timeout_and_busy),
