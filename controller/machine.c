@@ -154,6 +154,8 @@ int machine_resize(Machine *machine, uint64_t target_bytes) {
          * to be relieved at once */
         machine->policy_state.manual_until_usec = now_usec() + MAX(MANUAL_HOLD_USEC, policy_vm_recovery_delay(
                 &(PolicyVM) { .knobs = &machine->config.knobs, .state = machine->policy_state }));
+        /* ... whatever need the guest showed before the resize: the operator has decided */
+        machine->policy_state.guest_pressure_usec = 0;
         manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
         return 0;
 }

@@ -33,9 +33,8 @@ def test(env):
     log_offset = len(env.daemon_log_text())   # the log file is shared by every start
     env.start_daemon(config=no_deflate)
     env.wait_property(path, "State", "managed", timeout=5)
-    target = env.ab_get(path, "TargetMemory")
-    check(target < 512 * MIB, "resumed at %d MiB, not from the guest's 300 MiB" % (target // MIB))
-    log("resumed at TargetMemory %d MiB" % (target // MIB))
+    # (the first give-back may land before a Get could see 300 MiB: the log below says where
+    # the new daemon started from)
     env.wait_property(path, "TargetMemory", 512 * MIB, timeout=20)
     env.wait_property(path, "ActualMemory", 512 * MIB, timeout=10)
     moves = [l for l in env.daemon_log_text()[log_offset:].splitlines() if "balloon target" in l]
@@ -44,7 +43,8 @@ def test(env):
     check(moves and "balloon target 300M →" in moves[0] and
           ("reason=recovery" in moves[0] or "reason=guest-pressure" in moves[0]),
           "the first move of the new daemon was not a give-back from 300M: %s" % moves[:1])
-    log("recovery returned the guest to 512 MiB")
+    log("resumed from 300 MiB; %s returned the guest to 512 MiB"
+        % ("recovery" if "reason=recovery" in moves[0] else "relief of a guest below its reserve"))
 
     # DeflateOnExit=yes: the stop returns an inflated guest to its maximum
     env.ab_call("ResizeMachine", vm.name, abtest.dbus.UInt64(256 * MIB))
