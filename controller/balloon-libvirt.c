@@ -610,7 +610,7 @@ static int domain_attach(LibvirtDomain *d) {
         GuestStats stats;
         uint64_t actual_bytes;
         int64_t last_update;
-        int n, r;
+        int n, r, state, reason;
 
         domain_detach(d);
         if (!c->conn) {
@@ -649,7 +649,16 @@ static int domain_attach(LibvirtDomain *d) {
                                    r < 0 ? "a <memballoon> without a model" :
                                    streq(model, "none") ? "<memballoon model='none'/>" : "a non-virtio <memballoon>");
 
-        if (virDomainIsActive(d->dom) != 1)
+        /* While libvirt starts the domain (paused, starting up) it holds the domain's job, and
+         * the calls below would wait for it with the loop: come back on the STARTED event.
+         * virDomainGetState() needs no job. */
+        if (virDomainGetState(d->dom, &state, &reason, 0) < 0) {
+                if (!connection_check(c))
+                        return 0;
+                return domain_fail(d, -EIO, "Failed to read the state of %s: %s", d->description, vir_error());
+        }
+        if ((state != VIR_DOMAIN_RUNNING && state != VIR_DOMAIN_PAUSED && state != VIR_DOMAIN_BLOCKED) ||
+            (state == VIR_DOMAIN_PAUSED && reason == VIR_DOMAIN_PAUSED_STARTING_UP))
                 return domain_retry_attach(d, "Waiting for libvirt to start the domain.");
 
         /* The balloon's ceiling is the boot RAM (<memory>, as QEMU's base-memory); above it
