@@ -467,8 +467,8 @@ static int machine_watch_scope(Machine *machine) {
 
 /* A libvirt domain: its only QMP monitor is libvirt's (passed by fd), so go through libvirt. */
 static int machine_start_libvirt(Machine *machine) {
-        Manager *m = machine->manager;
 #if HAVE_LIBVIRT
+        Manager *m = machine->manager;
         int r;
 
         if (sd_id128_is_null(machine->id)) {
