@@ -23,8 +23,11 @@
 #define ATTACH_RETRY_MIN_USEC (500 * USEC_PER_MSEC)
 #define ATTACH_RETRY_MAX_USEC (10 * USEC_PER_SEC)
 /* libvirt's keepalive: a libvirtd that stops answering (stopped, not exited) is declared dead
- * after about KEEPALIVE_INTERVAL_SEC * (KEEPALIVE_COUNT + 1) s and the connection closed. */
-#define KEEPALIVE_INTERVAL_SEC 5
+ * after about KEEPALIVE_INTERVAL_SEC * (KEEPALIVE_COUNT + 1) s and the connection closed; a
+ * call waiting on it fails then instead of holding the loop for good. It is the one timer the
+ * libvirt backend keeps while idle (libvirtd exiting is seen at once, as the socket closing):
+ * one wakeup per interval, only while libvirt machines exist. */
+#define KEEPALIVE_INTERVAL_SEC 10
 #define KEEPALIVE_COUNT 3
 
 /* --- libvirt's event loop on sd-event -------------------------------------------------------
@@ -35,12 +38,16 @@
  * virEventRegisterImpl()'s six functions. sd-event maps onto those one to one (an fd watch is
  * an io source, a timeout a time source), so libvirt's sockets and timers are sources of the
  * daemon's own loop: callbacks run in the daemon's thread between its other events, no locking,
- * and no wakeup beyond libvirt's own (keepalive every KEEPALIVE_INTERVAL_SEC while connected).
+ * and no wakeup beyond libvirt's own (its keepalive, below).
  *
  * API calls (virDomainSetMemoryFlags, virDomainMemoryStats) are still synchronous RPCs: the
- * loop waits for libvirtd's answer, which is one QMP round trip to the guest's QEMU. They are
- * made from a deferred source, never from inside a policy run or a libvirt callback. A
- * libvirtd that hangs is bounded by the keepalive above.
+ * loop waits for libvirtd's answer, normally one QMP round trip of libvirtd's to the guest's
+ * QEMU. They are made from a deferred source, never from inside a policy run or a libvirt
+ * callback, and never while libvirt is starting the domain (see domain_attach()). Two cases
+ * hold the loop longer: a libvirtd that stops answering (until the keepalive gives up), and a
+ * domain whose job another client holds (a migration, a snapshot): libvirtd waits up to its
+ * job timeout (30 s) before it answers. Moving these calls to a thread would need every
+ * libvirt callback handed back to the loop; not done while moves are seconds apart.
  *
  * The registration is process-wide in libvirt, hence the one loop below. */
 
@@ -517,8 +524,9 @@ LibvirtConnection *libvirt_connection_free(LibvirtConnection *c) {
 
 /* --- one domain ------------------------------------------------------------------------------ */
 
-int libvirt_xml_memballoon_model(const char *xml, char **ret) {
+int libvirt_xml_memballoon_attribute(const char *xml, const char *name, char **ret) {
         const char *devices, *p, *end, *m;
+        size_t n = strlen(name);
 
         assert(xml);
         assert(ret);
@@ -535,15 +543,15 @@ int libvirt_xml_memballoon_model(const char *xml, char **ret) {
         end = strchr(p, '>');
         if (!end)
                 return -EBADMSG;
-        for (m = p; (m = strstr(m, "model=")) && m < end; m++)
-                if (strchr(" \t\n", m[-1]) && (m[6] == '\'' || m[6] == '"')) {
-                        const char *v = m + 7, *q = strchr(v, m[6]);
+        for (m = p; (m = strstr(m, name)) && m < end; m++)
+                if (strchr(" \t\n", m[-1]) && m[n] == '=' && (m[n + 1] == '\'' || m[n + 1] == '"')) {
+                        const char *v = m + n + 2, *q = strchr(v, m[n + 1]);
                         if (!q || q > end)
                                 return -EBADMSG;
                         *ret = strndup(v, q - v);
                         return *ret ? 0 : -ENOMEM;
                 }
-        return -EBADMSG;
+        return -ENODATA;
 }
 
 void libvirt_parse_memory_stats(const LibvirtMemoryStat *stats, size_t n, GuestStats *ret,
@@ -603,7 +611,7 @@ static int domain_retry_attach(LibvirtDomain *d, const char *why) {
 
 static int domain_attach(LibvirtDomain *d) {
         LibvirtConnection *c = d->c;
-        _cleanup_free_ char *xml = NULL, *model = NULL;
+        _cleanup_free_ char *xml = NULL, *model = NULL, *fpr = NULL;
         virDomainMemoryStatStruct vs[VIR_DOMAIN_MEMORY_STAT_NR];
         LibvirtMemoryStat st[VIR_DOMAIN_MEMORY_STAT_NR];
         unsigned long max_kib;
@@ -640,7 +648,7 @@ static int domain_attach(LibvirtDomain *d) {
                         return 0;
                 return domain_fail(d, -EIO, "Failed to read the XML of %s: %s", d->description, vir_error());
         }
-        r = libvirt_xml_memballoon_model(xml, &model);
+        r = libvirt_xml_memballoon_attribute(xml, "model", &model);
         if (r == -ENOMEM)
                 return domain_fail(d, r, "Out of memory.");
         if (r < 0 || strncmp(model, "virtio", strlen("virtio")) != 0)
@@ -648,6 +656,11 @@ static int domain_attach(LibvirtDomain *d) {
                                    r == -ENOENT ? "no <memballoon>" :
                                    r < 0 ? "a <memballoon> without a model" :
                                    streq(model, "none") ? "<memballoon model='none'/>" : "a non-virtio <memballoon>");
+        /* libvirt writes freePageReporting only when set (libvirt 6.9 or later) */
+        r = libvirt_xml_memballoon_attribute(xml, "freePageReporting", &fpr);
+        if (r == -ENOMEM)
+                return domain_fail(d, r, "Out of memory.");
+        balloon_backend_free_page_reporting(d->balloon, r >= 0 && streq(fpr, "on"));
 
         /* While libvirt starts the domain (paused, starting up) it holds the domain's job, and
          * the calls below would wait for it with the loop: come back on the STARTED event.

@@ -27,10 +27,10 @@ LibvirtConnection *libvirt_connection_free(LibvirtConnection *c);
 int balloon_new_libvirt(Balloon **ret, LibvirtConnection *c, sd_id128_t uuid, const char *machine_name,
                         unsigned stats_interval_sec, const BalloonCallbacks *cb, void *userdata);
 
-/* Pure, for unit tests: the model attribute of the first <memballoon> under <devices> in a
- * domain XML as libvirt formats it. -ENOENT without a <memballoon>, -EBADMSG when it has no
- * model or the XML is cut short. */
-int libvirt_xml_memballoon_model(const char *xml, char **ret);
+/* Pure, for unit tests: an attribute (model, freePageReporting) of the first <memballoon> under
+ * <devices> in a domain XML as libvirt formats it. -ENOENT without a <memballoon>, -ENODATA
+ * when it has no such attribute, -EBADMSG for an XML without <devices> or cut short. */
+int libvirt_xml_memballoon_attribute(const char *xml, const char *name, char **ret);
 
 /* Pure, for unit tests: virDomainMemoryStats() tags (KiB, counts, seconds) as the QMP layer's
  * GuestStats; *ret_actual_bytes is UINT64_MAX and *ret_last_update 0 when not reported. */

@@ -687,6 +687,12 @@ void balloon_backend_stats(Balloon *b, const GuestStats *stats) {
                 b->cb.on_stats(b, stats, b->userdata);
 }
 
+void balloon_backend_free_page_reporting(Balloon *b, bool enabled) {
+        b->free_page_reporting = enabled;
+        if (b->cb.on_free_page_reporting)
+                b->cb.on_free_page_reporting(b, enabled, b->userdata);
+}
+
 void balloon_backend_error(Balloon *b, int error, const char *desc) {
         if (b->cb.on_error)
                 b->cb.on_error(b, error, desc, b->userdata);

@@ -104,6 +104,8 @@ void balloon_backend_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes
 void balloon_backend_actual(Balloon *b, uint64_t actual_bytes);
 void balloon_backend_stats(Balloon *b, const GuestStats *stats);
 void balloon_backend_error(Balloon *b, int error, const char *desc);
+/* As on_free_page_reporting: before balloon_backend_ready(), once per attach. */
+void balloon_backend_free_page_reporting(Balloon *b, bool enabled);
 
 /* Pure, for unit tests: parse a qom-get guest-stats return value. Each stat that is missing,
  * -1 or 2^64-1 (QEMU's "not reported") becomes UINT64_MAX. valid is true when QEMU has

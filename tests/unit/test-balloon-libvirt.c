@@ -1,4 +1,4 @@
-/* The libvirt backend's pure parts: the domain XML's <memballoon>, and virDomainMemoryStats()
+/* The libvirt backend's pure parts: the domain XML's <memballoon> (model, free page reporting), and virDomainMemoryStats()
  * read as the QMP layer's GuestStats. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,7 +12,7 @@
 static void expect_model(const char *xml, int ret, const char *model) {
         char *m = NULL;
 
-        assert_int_equal(libvirt_xml_memballoon_model(xml, &m), ret);
+        assert_int_equal(libvirt_xml_memballoon_attribute(xml, "model", &m), ret);
         if (model)
                 assert_string_equal(m, model);
         else
@@ -32,7 +32,7 @@ static void test_memballoon_model(void **state) {
                      "freePageReporting=\"on\"/></devices></domain>", 0, "virtio-non-transitional");
         /* the model is an attribute of <memballoon>, not of a later element */
         expect_model("<domain><devices><memballoon><stats period='2'/></memballoon>"
-                     "<video><model type='none'/></video></devices></domain>", -EBADMSG, NULL);
+                     "<video><model type='none'/></video></devices></domain>", -ENODATA, NULL);
         /* no <memballoon> (an s390 or an old definition), or only a look-alike */
         expect_model("<domain><devices><disk/></devices></domain>", -ENOENT, NULL);
         expect_model("<domain><devices><memballoonx model='virtio'/></devices></domain>", -ENOENT, NULL);
@@ -41,6 +41,25 @@ static void test_memballoon_model(void **state) {
         /* cut short */
         expect_model("<domain><devices><memballoon model='virt", -EBADMSG, NULL);
         expect_model("<domain><devices><memballoon model='virtio'", -EBADMSG, NULL);
+}
+
+static void test_free_page_reporting(void **state) {
+        char *v = NULL;
+
+        assert_int_equal(libvirt_xml_memballoon_attribute(
+                "<domain><devices><memballoon model='virtio' freePageReporting='on'>"
+                "<stats period='2'/></memballoon></devices></domain>", "freePageReporting", &v), 0);
+        assert_string_equal(v, "on");
+        free(v);
+        v = NULL;
+        /* libvirt leaves it out when not set: off */
+        assert_int_equal(libvirt_xml_memballoon_attribute(
+                "<domain><devices><memballoon model='virtio'/></devices></domain>", "freePageReporting", &v),
+                -ENODATA);
+        /* a name that only ends like the attribute is not it */
+        assert_int_equal(libvirt_xml_memballoon_attribute(
+                "<domain><devices><memballoon xmodel='virtio'/></devices></domain>", "model", &v), -ENODATA);
+        assert_null(v);
 }
 
 static void test_memory_stats(void **state) {
@@ -118,6 +137,7 @@ static void test_memory_stats(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_memballoon_model),
+                cmocka_unit_test(test_free_page_reporting),
                 cmocka_unit_test(test_memory_stats),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
