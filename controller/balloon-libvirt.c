@@ -682,6 +682,9 @@ static int domain_attach(LibvirtDomain *d) {
                         return 0;
                 return domain_retry_attach(d, "Waiting for libvirt to start the domain.");
         }
+        if ((uint64_t) max_kib > BALLOON_RAM_MAX_BYTES / KIB)
+                return domain_fail(d, -EBADMSG, "libvirt reports an implausible memory size of %lu KiB for %s.",
+                                   max_kib, d->description);
 
         if (d->stats_interval_sec > 0 &&
             virDomainSetMemoryStatsPeriod(d->dom, (int) d->stats_interval_sec, VIR_DOMAIN_AFFECT_LIVE) < 0) {
@@ -709,7 +712,7 @@ static int domain_attach(LibvirtDomain *d) {
         d->retry_usec = 0;
         (void) sd_event_source_set_enabled(d->retry_timer, SD_EVENT_OFF);
         d->ready = true;
-        balloon_backend_ready(d->balloon, MIN(actual_bytes, d->ram_bytes), d->ram_bytes);
+        balloon_backend_ready(d->balloon, actual_bytes, d->ram_bytes);
         return 0;
 }
 
@@ -759,7 +762,9 @@ static void domain_poll_stats(LibvirtDomain *d) {
         for (int i = 0; i < n; i++)
                 st[i] = (LibvirtMemoryStat) { vs[i].tag, vs[i].val };
         libvirt_parse_memory_stats(st, (size_t) n, &stats, &actual_bytes, &last_update);
-        if (!stats.valid || last_update <= d->stats_last_update)
+        /* new when the stamp changed: QEMU's wall clock may go back, and a stamp in the future
+         * must not hide every later sample */
+        if (!stats.valid || last_update == d->stats_last_update)
                 return;   /* nothing new since the last poll */
         d->stats_last_update = last_update;
 

@@ -224,8 +224,9 @@ static uint64_t clamp_actual(Balloon *b, uint64_t actual) {
         if (!b->actual_clamp_warned) {
                 b->actual_clamp_warned = true;
                 log_warning("The guest on %s reports a balloon size of %" PRIu64 " bytes, above its RAM of %" PRIu64
-                            " bytes; taken as its RAM (said once).", qmp_client_path(b->qmp), actual,
-                            b->ram_bytes);
+                            " bytes; taken as its RAM (said once).",
+                            b->backend ? b->backend->describe(b->backend_impl) : qmp_client_path(b->qmp),
+                            actual, b->ram_bytes);
         }
         return b->ram_bytes;
 }
@@ -669,22 +670,27 @@ const char *balloon_backend_name(const Balloon *b) {
         return b && b->backend ? b->backend->name : "qmp";
 }
 
+/* The guest's numbers are clamped here for every backend, as the QMP replies above. */
 void balloon_backend_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes) {
-        b->actual_bytes = actual_bytes;
+        assert(ram_bytes > 0 && ram_bytes <= BALLOON_RAM_MAX_BYTES);
         b->ram_bytes = ram_bytes;
+        b->actual_bytes = clamp_actual(b, actual_bytes);
         if (b->cb.on_ready)
-                b->cb.on_ready(b, actual_bytes, ram_bytes, b->userdata);
+                b->cb.on_ready(b, b->actual_bytes, ram_bytes, b->userdata);
 }
 
 void balloon_backend_actual(Balloon *b, uint64_t actual_bytes) {
-        b->actual_bytes = actual_bytes;
+        b->actual_bytes = clamp_actual(b, actual_bytes);
         if (b->cb.on_actual)
-                b->cb.on_actual(b, actual_bytes, b->userdata);
+                b->cb.on_actual(b, b->actual_bytes, b->userdata);
 }
 
 void balloon_backend_stats(Balloon *b, const GuestStats *stats) {
+        GuestStats s = *stats;
+
+        guest_stats_clamp(&s, b->ram_bytes);
         if (b->cb.on_stats)
-                b->cb.on_stats(b, stats, b->userdata);
+                b->cb.on_stats(b, &s, b->userdata);
 }
 
 void balloon_backend_free_page_reporting(Balloon *b, bool enabled) {

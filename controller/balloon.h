@@ -99,7 +99,8 @@ int balloon_new_backend(Balloon **ret, const BalloonBackendOps *ops, void *impl,
                         const BalloonCallbacks *cb, void *userdata);
 /* "qmp", or the backend's name. */
 const char *balloon_backend_name(const Balloon *b);
-/* For backends: tell the owner, as the QMP layer does. */
+/* For backends: tell the owner, as the QMP layer does. actual and the byte-valued stats are
+ * clamped to the RAM here; ram_bytes must be within 1..BALLOON_RAM_MAX_BYTES. */
 void balloon_backend_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes);
 void balloon_backend_actual(Balloon *b, uint64_t actual_bytes);
 void balloon_backend_stats(Balloon *b, const GuestStats *stats);
