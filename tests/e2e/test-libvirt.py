@@ -216,6 +216,9 @@ def run(env, virsh, actual_kib, rundir):
     env.wait_for(lambda: actual_kib() <= actual0 - 16 * 1024, STALL_SECONDS + 10,
                  "virsh dommemstat actual to fall by 16 MiB under host pressure", interval=0.5)
     log("actual %d -> %d KiB %.1f s into the stall" % (actual0, actual_kib(), time.monotonic() - t))
+    # libvirt's BALLOON_CHANGE reaches the machine's ActualMemory
+    env.wait_for(lambda: abs(env.ab_get(path, "ActualMemory") - actual_kib() * 1024) <= 4 * MIB, 5,
+                 "ActualMemory to follow virsh dommemstat's actual", interval=0.2)
     # the policy squeezes no guest blindly: it read the guest's statistics through libvirt first
     avail = env.ab_get(path, "GuestAvailableMemory")
     log("GuestAvailableMemory %d MiB" % (avail // MIB))
