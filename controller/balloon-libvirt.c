@@ -360,10 +360,8 @@ static int on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int det
         case VIR_DOMAIN_EVENT_STOPPED:
         case VIR_DOMAIN_EVENT_CRASHED:
                 /* machined drops the machine as the scope goes; until then it is not ours to move */
-                log_info("Machine %s: %s %s.", d->machine_name, d->description,
-                         event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : "stopped");
                 (void) domain_fail(d, -ESHUTDOWN, "%s %s.", d->description,
-                            event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : "stopped");
+                                   event == VIR_DOMAIN_EVENT_CRASHED ? "crashed" : "stopped");
                 break;
         default:
                 break;
