@@ -9,7 +9,7 @@ all: build
 
 build:
 	scripts/install-deps.sh
-	test -f $(BUILD)/build.ninja || meson setup $(BUILD)
+	test -f $(BUILD)/build.ninja || meson setup $(BUILD) -Dlibvirt=enabled
 	ninja -C $(BUILD)
 
 check:

@@ -180,6 +180,7 @@ typedef struct MachineInfo {
         char *state;
         char *state_reason;
         char *scope_pressure;
+        char *backend;
         uint64_t ram_bytes, actual_bytes, target_bytes, min_bytes, max_bytes, available_bytes;
         int free_page_reporting;     /* sd-bus reads 'b' into an int */
 } MachineInfo;
@@ -195,6 +196,7 @@ static void machine_info_done(MachineInfo *i) {
         free(i->state);
         free(i->state_reason);
         free(i->scope_pressure);
+        free(i->backend);
 }
 
 static void machine_infos_free(MachineInfo *l, size_t n) {
@@ -252,6 +254,8 @@ static int read_machine_properties(sd_bus_message *m, MachineInfo *i) {
                                 r = read_string_variant(m, &i->state_reason);
                         else if (streq(name, "ScopePressure"))
                                 r = read_string_variant(m, &i->scope_pressure);
+                        else if (streq(name, "Backend"))
+                                r = read_string_variant(m, &i->backend);
                         else if (streq(name, "FreePageReporting"))
                                 r = sd_bus_message_read(m, "v", "b", &i->free_page_reporting);
                         else
@@ -420,8 +424,9 @@ static void set_size(struct libscols_line *l, size_t col, uint64_t bytes, bool k
 }
 
 static int print_status_table(MachineInfo *l, size_t n, char **names) {
-        static const char *const cols[] = { "MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE", "FPR" };
-        static const bool numeric[] = { false, false, true, true, true, true, false, false };
+        static const char *const cols[] = { "MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE", "FPR",
+                                            "BACKEND" };
+        static const bool numeric[] = { false, false, true, true, true, true, false, false, false };
         struct libscols_table *t = table_new("machines");
         size_t shown = 0;
         int r;
@@ -447,6 +452,8 @@ static int print_status_table(MachineInfo *l, size_t n, char **names) {
                 set_size(line, 5, l[i].max_bytes, known);
                 scols_line_set_data(line, 6, l[i].scope_pressure);
                 scols_line_set_data(line, 7, l[i].free_page_reporting ? "yes" : "no");
+                /* "-": no backend (unmanaged before one was chosen) */
+                scols_line_set_data(line, 8, isempty(l[i].backend) ? "-" : l[i].backend);
                 shown++;
         }
         r = scols_print_table(t);

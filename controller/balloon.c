@@ -71,6 +71,10 @@ struct Balloon {
         bool actual_clamp_warned;       /* warned about an actual above RAM (once: a guest may keep lying) */
 
         BalloonOp *ops;
+
+        /* another backend (balloon_new_backend()): every public function goes there instead */
+        const BalloonBackendOps *backend;
+        void *backend_impl;
 };
 
 static void op_unlink(BalloonOp *op) {
@@ -220,8 +224,9 @@ static uint64_t clamp_actual(Balloon *b, uint64_t actual) {
         if (!b->actual_clamp_warned) {
                 b->actual_clamp_warned = true;
                 log_warning("The guest on %s reports a balloon size of %" PRIu64 " bytes, above its RAM of %" PRIu64
-                            " bytes; taken as its RAM (said once).", qmp_client_path(b->qmp), actual,
-                            b->ram_bytes);
+                            " bytes; taken as its RAM (said once).",
+                            b->backend ? b->backend->describe(b->backend_impl) : qmp_client_path(b->qmp),
+                            actual, b->ram_bytes);
         }
         return b->ram_bytes;
 }
@@ -468,6 +473,8 @@ static void orphan_ops(Balloon *b, bool keep_set_target) {
 Balloon *balloon_free(Balloon *b) {
         if (!b)
                 return NULL;
+        if (b->backend)
+                b->backend->free(b->backend_impl);
         orphan_ops(b, false);
         free(b->device_path);
         return mfree(b);
@@ -478,6 +485,8 @@ int balloon_attach(Balloon *b, unsigned stats_interval_sec) {
 
         assert(b);
 
+        if (b->backend)
+                return 0;
         balloon_detach(b);
         b->stats_interval_sec = stats_interval_sec;
         r = list_container(b, 0);
@@ -488,6 +497,9 @@ int balloon_attach(Balloon *b, unsigned stats_interval_sec) {
 
 void balloon_detach(Balloon *b) {
         assert(b);
+
+        if (b->backend)
+                return;
 
         /* Attach and stats replies still in flight are for a device we no longer trust; a
          * set-target caller still wants its answer. */
@@ -505,6 +517,8 @@ void balloon_handle_event(Balloon *b, const char *event, json_object *data) {
 
         assert(b);
 
+        if (b->backend)
+                return;
         if (streq_ptr(event, "DEVICE_DELETED")) {
                 /* Hot-unplugged (device_del): every later command would fail with
                  * DeviceNotActive; say so once instead. */
@@ -531,6 +545,8 @@ void balloon_handle_event(Balloon *b, const char *event, json_object *data) {
 }
 
 bool balloon_is_ready(const Balloon *b) {
+        if (b && b->backend)
+                return b->backend->is_ready(b->backend_impl);
         return b && b->ready && qmp_client_state(b->qmp) == QMP_READY;
 }
 
@@ -540,6 +556,8 @@ int balloon_set_target(Balloon *b, uint64_t target_bytes, balloon_set_cb_t cb, v
 
         assert(b);
 
+        if (b->backend)
+                return b->backend->set_target(b->backend_impl, target_bytes, cb, userdata);
         if (!balloon_is_ready(b))
                 return -ENOTCONN;
         /* QEMU refuses 0 and silently clamps anything above the RAM size; say so here. */
@@ -567,6 +585,8 @@ int balloon_poll_stats(Balloon *b) {
 
         assert(b);
 
+        if (b->backend)
+                return b->backend->poll_stats(b->backend_impl);
         if (!balloon_is_ready(b))
                 return -ENOTCONN;
         if (b->stats_in_flight)
@@ -587,6 +607,8 @@ int balloon_set_stats_interval(Balloon *b, unsigned interval_sec) {
 
         assert(b);
 
+        if (b->backend)
+                return b->backend->set_stats_interval(b->backend_impl, interval_sec);
         if (!balloon_is_ready(b))
                 return -ENOTCONN;
         if (interval_sec == b->stats_interval_sec)
@@ -603,19 +625,83 @@ int balloon_set_stats_interval(Balloon *b, unsigned interval_sec) {
 }
 
 const char *balloon_device_path(const Balloon *b) {
+        if (b && b->backend)
+                return b->backend->describe(b->backend_impl);
         return b ? b->device_path : NULL;
 }
 
 uint64_t balloon_actual(const Balloon *b) {
+        if (b && b->backend)
+                return balloon_is_ready(b) ? b->actual_bytes : UINT64_MAX;
         return b && b->ready ? b->actual_bytes : UINT64_MAX;
 }
 
 uint64_t balloon_ram(const Balloon *b) {
+        if (b && b->backend)
+                return b->backend->ram(b->backend_impl);
         return b && b->ready ? b->ram_bytes : UINT64_MAX;
 }
 
 int balloon_free_page_reporting(const Balloon *b) {
         return b ? b->free_page_reporting : -ENODATA;
+}
+
+int balloon_new_backend(Balloon **ret, const BalloonBackendOps *ops, void *impl,
+                        const BalloonCallbacks *cb, void *userdata) {
+        Balloon *b;
+
+        assert(ret);
+        assert(ops);
+
+        b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        b->backend = ops;
+        b->backend_impl = impl;
+        b->free_page_reporting = -ENODATA;
+        if (cb)
+                b->cb = *cb;
+        b->userdata = userdata;
+        *ret = b;
+        return 0;
+}
+
+const char *balloon_backend_name(const Balloon *b) {
+        return b && b->backend ? b->backend->name : "qmp";
+}
+
+/* The guest's numbers are clamped here for every backend, as the QMP replies above. */
+void balloon_backend_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes) {
+        assert(ram_bytes > 0 && ram_bytes <= BALLOON_RAM_MAX_BYTES);
+        b->ram_bytes = ram_bytes;
+        b->actual_bytes = clamp_actual(b, actual_bytes);
+        if (b->cb.on_ready)
+                b->cb.on_ready(b, b->actual_bytes, ram_bytes, b->userdata);
+}
+
+void balloon_backend_actual(Balloon *b, uint64_t actual_bytes) {
+        b->actual_bytes = clamp_actual(b, actual_bytes);
+        if (b->cb.on_actual)
+                b->cb.on_actual(b, b->actual_bytes, b->userdata);
+}
+
+void balloon_backend_stats(Balloon *b, const GuestStats *stats) {
+        GuestStats s = *stats;
+
+        guest_stats_clamp(&s, b->ram_bytes);
+        if (b->cb.on_stats)
+                b->cb.on_stats(b, &s, b->userdata);
+}
+
+void balloon_backend_free_page_reporting(Balloon *b, bool enabled) {
+        b->free_page_reporting = enabled;
+        if (b->cb.on_free_page_reporting)
+                b->cb.on_free_page_reporting(b, enabled, b->userdata);
+}
+
+void balloon_backend_error(Balloon *b, int error, const char *desc) {
+        if (b->cb.on_error)
+                b->cb.on_error(b, error, desc, b->userdata);
 }
 
 int balloon_parse_free_page_reporting(json_object *ret) {

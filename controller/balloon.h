@@ -73,6 +73,41 @@ uint64_t balloon_ram(const Balloon *b);
  * when QEMU has no such property, -ENODATA when not known (not attached, or reading failed). */
 int balloon_free_page_reporting(const Balloon *b);
 
+/* --- other backends --------------------------------------------------------------------- */
+
+/* The same Balloon, reached some other way than the QMP layer above (libvirt's API). The
+ * machine and the manager only see the public functions of this header; a backend implements
+ * these and reports through the owner's BalloonCallbacks with balloon_backend_*() below.
+ * balloon_attach(), balloon_detach() and balloon_handle_event() are QMP's and do nothing for
+ * a backend, which attaches by itself and reports on_ready / on_error when it can. */
+typedef struct BalloonBackendOps {
+        const char *name;                       /* the Machine's Backend property: "libvirt" */
+        bool (*is_ready)(void *impl);
+        /* Same contract as balloon_set_target(), cb never called before it returns. */
+        int (*set_target)(void *impl, uint64_t target_bytes,
+                          void (*cb)(Balloon *b, int error, const char *desc, void *userdata),
+                          void *userdata);
+        int (*poll_stats)(void *impl);
+        int (*set_stats_interval)(void *impl, unsigned interval_sec);
+        uint64_t (*ram)(void *impl);            /* UINT64_MAX until ready */
+        const char *(*describe)(void *impl);    /* for logs, like balloon_device_path() */
+        void (*free)(void *impl);
+} BalloonBackendOps;
+
+/* Takes ownership of impl (ops->free on balloon_free()). */
+int balloon_new_backend(Balloon **ret, const BalloonBackendOps *ops, void *impl,
+                        const BalloonCallbacks *cb, void *userdata);
+/* "qmp", or the backend's name. */
+const char *balloon_backend_name(const Balloon *b);
+/* For backends: tell the owner, as the QMP layer does. actual and the byte-valued stats are
+ * clamped to the RAM here; ram_bytes must be within 1..BALLOON_RAM_MAX_BYTES. */
+void balloon_backend_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_bytes);
+void balloon_backend_actual(Balloon *b, uint64_t actual_bytes);
+void balloon_backend_stats(Balloon *b, const GuestStats *stats);
+void balloon_backend_error(Balloon *b, int error, const char *desc);
+/* As on_free_page_reporting: before balloon_backend_ready(), once per attach. */
+void balloon_backend_free_page_reporting(Balloon *b, bool enabled);
+
 /* Pure, for unit tests: parse a qom-get guest-stats return value. Each stat that is missing,
  * -1 or 2^64-1 (QEMU's "not reported") becomes UINT64_MAX. valid is true when QEMU has
  * received a report (last-update > 0) with at least one stat. updated_usec is left 0 (the

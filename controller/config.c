@@ -24,6 +24,7 @@ void config_init(Config *c) {
                 .host_memory_reserve_permille = 100,
                 .stats_interval_sec = 2,
                 .deflate_on_exit = true,
+                .libvirt_uri = strdup("qemu:///system"),
         };
         policy_knobs_init_default(&c->defaults);
 }
@@ -65,6 +66,7 @@ uint64_t host_memory_reserve_resolve(uint64_t bytes, uint32_t permille, uint64_t
 
 void config_done(Config *c) {
         free(c->host_memory_source);
+        free(c->libvirt_uri);
         free(c->host_pressure_source);
         free(c->machines_directory);
         free(c->runtime_machines_directory);
@@ -283,6 +285,8 @@ static int handler(void *user, const char *section, const char *name, const char
                 Config *c = s->config;
                 if (streq(name, "HostPressureSource"))
                         r = set_string(&c->host_pressure_source, value);
+                else if (streq(name, "LibvirtURI"))
+                        r = isempty(value) ? -EINVAL : set_string(&c->libvirt_uri, value);
                 else if (streq(name, "HostMemorySource"))
                         r = set_string(&c->host_memory_source, value);
                 else if (streq(name, "HostMemoryReserve"))
@@ -349,6 +353,16 @@ static int handler(void *user, const char *section, const char *name, const char
                                 return 1;
                         }
                         return set_string(&s->machine->qmp_socket, value) < 0 ? 0 : 1;
+                }
+                if (s->machine && streq(name, "Backend")) {
+                        MachineBackend b = machine_backend_from_string(value);
+                        if ((int) b < 0) {
+                                log_warning("%s:%d: Invalid value \"%s\" for Backend=: expected auto, qmp or libvirt. Ignoring.",
+                                            s->path, lineno, value);
+                                s->n_errors++;
+                        } else
+                                s->machine->backend = b;
+                        return 1;
                 }
                 if (knob_line(s, name, value, lineno) == 0) {
                         log_warning("%s:%d: Unknown key %s= in [%s], ignoring.", s->path, lineno, name, section);
@@ -430,6 +444,23 @@ int config_load(Config *c, const char *path) {
                 r = parse_dir(&s, c->runtime_config_directory);
         c->n_errors += s.n_errors;
         return r < 0 ? r : 0;
+}
+
+static const char *const machine_backend_table[_MACHINE_BACKEND_MAX] = {
+        [MACHINE_BACKEND_AUTO] = "auto",
+        [MACHINE_BACKEND_QMP] = "qmp",
+        [MACHINE_BACKEND_LIBVIRT] = "libvirt",
+};
+
+const char *machine_backend_to_string(MachineBackend b) {
+        return b >= 0 && b < _MACHINE_BACKEND_MAX ? machine_backend_table[b] : NULL;
+}
+
+MachineBackend machine_backend_from_string(const char *s) {
+        for (MachineBackend b = 0; b < _MACHINE_BACKEND_MAX; b++)
+                if (streq_ptr(s, machine_backend_table[b]))
+                        return b;
+        return (MachineBackend) -EINVAL;
 }
 
 void machine_config_done(MachineConfig *mc) {

@@ -23,6 +23,7 @@ typedef struct Config {
         uint32_t host_memory_reserve_permille;  /* ... or a share of the capacity (bytes == 0) */
         unsigned stats_interval_sec;       /* guest-stats polling while anything is in motion */
         bool deflate_on_exit;
+        char *libvirt_uri;                 /* LibvirtURI=: where libvirt's machines are driven */
         PolicyKnobs defaults;
         unsigned n_errors;                 /* bad lines seen (each logged with file:line) */
 } Config;
@@ -41,8 +42,20 @@ void config_done(Config *c);
  * errors that stop loading (unreadable file). */
 int config_load(Config *c, const char *path);
 
+/* Backend=: how a machine's balloon is reached. */
+typedef enum MachineBackend {
+        MACHINE_BACKEND_AUTO,      /* QMP if a socket of our own is known, else libvirt for its machines */
+        MACHINE_BACKEND_QMP,
+        MACHINE_BACKEND_LIBVIRT,
+        _MACHINE_BACKEND_MAX,
+} MachineBackend;
+
+const char *machine_backend_to_string(MachineBackend b);
+MachineBackend machine_backend_from_string(const char *s);   /* -EINVAL if unknown */
+
 typedef struct MachineConfig {
         char *qmp_socket;          /* QMPSocket=, NULL: discover from the leader's cmdline */
+        MachineBackend backend;    /* Backend= */
         PolicyKnobs knobs;         /* defaults with the drop-in's overrides applied */
         uint64_t knobs_set;        /* bit i: policy_knobs[i] was set by a drop-in */
 } MachineConfig;

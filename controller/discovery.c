@@ -269,8 +269,10 @@ static const char *scope_interface(const char *unit) {
 static int lookup_once(Discovery *d, const char *name, const char *path) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_free_ char *class = NULL, *unit = NULL, *cgroup = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *id_reply = NULL;
+        _cleanup_free_ char *class = NULL, *unit = NULL, *cgroup = NULL, *service = NULL;
         const char *unit_path;
+        sd_id128_t id = SD_ID128_NULL;
         uint32_t leader = 0;
         int r;
 
@@ -282,6 +284,18 @@ static int lookup_once(Discovery *d, const char *name, const char *path) {
         r = sd_bus_get_property_string(d->bus, MACHINED, path, MACHINED_MACHINE, "Unit", &error, &unit);
         if (r >= 0)
                 r = sd_bus_get_property_trivial(d->bus, MACHINED, path, MACHINED_MACHINE, "Leader", &error, 'u', &leader);
+        if (r >= 0)
+                r = sd_bus_get_property_string(d->bus, MACHINED, path, MACHINED_MACHINE, "Service", &error, &service);
+        if (r >= 0)
+                r = sd_bus_get_property(d->bus, MACHINED, path, MACHINED_MACHINE, "Id", &error, &id_reply, "ay");
+        if (r >= 0) {
+                const void *id_bytes;
+                size_t id_size = 0;
+                r = sd_bus_message_read_array(id_reply, 'y', &id_bytes, &id_size);
+                /* machined sends 16 bytes, or none when the registrant gave no Id */
+                if (r >= 0 && id_size == sizeof id.bytes)
+                        memcpy(id.bytes, id_bytes, sizeof id.bytes);
+        }
         if (r < 0)
                 return log_debug_errno(r, "Failed to read machine %s: %s", name, error.message);
 
@@ -301,6 +315,7 @@ static int lookup_once(Discovery *d, const char *name, const char *path) {
 
         d->cb.on_machine_new(&(DiscoveredMachine) {
                 .name = name, .unit = unit, .control_group = cgroup, .leader = (pid_t) leader,
+                .service = service, .id = id,
         }, d->userdata);
         return 0;
 }

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
+#include <systemd/sd-id128.h>
 
 #include "util.h"
 
@@ -13,6 +14,8 @@ typedef struct DiscoveredMachine {
         const char *unit;             /* machine-NAME.scope */
         const char *control_group;    /* "/machine.slice/machine-NAME.scope", as systemd1 reports it */
         pid_t leader;
+        const char *service;          /* who registered it: "libvirt-qemu", "nspawn", ... ("" if unset) */
+        sd_id128_t id;                /* machined's Id: for libvirt, the domain UUID (null if unset) */
 } DiscoveredMachine;
 
 typedef struct DiscoveryCallbacks {

@@ -210,9 +210,13 @@ static void on_balloon_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_byt
         /* Resume from what the guest has now; recovery grows it back if it is below the
          * maximum (a previous instance may have exited without deflating). */
         machine->target_bytes = actual_bytes;
-        log_info("Machine %s: balloon %s ready at %s of %s RAM, QMP %s (from %s).", machine->name,
-                 balloon_device_path(b), format_size(a, sizeof a, actual_bytes),
-                 format_size(r, sizeof r, ram_bytes), machine->qmp_socket, machine->qmp_socket_source);
+        if (machine->qmp)
+                log_info("Machine %s: balloon %s ready at %s of %s RAM, QMP %s (from %s).", machine->name,
+                         balloon_device_path(b), format_size(a, sizeof a, actual_bytes),
+                         format_size(r, sizeof r, ram_bytes), machine->qmp_socket, machine->qmp_socket_source);
+        else
+                log_info("Machine %s: balloon of %s ready at %s of %s RAM.", machine->name, balloon_device_path(b),
+                         format_size(a, sizeof a, actual_bytes), format_size(r, sizeof r, ram_bytes));
         machine_set_state(machine, machine->config.knobs.enabled ? MACHINE_MANAGED : MACHINE_UNMANAGED,
                           machine->config.knobs.enabled ? NULL : "Enabled=no");
         machine_emit(machine, "ActualMemory", "TargetMemory", "MemorySize", NULL);
@@ -287,6 +291,10 @@ static void schedule_attach_retry(Machine *machine) {
 static void on_balloon_error(Balloon *b, int error, const char *desc, void *userdata) {
         Machine *machine = userdata;
 
+        if (error == -EAGAIN && !machine->qmp) {   /* another backend retries by itself */
+                machine_set_state(machine, MACHINE_CONNECTING, desc);
+                return;
+        }
         if (error == -EAGAIN) {
                 machine_set_state(machine, MACHINE_CONNECTING, "Waiting for the guest's virtio-balloon driver.");
                 schedule_attach_retry(machine);
@@ -418,7 +426,9 @@ int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm) {
         machine->name = strdup(dm->name);
         machine->unit = strdup(dm->unit);
         machine->control_group = strdup(dm->control_group);
-        if (!machine->name || !machine->unit || !machine->control_group) {
+        machine->service = strdup(strempty(dm->service));
+        machine->id = dm->id;
+        if (!machine->name || !machine->unit || !machine->control_group || !machine->service) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -457,15 +467,57 @@ static int machine_watch_scope(Machine *machine) {
         return 0;
 }
 
+/* A libvirt domain: its only QMP monitor is libvirt's (passed by fd), so go through libvirt. */
+static int machine_start_libvirt(Machine *machine) {
+#if HAVE_LIBVIRT
+        Manager *m = machine->manager;
+        int r;
+
+        if (sd_id128_is_null(machine->id)) {
+                machine_set_state(machine, MACHINE_UNMANAGED, "Backend=libvirt, but machined has no Id (domain UUID) "
+                                  "for this machine.");
+                return 0;
+        }
+        if (!m->libvirt) {
+                r = libvirt_connection_new(&m->libvirt, m->event, m->config.libvirt_uri);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to set up libvirt %s: %m", m->config.libvirt_uri);
+                        machine_set_state(machine, MACHINE_FAILED, "Failed to set up the libvirt connection.");
+                        return 0;
+                }
+        }
+        r = machine_watch_scope(machine);
+        if (r < 0)
+                return r;
+        r = balloon_new_libvirt(&machine->balloon, m->libvirt, machine->id, machine->name,
+                                m->config.stats_interval_sec, &balloon_callbacks, machine);
+        if (r < 0)
+                return r;
+        machine->backend = balloon_backend_name(machine->balloon);
+        return 0;
+#else
+        machine_set_state(machine, MACHINE_UNMANAGED, "A libvirt domain, and autoballoond was built without "
+                          "libvirt support (-Dlibvirt=disabled); give it a QMP socket of its own (QMPSocket=).");
+        return 0;
+#endif
+}
+
 int machine_start(Machine *machine) {
         Manager *m = machine->manager;
         int r;
 
+        /* A QMP socket of our own wins (named in a drop-in, or on QEMU's command line); else a
+         * libvirt domain goes through libvirt; Backend= forces either. */
+        if (machine->config.backend == MACHINE_BACKEND_LIBVIRT)
+                return machine_start_libvirt(machine);
         if (machine->config.qmp_socket) {
                 machine->qmp_socket = strdup(machine->config.qmp_socket);
                 machine->qmp_socket_source = "drop-in";
         } else {
                 r = qmp_socket_from_pid(machine->leader, &machine->qmp_socket);
+                if (r == -ENOENT && machine->config.backend == MACHINE_BACKEND_AUTO &&
+                    streq(machine->service, LIBVIRT_MACHINE_SERVICE))
+                        return machine_start_libvirt(machine);
                 if (r < 0) {
                         _cleanup_free_ char *why = NULL;
                         if (asprintf(&why, "No QMP unix socket found on the command line of PID %d (%s); "
@@ -489,6 +541,7 @@ int machine_start(Machine *machine) {
         r = balloon_new(&machine->balloon, machine->qmp, &balloon_callbacks, machine);
         if (r < 0)
                 return r;
+        machine->backend = balloon_backend_name(machine->balloon);
         return qmp_client_start(machine->qmp);
 }
 
@@ -504,6 +557,7 @@ Machine *machine_free(Machine *machine) {
         free(machine->name);
         free(machine->unit);
         free(machine->control_group);
+        free(machine->service);
         free(machine->object_path);
         free(machine->qmp_socket);
         free(machine->state_reason);

@@ -1,6 +1,7 @@
 /* One VM: its identity (machined, systemd1), its QMP connection, balloon, scope pressure. */
 #pragma once
 
+#include "balloon-libvirt.h"
 #include "balloon.h"
 #include "config.h"
 #include "manager.h"
@@ -27,6 +28,9 @@ struct Machine {
         pid_t leader;
         char *qmp_socket;
         const char *qmp_socket_source; /* "drop-in" or "cmdline" */
+        char *service;                /* machined's Service: "libvirt-qemu" for libvirt's domains */
+        sd_id128_t id;                /* machined's Id: the domain UUID for libvirt */
+        const char *backend;          /* "qmp", "libvirt", or NULL: none (unmanaged) */
 
         MachineState state;
         char *state_reason;

@@ -320,6 +320,7 @@ static const sd_bus_vtable machine_vtable_fixed[] = {
         SD_BUS_PROPERTY("ControlGroup", "s", property_get_string, offsetof(Machine, control_group), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Leader", "u", NULL, offsetof(Machine, leader), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("QMPSocket", "s", property_get_string, offsetof(Machine, qmp_socket), SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Backend", "s", property_get_string, offsetof(Machine, backend), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("State", "s", property_get_state, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("StateReason", "s", property_get_string, offsetof(Machine, state_reason), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("MemorySize", "t", NULL, offsetof(Machine, ram_bytes), SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),

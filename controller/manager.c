@@ -872,6 +872,9 @@ Manager *manager_free(Manager *m) {
         for (size_t i = 0; i < m->n_machines; i++)
                 machine_free(m->machines[i]);
         free(m->machines);
+#if HAVE_LIBVIRT
+        libvirt_connection_free(m->libvirt);   /* after its machines' balloons */
+#endif
         discovery_free(m->discovery);
         psi_watch_free(m->host_psi);
         host_memory_free(m->host_memory);

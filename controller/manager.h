@@ -11,6 +11,7 @@
 #include "psi.h"
 
 typedef struct Machine Machine;
+typedef struct LibvirtConnection LibvirtConnection;
 
 typedef struct Manager {
         sd_event *event;
@@ -20,6 +21,7 @@ typedef struct Manager {
         Config config;
         char *cgroup2_mount;                /* where ControlGroup paths are rooted */
         Discovery *discovery;
+        LibvirtConnection *libvirt;         /* opened with the first libvirt machine, NULL before */
 
         Machine **machines;
         size_t n_machines;

@@ -15,7 +15,7 @@ scripts/install-deps.sh
 
 if [ ! -f "$BUILD/build.ninja" ]; then
         CC=${CC:-gcc} meson setup "$BUILD" -Db_sanitize=address,undefined -Db_lundef=false \
-                -Dwerror=true -Dbuildtype=debug
+                -Dwerror=true -Dbuildtype=debug -Dlibvirt=enabled
 fi
 ninja -C "$BUILD"
 

@@ -4,10 +4,11 @@
 set -eu
 
 BUILD="meson ninja-build pkg-config gcc clang make libsystemd-dev libjson-c-dev libinih-dev
-       libcmocka-dev libsmartcols-dev scdoc"
+       libcmocka-dev libsmartcols-dev scdoc libvirt-dev"
 RUNTIME="dbus systemd systemd-container polkitd util-linux"
 TEST="qemu-system-x86 busybox-static cpio kmod xz-utils zstd socat bc gnuplot-nox
-      libclang-rt-14-dev python3 python3-dbus python3-gi bsdutils patch libc6-dev dkms"
+      libclang-rt-14-dev python3 python3-dbus python3-gi bsdutils patch libc6-dev dkms
+      libvirt-daemon-system libvirt-clients"
 
 missing=""
 for p in $BUILD $RUNTIME $TEST; do

@@ -47,10 +47,13 @@ def test(env):
 
     # status: a table like machinectl's, sorted by name, with a legend
     lines = ctl(env, "status").stdout.splitlines()
-    check(lines[0].split() == ["MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE", "FPR"],
+    check(lines[0].split() == ["MACHINE", "STATE", "ACTUAL", "TARGET", "MIN", "MAX", "PRESSURE", "FPR",
+                                "BACKEND"],
           "header: %r" % lines[0])
-    check(lines[1].split() == ["vm1", "managed", "512M", "512M", "128M", "512M", "none", "yes"], "vm1 row: %r" % lines[1])
-    check(lines[2].split() == ["vm2", "managed", "1G", "1G", "256M", "1G", "none", "no"], "vm2 row: %r" % lines[2])
+    check(lines[1].split() == ["vm1", "managed", "512M", "512M", "128M", "512M", "none", "yes", "qmp"],
+          "vm1 row: %r" % lines[1])
+    check(lines[2].split() == ["vm2", "managed", "1G", "1G", "256M", "1G", "none", "no", "qmp"],
+          "vm2 row: %r" % lines[2])
     check("2 machines listed." in lines and any(l.startswith("Host pressure: none") for l in lines), "legend: %r" % lines)
     check(ctl(env, "status", "--no-legend").stdout.splitlines()[0].split()[0] == "vm1", "--no-legend kept the header")
     check(ctl(env, "status", "vm2", "--no-legend").stdout.split()[0] == "vm2", "status vm2 shows another machine")
@@ -58,7 +61,8 @@ def test(env):
 
     doc = json.loads(ctl(env, "status", "--json").stdout)
     want = {"machine": "vm1", "state": "managed", "actual": 512 * MIB, "target": 512 * MIB,
-            "min": 128 * MIB, "max": 512 * MIB, "pressure": "none", "fpr": True}
+            "min": 128 * MIB, "max": 512 * MIB, "pressure": "none", "fpr": True,
+            "backend": "qmp"}
     check(doc["machines"][0] == want, "status --json: %r" % doc["machines"][0])
     check(doc["machines"][1]["fpr"] is False, "status --json vm2 fpr: %r" % doc["machines"][1])
     check([m["machine"] for m in doc["machines"]] == ["vm1", "vm2"], "status --json machines")

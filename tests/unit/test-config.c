@@ -144,11 +144,60 @@ static void test_knob_parse(void **state) {
         }
 }
 
+/* Backend= in a machine's drop-in, LibvirtURI= for the manager. */
+static void test_backend(void **state) {
+        char main_path[256], p[1024];
+        MachineConfig mc;
+        Config c;
+
+        config_init(&c);
+        assert_string_equal(c.libvirt_uri, "qemu:///system");
+        config_done(&c);
+
+        snprintf(main_path, sizeof main_path, "%s/backend.conf", dir);
+        snprintf(p, sizeof p, "[Manager]\nMachinesDirectory=%s/machines\nRuntimeMachinesDirectory=%s/run\n"
+                 "LibvirtURI=qemu+unix:///system?socket=/run/other/libvirt-sock\n", dir, dir);
+        write_file("backend.conf", p);
+        config_init(&c);
+        assert_int_equal(config_load(&c, main_path), 0);
+        assert_string_equal(c.libvirt_uri, "qemu+unix:///system?socket=/run/other/libvirt-sock");
+        assert_int_equal(c.n_errors, 0);
+
+        assert_int_equal(machine_config_load(&c, "none", &mc), 0);
+        assert_int_equal(mc.backend, MACHINE_BACKEND_AUTO);
+        machine_config_done(&mc);
+
+        write_file("machines/lv1.conf", "[Machine]\nBackend=libvirt\n");
+        assert_int_equal(machine_config_load(&c, "lv1", &mc), 0);
+        assert_int_equal(mc.backend, MACHINE_BACKEND_LIBVIRT);
+        machine_config_done(&mc);
+
+        /* a bad value is logged and leaves the default */
+        write_file("machines/lv2.conf", "[Machine]\nBackend=monitor\n");
+        assert_int_equal(machine_config_load(&c, "lv2", &mc), 0);
+        assert_int_equal(mc.backend, MACHINE_BACKEND_AUTO);
+        machine_config_done(&mc);
+
+        /* the runtime drop-in has the last word */
+        write_file("machines/lv3.conf", "[Machine]\nBackend=libvirt\n");
+        write_file("run/lv3.conf", "[Machine]\nBackend=qmp\n");
+        assert_int_equal(machine_config_load(&c, "lv3", &mc), 0);
+        assert_int_equal(mc.backend, MACHINE_BACKEND_QMP);
+        machine_config_done(&mc);
+        config_done(&c);
+
+        for (MachineBackend b = 0; b < _MACHINE_BACKEND_MAX; b++)
+                assert_int_equal(machine_backend_from_string(machine_backend_to_string(b)), b);
+        assert_int_equal((int) machine_backend_from_string("QMP"), -EINVAL);
+        assert_null(machine_backend_to_string(_MACHINE_BACKEND_MAX));
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_defaults),
                 cmocka_unit_test(test_load),
                 cmocka_unit_test(test_knob_parse),
+                cmocka_unit_test(test_backend),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
