@@ -227,9 +227,11 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                 .event = host_event,
                 .level = m->host_level,
                 .last_pressure_usec = m->last_pressure_usec,
+                .burst = m->host_burst,
         };
         read_budget(m, &host.budget);
         when = policy_decide(&host, vms, m->n_machines, now);
+        m->host_burst = host.burst;
         m->budget = host.budget;
         m->budget_balance = host_budget_balance(&host.budget, vms, m->n_machines);
         if (host.budget.valid)

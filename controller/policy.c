@@ -38,6 +38,12 @@
  * bigger guests (page tables, larger device state). Later samples only lower it. */
 #define OVERHEAD_PRIOR_BYTES (128 * MIB)
 
+/* A burst is a rise of the host's use within one to two buckets of this length; the largest one
+ * is kept in mind this long, and counts as headroom to keep up to a third of the capacity. */
+#define HOST_BURST_BUCKET_USEC (5 * USEC_PER_SEC)
+#define HOST_BURST_MEMORY_USEC (300 * USEC_PER_SEC)
+#define HOST_BURST_MAX_DIVISOR 3
+
 /* Near the budget's line, at most 1/IDLE_TAKE_DIVISOR of a guest's RAM per guest-stats sample. */
 #define IDLE_TAKE_DIVISOR 5
 
@@ -673,6 +679,26 @@ static int64_t to_balance(uint64_t held, uint64_t capacity) {
         return -(int64_t) MIN(capacity - held, (uint64_t) INT64_MAX);
 }
 
+uint64_t host_burst_update(HostBurst *b, uint64_t held_bytes, usec_t now) {
+        if (b->bucket_usec == 0 || now < b->bucket_usec) {
+                *b = (HostBurst) { .bucket_min_bytes = held_bytes, .prev_min_bytes = held_bytes, .bucket_usec = now };
+                return 0;
+        }
+        if (now >= b->bucket_usec + HOST_BURST_BUCKET_USEC) {
+                /* a new bucket; after a gap (no look for a whole bucket) the old low is stale */
+                b->prev_min_bytes = now >= b->bucket_usec + 2 * HOST_BURST_BUCKET_USEC ? held_bytes : b->bucket_min_bytes;
+                b->bucket_min_bytes = held_bytes;
+                b->bucket_usec = now;
+        }
+        b->bucket_min_bytes = MIN(b->bucket_min_bytes, held_bytes);
+        uint64_t rise = held_bytes - MIN(b->bucket_min_bytes, b->prev_min_bytes);
+        if (rise >= b->peak_bytes || now >= b->peak_usec + HOST_BURST_MEMORY_USEC) {
+                b->peak_bytes = rise;
+                b->peak_usec = now;
+        }
+        return b->peak_bytes;
+}
+
 int64_t host_budget_balance(const HostBudget *b, const PolicyVM *vms, size_t n_vms) {
         uint64_t held;
 
@@ -857,6 +883,21 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
 
         for (size_t i = 0; i < n_vms; i++)
                 vm_prepare(vms + i, host, host_event, now);
+
+        /* The reserve grows to the largest burst seen lately: on real guests, warm-ups that
+         * touched 300 MiB in two seconds went to swap through a reserve of 100 MiB while
+         * another guest still held 300 MiB it had freed (the idle take starts within a reserve
+         * of the line, and came too late). Room for the last burst is room for the next.
+         * Without swap the budget counts every guest's room to grow already. */
+        if (budget->valid && budget->swap_capable) {
+                uint64_t held = budget->used_bytes;
+                for (size_t i = 0; i < n_vms; i++)
+                        if (!vms[i].outside_budget)
+                                held = add_sat(held, vm_host_swap(vms + i));
+                uint64_t burst = MIN(host_burst_update(&host->burst, held, now),
+                                     budget->capacity_bytes / HOST_BURST_MAX_DIVISOR);
+                host->budget.reserve_bytes = MAX(host->budget.reserve_bytes, burst);
+        }
 
         /* The budget: over (> 0) or room left (< 0), net of inflations still in flight. */
         int64_t balance = 0;

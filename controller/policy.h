@@ -230,8 +230,23 @@ typedef struct HostBudget {
 /* Over budget (> 0) or room left (< 0): used + the guests' swap + reserve - capacity. */
 int64_t host_budget_balance(const HostBudget *b, const PolicyVM *vms, size_t n_vms);
 
+/* The largest rise of the host's use (RAM + the guests' swap) within a few seconds, seen lately:
+ * the budget keeps at least that much headroom, its reserve grown to it, for the next burst of
+ * its kind. Kept by the caller across calls (zeroed at the start). */
+typedef struct HostBurst {
+        uint64_t bucket_min_bytes;        /* lowest use seen in the current bucket ... */
+        uint64_t prev_min_bytes;          /* ... and in the one before */
+        usec_t bucket_usec;               /* start of the current bucket, 0 = nothing seen yet */
+        uint64_t peak_bytes;              /* largest rise seen ... */
+        usec_t peak_usec;                 /* ... when; forgotten after HOST_BURST_MEMORY_USEC */
+} HostBurst;
+
+/* Feeds one look at the host's use; returns the burst to keep room for (0 = none seen). */
+uint64_t host_burst_update(HostBurst *b, uint64_t held_bytes, usec_t now);
+
 typedef struct PolicyHost {
         HostBudget budget;
+        HostBurst burst;                  /* kept across calls by the caller */
         PressureLevel event;              /* a host trigger fired for this call (NONE: not a host event) */
         PressureLevel level;              /* current host level */
         usec_t last_pressure_usec;        /* last pressure event, 0 = never: recovery waits

@@ -1211,6 +1211,7 @@ static void test_budget_free_near_line(void **state) {
         assert_int_equal(vm.new_target_bytes, 1 * GIB);
 
         host.budget.used_bytes = 3 * GIB + 500 * MIB;           /* 100 MiB of room: near the line */
+        host.burst = (HostBurst) {};                            /* (reached slowly, not a burst) */
         policy_decide(&host, &vm, 1, now += USEC_PER_SEC);
         assert_int_equal(vm.reason, POLICY_REASON_HOST_BUDGET);
         /* a fifth of its RAM per sample ... */
@@ -1230,6 +1231,53 @@ static void test_budget_free_near_line(void **state) {
         assert_true(vm.target_bytes >= 1 * GIB - 500 * MIB);
 }
 
+/* A burst raises the headroom kept: after the host's use jumped by 600 MiB in two seconds, the
+ * budget takes what an idle guest touched and freed while there is still more than a reserve of
+ * room (where without the burst nothing would move), and it forgets the burst after five
+ * minutes. The tracker itself: rises within one or two 5 s buckets, the largest kept. */
+static void test_budget_burst(void **state) {
+        PolicyKnobs k;
+        PolicyVM vm;
+        PolicyHost host = {};
+        usec_t now = 1000 * USEC_PER_SEC;
+        HostBurst b = {};
+
+        assert_int_equal(host_burst_update(&b, 1000 * MIB, now), 0);
+        assert_int_equal(host_burst_update(&b, 1300 * MIB, now + 2 * USEC_PER_SEC), 300 * MIB);
+        assert_int_equal(host_burst_update(&b, 1100 * MIB, now + 6 * USEC_PER_SEC), 300 * MIB);
+        /* a slow climb, 100 MiB per 5 s bucket, is no burst beyond the 300 MiB kept */
+        for (int i = 0; i < 10; i++)
+                assert_int_equal(host_burst_update(&b, (1100 + 100 * i) * MIB, now + (11 + 5 * i) * USEC_PER_SEC),
+                                 300 * MIB);
+        /* forgotten after five minutes: the rise of the moment counts again */
+        assert_int_equal(host_burst_update(&b, 2000 * MIB, now + 400 * USEC_PER_SEC), 0);
+
+        policy_knobs_init_default(&k);
+        vm_init(&vm, &k, 1 * GIB);
+        vm_stats(&vm, now, 900 * MIB);           /* uses 124 MiB, touched 800 and freed them */
+        vm.stats.free_bytes = 900 * MIB;
+        vm_footprint(&vm, 950 * MIB, 0);
+        /* 4 GiB host, reserve 200 MiB: 1,448 MiB of room, nothing to do */
+        host.budget = budget_of(4 * GIB, 2400 * MIB, 200 * MIB);
+        assert_int_equal(policy_decide(&host, &vm, 1, now), USEC_INFINITY);
+        assert_int_equal(vm.new_target_bytes, 1 * GIB);
+        /* +1 GiB in two seconds: 448 MiB of room is more than a reserve, but less than the burst */
+        host.budget.used_bytes = 3424 * MIB;
+        policy_decide(&host, &vm, 1, now += 2 * USEC_PER_SEC);
+        assert_int_equal(vm.reason, POLICY_REASON_HOST_BUDGET);
+        assert_true(vm.new_target_bytes < 1 * GIB);
+        assert_int_equal(host.budget.reserve_bytes, 1 * GIB);        /* the burst: the reserve grew to it */
+
+        /* the same host without the burst in mind: nothing moves */
+        vm_init(&vm, &k, 1 * GIB);
+        vm_stats(&vm, now, 900 * MIB);
+        vm.stats.free_bytes = 900 * MIB;
+        vm_footprint(&vm, 950 * MIB, 0);
+        host = (PolicyHost) { .budget = budget_of(4 * GIB, 3424 * MIB, 200 * MIB) };
+        assert_int_equal(policy_decide(&host, &vm, 1, now), USEC_INFINITY);
+        assert_int_equal(vm.new_target_bytes, 1 * GIB);
+}
+
 /* Plenty of room, every VM at its maximum, no pressure: no timer, whatever the guests hold. */
 static void test_budget_idle_no_timer(void **state) {
         PolicyKnobs k;
@@ -1247,6 +1295,7 @@ static void test_budget_idle_no_timer(void **state) {
         assert_int_equal(policy_decide(&host, vms, 3, now), USEC_INFINITY);
         /* within one reserve of the budget: watched at the stats interval */
         host.budget.used_bytes = 8 * GIB - 700 * MIB;
+        host.burst = (HostBurst) {};                            /* (reached slowly, not a burst) */
         now += USEC_PER_SEC;
         assert_int_equal(policy_decide(&host, vms, 3, now), now + 2 * USEC_PER_SEC);
         for (int i = 0; i < 3; i++)
@@ -1408,6 +1457,7 @@ int main(void) {
                 cmocka_unit_test(test_budget_idle_no_timer),
                 cmocka_unit_test(test_budget_free_page_reporting),
                 cmocka_unit_test(test_budget_no_swap),
+                cmocka_unit_test(test_budget_burst),
                 cmocka_unit_test(test_budget_outside_source),
                 cmocka_unit_test(test_budget_free_near_line),
                 cmocka_unit_test(test_budget_random),
