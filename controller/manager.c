@@ -497,6 +497,8 @@ int manager_budget_now(Manager *m, HostBudget *b, int64_t *ret_balance) {
                 return -ENOMEM;
         refresh_footprints(m);
         read_budget(m, b);
+        if (b->valid)
+                b->reserve_bytes = host_burst_reserve(&m->host_burst, b, now_usec());
         for (size_t i = 0; i < m->n_machines; i++)
                 vms[i] = (PolicyVM) { .ram_bytes = m->machines[i]->ram_bytes,
                                       .host_rss_bytes = m->machines[i]->host_rss_bytes,

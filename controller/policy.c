@@ -699,6 +699,14 @@ uint64_t host_burst_update(HostBurst *b, uint64_t held_bytes, usec_t now) {
         return b->peak_bytes;
 }
 
+uint64_t host_burst_reserve(const HostBurst *b, const HostBudget *budget, usec_t now) {
+        uint64_t burst = 0;
+
+        if (budget->swap_capable && b->peak_usec != 0 && now < b->peak_usec + HOST_BURST_MEMORY_USEC)
+                burst = MIN(b->peak_bytes, budget->capacity_bytes / HOST_BURST_MAX_DIVISOR);
+        return MAX(budget->reserve_bytes, burst);
+}
+
 int64_t host_budget_balance(const HostBudget *b, const PolicyVM *vms, size_t n_vms) {
         uint64_t held;
 
@@ -894,9 +902,8 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                 for (size_t i = 0; i < n_vms; i++)
                         if (!vms[i].outside_budget)
                                 held = add_sat(held, vm_host_swap(vms + i));
-                uint64_t burst = MIN(host_burst_update(&host->burst, held, now),
-                                     budget->capacity_bytes / HOST_BURST_MAX_DIVISOR);
-                host->budget.reserve_bytes = MAX(host->budget.reserve_bytes, burst);
+                (void) host_burst_update(&host->burst, held, now);
+                host->budget.reserve_bytes = host_burst_reserve(&host->burst, budget, now);
         }
 
         /* The budget: over (> 0) or room left (< 0), net of inflations still in flight. */
