@@ -12,8 +12,8 @@
 #define POLKIT_IFACE "org.freedesktop.PolicyKit1.Authority"
 /* CheckAuthorizationFlags: AllowUserInteraction */
 #define POLKIT_ALLOW_USER_INTERACTION 1U
-/* A blocking check stalls the whole daemon; polkitd answers a non-interactive query in
- * milliseconds, so a slow one is a broken one. */
+/* polkitd answers a non-interactive query in milliseconds, so a slow one is a broken one;
+ * the caller waits this long at most (the loop never does: every check is asynchronous). */
 #define POLKIT_SYNC_TIMEOUT_USEC (5 * USEC_PER_SEC)
 /* ... while an interactive one waits for a human typing a password */
 #define POLKIT_INTERACTIVE_TIMEOUT_USEC (5 * 60 * USEC_PER_SEC)
@@ -28,6 +28,7 @@ typedef struct AuthQuery {
 
 struct AuthRegistry {
         AuthQuery *queries;
+        sd_bus_message *granted;  /* a property write a filter let through, for its setter */
 };
 
 static AuthQuery *auth_query_free(AuthQuery *q) {
@@ -48,6 +49,7 @@ AuthRegistry *auth_registry_free(AuthRegistry *reg) {
                 reg->queries = q->next;
                 auth_query_free(q);
         }
+        sd_bus_message_unref(reg->granted);
         free(reg);
         return NULL;
 }
@@ -126,27 +128,6 @@ static int deny(sd_bus_message *m, const char *action, bool interactive, int res
                                  "Access denied: %s needs root or the polkit action %s.", member, action);
 }
 
-int auth_check_sync(sd_bus_message *m, const char *action, sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL, *reply = NULL;
-        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
-        int r;
-
-        r = sender_is_root(m);
-        if (r < 0)
-                return sd_bus_error_set_errnof(error, r, "Cannot tell who is calling: %m");
-        if (r > 0)
-                return 1;
-
-        r = polkit_message(m, action, false, &call);
-        if (r < 0)
-                return sd_bus_error_set_errno(error, r);
-        r = sd_bus_call(sd_bus_message_get_bus(m), call, POLKIT_SYNC_TIMEOUT_USEC, &e, &reply);
-        if (r < 0)
-                return deny(m, action, false, r, e.message, error);
-        r = polkit_parse_reply(reply, NULL);
-        return r > 0 ? 1 : deny(m, action, false, r, NULL, error);
-}
-
 static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
         AuthQuery *q = userdata;
         int r;
@@ -169,6 +150,11 @@ int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, 
         AuthQuery *q, **qq;
         int r;
 
+        if (!*reg) {
+                *reg = calloc(1, sizeof **reg);
+                if (!*reg)
+                        return -ENOMEM;
+        }
         r = sender_is_root(m);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot tell who is calling: %m");
@@ -188,11 +174,6 @@ int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, 
                 return r;
         }
 
-        if (!*reg) {
-                *reg = calloc(1, sizeof **reg);
-                if (!*reg)
-                        return -ENOMEM;
-        }
         q = calloc(1, sizeof *q);
         if (!q)
                 return -ENOMEM;
@@ -211,4 +192,25 @@ int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, 
         q->next = (*reg)->queries;
         (*reg)->queries = q;
         return 0;
+}
+
+int auth_check_write(AuthRegistry **reg, sd_bus_message *m, const char *action, sd_bus_error *error) {
+        int r;
+
+        r = auth_check_async(reg, m, action, error);
+        if (r <= 0)
+                return r;
+        /* a reference, so that no later message can have this address while it is kept */
+        sd_bus_message_unref((*reg)->granted);
+        (*reg)->granted = sd_bus_message_ref(m);
+        return 1;
+}
+
+int auth_check_granted(AuthRegistry *reg, sd_bus_message *m, const char *action, sd_bus_error *error) {
+        if (reg && m && reg->granted == m) {
+                reg->granted = sd_bus_message_unref(reg->granted);
+                return 1;
+        }
+        /* The write filter did not pass this message: refuse, whoever it is. */
+        return deny(m, action, false, 0, NULL, error);
 }

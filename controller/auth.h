@@ -17,6 +17,10 @@ AuthRegistry *auth_registry_free(AuthRegistry *reg);
  * reading the message's arguments, or rewind them. */
 int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, sd_bus_error *error);
 
-/* For property setters, which sd-bus answers as soon as the setter returns: the same check,
- * waiting for polkit (without interaction, with a short timeout). */
-int auth_check_sync(sd_bus_message *m, const char *action, sd_bus_error *error);
+/* For property writes, which sd-bus answers as soon as the setter returns: a bus filter calls
+ * this for each Properties.Set of a writable property before sd-bus dispatches it, and returns
+ * 1 (consumed) when it returns 0, so that the polkit query is as asynchronous as a method's.
+ * On 1 the message is remembered as granted for auth_check_granted(). */
+int auth_check_write(AuthRegistry **reg, sd_bus_message *m, const char *action, sd_bus_error *error);
+/* In the setter: 1 if the filter granted this very message (once), else AccessDenied. */
+int auth_check_granted(AuthRegistry *reg, sd_bus_message *m, const char *action, sd_bus_error *error);

@@ -15,6 +15,13 @@
  * cgroup exists a moment later. Retry the lookup for up to 2 s. */
 #define LOOKUP_RETRY_USEC (50 * USEC_PER_MSEC)
 #define LOOKUP_RETRIES 40
+/* Lookups (three calls each) in flight at once: enough to hide the round trips at 1,000 VMs,
+ * few enough to stay far below dbus-daemon's limit of pending replies per connection. */
+#define LOOKUPS_IN_FLIGHT_MAX 32
+/* Back-off when machined or systemd does not answer (a call timed out) or memory ran out. The
+ * call that timed out already waited sd-bus's 25 s, so the first retry comes soon. */
+#define LOOKUP_BACKOFF_MIN_USEC (1 * USEC_PER_SEC)
+#define LOOKUP_BACKOFF_MAX_USEC (30 * USEC_PER_SEC)
 
 typedef struct Lookup Lookup;
 
@@ -26,16 +33,31 @@ struct Discovery {
         sd_bus_slot *match_new, *match_removed, *match_owner;
         bool machined_running;
         char *machined_owner;       /* machined's unique name: the only sender whose signals count */
-        Lookup *lookups;            /* machines whose scope is not ready yet */
+        Lookup *lookups;            /* machines being looked up (running, queued or waiting to retry) */
+        Lookup *queue_head, *queue_tail;  /* waiting for a free slot, oldest first */
+        unsigned n_in_flight;       /* lookups with a call in flight, <= LOOKUPS_IN_FLIGHT_MAX */
+        sd_bus_slot *owner_slot;    /* GetNameOwner(machined) in flight */
+        sd_bus_slot *enumerate_slot; /* ListMachines in flight */
+        sd_event_source *enumerate_timer;  /* ListMachines again after a failure */
+        unsigned enumerate_failures;
 };
 
 struct Lookup {
         Discovery *d;
         char *name;
-        char *path;
-        unsigned attempts;
-        sd_event_source *timer;
-        Lookup *next;
+        char *path;                 /* machined's object path */
+        char *unit;                 /* from machined, once read */
+        char *service;              /* ... who registered it ("" if unset) */
+        sd_id128_t id;              /* ... its Id (null if unset) */
+        pid_t leader;
+        unsigned attempts;          /* scope not ready yet */
+        unsigned failures;          /* transient failures, for the back-off */
+        bool running;               /* holds one of the LOOKUPS_IN_FLIGHT_MAX slots */
+        bool queued;
+        sd_bus_slot *slot;          /* the call in flight */
+        sd_event_source *timer;     /* retry */
+        Lookup *next;               /* in Discovery.lookups */
+        Lookup *queue_next;         /* in the wait queue */
 };
 
 int cgroup2_mount_point(char **ret) {
@@ -256,6 +278,11 @@ bool cgroup_path_is_under(const char *path, const char *control_group) {
 
 /* --- machined / systemd1 client ------------------------------------------------------- */
 
+/* Every call below is asynchronous: a stopped or slow machined or systemd must never stall
+ * the loop (PSI events, QMP, the bus API). A lookup is a chain of three calls (machined's
+ * Machine.GetAll, systemd1's GetUnit, the unit's ControlGroup); at most
+ * LOOKUPS_IN_FLIGHT_MAX chains run at once, the others wait their turn in order, so that an
+ * enumeration of 1,000 VMs neither floods the bus's per-connection limits nor serialises. */
 static const char *scope_interface(const char *unit) {
         const char *dot = strrchr(unit, '.');
         if (dot && streq(dot, ".service"))
@@ -265,67 +292,44 @@ static const char *scope_interface(const char *unit) {
         return "org.freedesktop.systemd1.Scope";
 }
 
-/* Returns 0 done (ready or not a VM), -EAGAIN to retry later, other negative errno: give up. */
-static int lookup_once(Discovery *d, const char *name, const char *path) {
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *id_reply = NULL;
-        _cleanup_free_ char *class = NULL, *unit = NULL, *cgroup = NULL, *service = NULL;
-        const char *unit_path;
-        sd_id128_t id = SD_ID128_NULL;
-        uint32_t leader = 0;
-        int r;
+static int set_string(char **p, const char *s) {
+        char *c = strdup(s);
 
-        r = sd_bus_get_property_string(d->bus, MACHINED, path, MACHINED_MACHINE, "Class", &error, &class);
-        if (r < 0)
-                return log_debug_errno(r, "Machine %s vanished before lookup: %s", name, error.message);
-        if (!streq(class, "vm"))
-                return 0;   /* containers have no balloon */
-        r = sd_bus_get_property_string(d->bus, MACHINED, path, MACHINED_MACHINE, "Unit", &error, &unit);
-        if (r >= 0)
-                r = sd_bus_get_property_trivial(d->bus, MACHINED, path, MACHINED_MACHINE, "Leader", &error, 'u', &leader);
-        if (r >= 0)
-                r = sd_bus_get_property_string(d->bus, MACHINED, path, MACHINED_MACHINE, "Service", &error, &service);
-        if (r >= 0)
-                r = sd_bus_get_property(d->bus, MACHINED, path, MACHINED_MACHINE, "Id", &error, &id_reply, "ay");
-        if (r >= 0) {
-                const void *id_bytes;
-                size_t id_size = 0;
-                r = sd_bus_message_read_array(id_reply, 'y', &id_bytes, &id_size);
-                /* machined sends 16 bytes, or none when the registrant gave no Id */
-                if (r >= 0 && id_size == sizeof id.bytes)
-                        memcpy(id.bytes, id_bytes, sizeof id.bytes);
-        }
-        if (r < 0)
-                return log_debug_errno(r, "Failed to read machine %s: %s", name, error.message);
-
-        r = sd_bus_call_method(d->bus, SYSTEMD, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
-                               "GetUnit", &error, &reply, "s", unit);
-        if (r < 0)
-                return sd_bus_error_has_name(&error, "org.freedesktop.systemd1.NoSuchUnit") ? -EAGAIN :
-                        log_warning_errno(r, "Failed to look up unit %s of machine %s: %s", unit, name, error.message);
-        r = sd_bus_message_read(reply, "o", &unit_path);
-        if (r < 0)
-                return r;
-        r = sd_bus_get_property_string(d->bus, SYSTEMD, unit_path, scope_interface(unit), "ControlGroup", &error, &cgroup);
-        if (r < 0)
-                return log_warning_errno(r, "Failed to read ControlGroup of %s: %s", unit, error.message);
-        if (!cgroup[0])
-                return -EAGAIN;   /* scope not started yet */
-
-        d->cb.on_machine_new(&(DiscoveredMachine) {
-                .name = name, .unit = unit, .control_group = cgroup, .leader = (pid_t) leader,
-                .service = service, .id = id,
-        }, d->userdata);
+        if (!c)
+                return -ENOMEM;
+        free(*p);
+        *p = c;
         return 0;
 }
 
 static Lookup *lookup_free(Lookup *l) {
         sd_event_source_disable_unref(l->timer);
+        sd_bus_slot_unref(l->slot);
         free(l->name);
         free(l->path);
+        free(l->unit);
+        free(l->service);
         free(l);
         return NULL;
+}
+
+static void lookup_dequeue(Discovery *d, Lookup *l) {
+        Lookup *prev = NULL;
+
+        if (!l->queued)
+                return;
+        for (Lookup *q = d->queue_head; q; prev = q, q = q->queue_next)
+                if (q == l) {
+                        if (prev)
+                                prev->queue_next = l->queue_next;
+                        else
+                                d->queue_head = l->queue_next;
+                        if (d->queue_tail == l)
+                                d->queue_tail = prev;
+                        break;
+                }
+        l->queued = false;
+        l->queue_next = NULL;
 }
 
 static void lookup_unlink(Discovery *d, Lookup *l) {
@@ -334,43 +338,264 @@ static void lookup_unlink(Discovery *d, Lookup *l) {
                         *p = l->next;
                         break;
                 }
+        lookup_dequeue(d, l);
+}
+
+static void lookup_release(Discovery *d, Lookup *l) {
+        if (!l->running)
+                return;
+        l->running = false;
+        l->slot = sd_bus_slot_unref(l->slot);
+        d->n_in_flight--;
+}
+
+static void discovery_pump(Discovery *d);
+
+static void lookup_done(Discovery *d, Lookup *l) {
+        lookup_release(d, l);
+        lookup_unlink(d, l);
+        lookup_free(l);
+        discovery_pump(d);
+}
+
+static int on_lookup_timer(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* Try again after delay_usec, giving the in-flight slot to the next lookup meanwhile. */
+static void lookup_retry(Discovery *d, Lookup *l, usec_t delay_usec) {
+        int r;
+
+        lookup_release(d, l);
+        if (l->timer)
+                r = sd_event_source_set_time_relative(l->timer, delay_usec);
+        else
+                r = sd_event_add_time_relative(d->event, &l->timer, CLOCK_MONOTONIC, delay_usec, 0,
+                                               on_lookup_timer, l);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(l->timer, SD_EVENT_ONESHOT);
+        if (r < 0) {
+                log_error_errno(r, "Machine %s: cannot schedule its lookup again: %m", l->name);
+                lookup_done(d, l);
+                return;
+        }
+        discovery_pump(d);
+}
+
+/* Transient failures (machined or systemd stopped or overloaded, no memory): back off and try
+ * again, for as long as the machine exists. Anything else is final for this machine. */
+static bool error_is_transient(const sd_bus_error *e, int r) {
+        int err = e && sd_bus_error_is_set(e) ? sd_bus_error_get_errno(e) : -r;
+
+        return err == ETIMEDOUT || err == ENOMEM || err == ENOBUFS || err == EAGAIN;
+}
+
+static void lookup_failed(Discovery *d, Lookup *l, const sd_bus_error *e, int r, const char *what) {
+        if (error_is_transient(e, r)) {
+                usec_t delay = LOOKUP_BACKOFF_MIN_USEC << MIN(l->failures, 16U);
+
+                delay = MIN(delay, LOOKUP_BACKOFF_MAX_USEC);
+                l->failures++;
+                log_warning("Machine %s: %s failed (%s); trying again in %llu ms.", l->name, what,
+                            e && e->message ? e->message : strerror(-r),
+                            (unsigned long long) (delay / USEC_PER_MSEC));
+                lookup_retry(d, l, delay);
+                return;
+        }
+        log_warning("Machine %s: %s failed: %s; not managing it.", l->name, what,
+                    e && e->message ? e->message : strerror(-r));
+        lookup_done(d, l);
+}
+
+/* The scope exists but is not started yet (machined announces a machine as soon as it asked
+ * systemd for the scope): retry soon, for a while. */
+static void lookup_not_ready(Discovery *d, Lookup *l) {
+        if (++l->attempts < LOOKUP_RETRIES) {
+                lookup_retry(d, l, LOOKUP_RETRY_USEC);
+                return;
+        }
+        log_warning("Machine %s: its scope never got a cgroup; not managing it.", l->name);
+        lookup_done(d, l);
+}
+
+static int on_control_group(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Lookup *l = userdata;
+        Discovery *d = l->d;
+        const char *cgroup;
+        int r;
+
+        l->slot = sd_bus_slot_unref(l->slot);
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                lookup_failed(d, l, sd_bus_message_get_error(reply), -EIO, "reading its unit's ControlGroup");
+                return 0;
+        }
+        r = sd_bus_message_read(reply, "v", "s", &cgroup);
+        if (r < 0) {
+                lookup_failed(d, l, NULL, r, "reading its unit's ControlGroup");
+                return 0;
+        }
+        if (!cgroup[0]) {
+                lookup_not_ready(d, l);
+                return 0;
+        }
+        d->cb.on_machine_new(&(DiscoveredMachine) {
+                .name = l->name, .unit = l->unit, .control_group = cgroup, .leader = l->leader,
+                .service = l->service ?: "", .id = l->id,
+        }, d->userdata);
+        lookup_done(d, l);
+        return 0;
+}
+
+static int on_get_unit(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Lookup *l = userdata;
+        Discovery *d = l->d;
+        const char *unit_path;
+        int r;
+
+        l->slot = sd_bus_slot_unref(l->slot);
+        if (sd_bus_message_is_method_error(reply, "org.freedesktop.systemd1.NoSuchUnit")) {
+                lookup_not_ready(d, l);
+                return 0;
+        }
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                lookup_failed(d, l, sd_bus_message_get_error(reply), -EIO, "looking up its unit");
+                return 0;
+        }
+        r = sd_bus_message_read(reply, "o", &unit_path);
+        if (r >= 0)
+                r = sd_bus_call_method_async(d->bus, &l->slot, SYSTEMD, unit_path, "org.freedesktop.DBus.Properties",
+                                             "Get", on_control_group, l, "ss", scope_interface(l->unit),
+                                             "ControlGroup");
+        if (r < 0)
+                lookup_failed(d, l, NULL, r, "asking systemd for its unit's ControlGroup");
+        return 0;
+}
+
+static int on_machine_properties(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Lookup *l = userdata;
+        Discovery *d = l->d;
+        _cleanup_free_ char *class = NULL, *unit = NULL, *service = NULL;
+        const char *key;
+        int r;
+
+        l->slot = sd_bus_slot_unref(l->slot);
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                const sd_bus_error *e = sd_bus_message_get_error(reply);
+                if (error_is_transient(e, -EIO))
+                        lookup_failed(d, l, e, -EIO, "reading it from systemd-machined");
+                else {
+                        /* UnknownObject, NoSuchMachine: it went away before we asked */
+                        log_debug("Machine %s vanished before lookup: %s", l->name, e->message);
+                        lookup_done(d, l);
+                }
+                return 0;
+        }
+
+        r = sd_bus_message_enter_container(reply, 'a', "{sv}");
+        while (r >= 0 && (r = sd_bus_message_enter_container(reply, 'e', "sv")) > 0) {
+                r = sd_bus_message_read(reply, "s", &key);
+                if (r < 0)
+                        break;
+                if (streq(key, "Class") || streq(key, "Unit") || streq(key, "Service")) {
+                        const char *s;
+                        r = sd_bus_message_read(reply, "v", "s", &s);
+                        if (r >= 0 && set_string(streq(key, "Class") ? &class : streq(key, "Unit") ? &unit : &service,
+                                                 s) < 0)
+                                r = -ENOMEM;
+                } else if (streq(key, "Id")) {
+                        const void *id_bytes;
+                        size_t id_size = 0;
+                        r = sd_bus_message_enter_container(reply, 'v', "ay");
+                        if (r >= 0)
+                                r = sd_bus_message_read_array(reply, 'y', &id_bytes, &id_size);
+                        /* machined sends 16 bytes, or none when the registrant gave no Id */
+                        if (r >= 0 && id_size == sizeof l->id.bytes)
+                                memcpy(l->id.bytes, id_bytes, sizeof l->id.bytes);
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(reply);
+                } else if (streq(key, "Leader")) {
+                        uint32_t leader;
+                        r = sd_bus_message_read(reply, "v", "u", &leader);
+                        l->leader = (pid_t) leader;
+                } else
+                        r = sd_bus_message_skip(reply, "v");
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(reply);
+        }
+        if (r < 0 || !class || !unit) {
+                lookup_failed(d, l, NULL, r < 0 ? r : -EBADMSG, "reading it from systemd-machined");
+                return 0;
+        }
+        if (!streq(class, "vm")) {
+                lookup_done(d, l);   /* containers have no balloon */
+                return 0;
+        }
+        free(l->unit);
+        l->unit = TAKE_PTR(unit);
+        free(l->service);
+        l->service = TAKE_PTR(service);
+        r = sd_bus_call_method_async(d->bus, &l->slot, SYSTEMD, "/org/freedesktop/systemd1",
+                                     "org.freedesktop.systemd1.Manager", "GetUnit", on_get_unit, l, "s", l->unit);
+        if (r < 0)
+                lookup_failed(d, l, NULL, r, "asking systemd for its unit");
+        return 0;
+}
+
+/* Starts the chain if a slot is free, else queues it. */
+static void lookup_run(Discovery *d, Lookup *l) {
+        int r;
+
+        if (l->running || l->queued)
+                return;
+        if (d->n_in_flight >= LOOKUPS_IN_FLIGHT_MAX) {
+                l->queued = true;
+                if (d->queue_tail)
+                        d->queue_tail->queue_next = l;
+                else
+                        d->queue_head = l;
+                d->queue_tail = l;
+                return;
+        }
+        l->running = true;
+        d->n_in_flight++;
+        r = sd_bus_call_method_async(d->bus, &l->slot, MACHINED, l->path, "org.freedesktop.DBus.Properties",
+                                     "GetAll", on_machine_properties, l, "s", MACHINED_MACHINE);
+        if (r < 0)
+                lookup_failed(d, l, NULL, r, "asking systemd-machined for it");
+}
+
+static void discovery_pump(Discovery *d) {
+        while (d->queue_head && d->n_in_flight < LOOKUPS_IN_FLIGHT_MAX) {
+                Lookup *l = d->queue_head;
+                lookup_dequeue(d, l);
+                lookup_run(d, l);
+        }
 }
 
 static int on_lookup_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Lookup *l = userdata;
-        Discovery *d = l->d;
-        int r;
 
-        r = lookup_once(d, l->name, l->path);
-        if (r == -EAGAIN && ++l->attempts < LOOKUP_RETRIES) {
-                sd_event_source_set_time_relative(s, LOOKUP_RETRY_USEC);
-                sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
-                return 0;
-        }
-        if (r == -EAGAIN)
-                log_warning("Machine %s: its scope never got a cgroup; not managing it.", l->name);
-        lookup_unlink(d, l);
-        lookup_free(l);
+        lookup_run(l->d, l);
         return 0;
 }
 
-static void cancel_lookup(Discovery *d, const char *name) {
+static Lookup *find_lookup(Discovery *d, const char *name) {
         for (Lookup *l = d->lookups; l; l = l->next)
-                if (streq(l->name, name)) {
-                        lookup_unlink(d, l);
-                        lookup_free(l);
-                        return;
-                }
+                if (streq(l->name, name))
+                        return l;
+        return NULL;
+}
+
+static void cancel_lookup(Discovery *d, const char *name) {
+        Lookup *l = find_lookup(d, name);
+
+        if (l)
+                lookup_done(d, l);
 }
 
 static int lookup(Discovery *d, const char *name, const char *path) {
         Lookup *l;
-        int r;
 
-        r = lookup_once(d, name, path);
-        if (r != -EAGAIN)
-                return r;
-
+        /* A second MachineNew (or an enumeration) for a machine being looked up starts over:
+         * it may be a new VM under the same name. */
         cancel_lookup(d, name);
         l = calloc(1, sizeof *l);
         if (!l)
@@ -378,14 +603,13 @@ static int lookup(Discovery *d, const char *name, const char *path) {
         l->d = d;
         l->name = strdup(name);
         l->path = strdup(path);
-        if (!l->name || !l->path ||
-            sd_event_add_time_relative(d->event, &l->timer, CLOCK_MONOTONIC, LOOKUP_RETRY_USEC, 0,
-                                       on_lookup_timer, l) < 0) {
+        if (!l->name || !l->path) {
                 lookup_free(l);
                 return -ENOMEM;
         }
         l->next = d->lookups;
         d->lookups = l;
+        lookup_run(d, l);
         return 0;
 }
 
@@ -402,16 +626,6 @@ static bool from_machined(Discovery *d, sd_bus_message *m) {
         log_warning("Ignoring %s from %s: not systemd-machined (%s).", strempty(sd_bus_message_get_member(m)),
                     strempty(sender), d->machined_owner ?: "not on the bus");
         return false;
-}
-
-static void update_machined_owner(Discovery *d) {
-        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
-        const char *unique = NULL;
-
-        d->machined_owner = mfree(d->machined_owner);
-        if (sd_bus_get_name_creds(d->bus, MACHINED, SD_BUS_CREDS_UNIQUE_NAME, &creds) >= 0 &&
-            sd_bus_creds_get_unique_name(creds, &unique) >= 0 && unique)
-                d->machined_owner = strdup(unique);
 }
 
 static int on_machine_new(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -435,46 +649,109 @@ static int on_machine_removed(sd_bus_message *m, void *userdata, sd_bus_error *r
         return 0;
 }
 
-static int enumerate(Discovery *d) {
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+static int on_machined_owner(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Discovery *d = userdata;
+        const char *unique;
+
+        d->owner_slot = sd_bus_slot_unref(d->owner_slot);
+        if (sd_bus_message_is_method_error(reply, NULL) || sd_bus_message_read(reply, "s", &unique) < 0)
+                return 0;   /* not on the bus: NameOwnerChanged will say when it is */
+        if (set_string(&d->machined_owner, unique) < 0)
+                log_oom();
+        return 0;
+}
+
+static void schedule_enumerate(Discovery *d);
+
+static int on_list_machines(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Discovery *d = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
         char **names = NULL;
         size_t n = 0;
         const char *name, *class, *service, *path;
         int r;
 
-        update_machined_owner(d);
-        r = sd_bus_call_method(d->bus, MACHINED, MACHINED_PATH, MACHINED_MANAGER, "ListMachines",
-                               &error, &reply, NULL);
-        if (r < 0) {
-                d->machined_running = false;
-                return log_warning_errno(r, "systemd-machined is not reachable (%s); waiting for it to appear.",
-                                         error.message);
+        d->enumerate_slot = sd_bus_slot_unref(d->enumerate_slot);
+        if (e) {
+                if (error_is_transient(e, -EIO)) {
+                        log_warning("systemd-machined did not list its machines (%s); asking again.", e->message);
+                        schedule_enumerate(d);
+                } else {
+                        d->machined_running = false;
+                        log_warning("systemd-machined is not reachable (%s); waiting for it to appear.", e->message);
+                }
+                return 0;
         }
         d->machined_running = true;
+        d->enumerate_failures = 0;
 
         r = sd_bus_message_enter_container(reply, 'a', "(ssso)");
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_read(reply, "(ssso)", &name, &class, &service, &path)) > 0) {
+        while (r >= 0 && (r = sd_bus_message_read(reply, "(ssso)", &name, &class, &service, &path)) > 0) {
                 if (!streq(class, "vm"))
                         continue;
                 char **nn = realloc(names, (n + 1) * sizeof *names);
-                if (!nn)
+                if (!nn) {
+                        r = -ENOMEM;
                         break;
+                }
                 names = nn;
                 names[n] = strdup(name);
-                if (!names[n])
+                if (!names[n]) {
+                        r = -ENOMEM;
                         break;
+                }
                 n++;
-                (void) lookup(d, name, path);
+                r = lookup(d, name, path);
         }
+        /* Only a complete list may make the manager forget machines: a failure half-way
+         * (no memory) must not read as "these VMs are gone". */
         if (r >= 0)
                 d->cb.on_machines_synced(names, n, d->userdata);
+        else {
+                log_warning_errno(r, "Failed to read systemd-machined's machine list, keeping every known machine and asking again: %m");
+                schedule_enumerate(d);
+        }
         for (size_t i = 0; i < n; i++)
                 free(names[i]);
         free(names);
-        return r < 0 ? r : 0;
+        return 0;
+}
+
+static void enumerate(Discovery *d) {
+        int r;
+
+        d->owner_slot = sd_bus_slot_unref(d->owner_slot);
+        d->enumerate_slot = sd_bus_slot_unref(d->enumerate_slot);
+        r = sd_bus_call_method_async(d->bus, &d->owner_slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                     "org.freedesktop.DBus", "GetNameOwner", on_machined_owner, d, "s", MACHINED);
+        if (r >= 0)
+                r = sd_bus_call_method_async(d->bus, &d->enumerate_slot, MACHINED, MACHINED_PATH, MACHINED_MANAGER,
+                                             "ListMachines", on_list_machines, d, NULL);
+        if (r < 0) {
+                log_warning_errno(r, "Failed to ask systemd-machined for its machines, trying again: %m");
+                schedule_enumerate(d);
+        }
+}
+
+static int on_enumerate_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        enumerate(userdata);
+        return 0;
+}
+
+static void schedule_enumerate(Discovery *d) {
+        usec_t delay = MIN(LOOKUP_BACKOFF_MIN_USEC << MIN(d->enumerate_failures, 16U), LOOKUP_BACKOFF_MAX_USEC);
+        int r;
+
+        d->enumerate_failures++;
+        if (d->enumerate_timer)
+                r = sd_event_source_set_time_relative(d->enumerate_timer, delay);
+        else
+                r = sd_event_add_time_relative(d->event, &d->enumerate_timer, CLOCK_MONOTONIC, delay, 0,
+                                               on_enumerate_timer, d);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(d->enumerate_timer, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error_errno(r, "Cannot schedule another enumeration of machines: %m");
 }
 
 static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -493,7 +770,8 @@ static int on_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret
         d->machined_owner = new_owner[0] ? strdup(new_owner) : NULL;
         if (new_owner[0]) {
                 log_info("systemd-machined (re)appeared on the bus; re-enumerating machines.");
-                (void) enumerate(d);
+                d->enumerate_failures = 0;
+                enumerate(d);
         } else {
                 d->machined_running = false;
                 log_warning("systemd-machined left the bus; keeping the known machines until it returns.");
@@ -522,6 +800,9 @@ Discovery *discovery_free(Discovery *d) {
                 d->lookups = l->next;
                 lookup_free(l);
         }
+        sd_bus_slot_unref(d->owner_slot);
+        sd_bus_slot_unref(d->enumerate_slot);
+        sd_event_source_disable_unref(d->enumerate_timer);
         sd_bus_slot_unref(d->match_new);
         sd_bus_slot_unref(d->match_removed);
         sd_bus_slot_unref(d->match_owner);
@@ -548,7 +829,7 @@ int discovery_start(Discovery *d) {
         if (r < 0)
                 return log_error_errno(r, "Failed to subscribe to systemd-machined's signals: %m");
 
-        (void) enumerate(d);
+        enumerate(d);
         return 0;
 }
 

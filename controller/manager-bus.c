@@ -212,17 +212,17 @@ static int property_get_default_knob(sd_bus *bus, const char *path, const char *
         return k ? knob_bus_append(reply, k, &m->config.defaults) : -ENOENT;
 }
 
-/* busctl set-property: a runtime change of one knob. sd-bus replies as soon as a setter
- * returns, so polkit is asked synchronously here (methods ask asynchronously). Reads the new
- * value into a copy of current; *ret_k says which knob. */
-static int read_knob_write(sd_bus *bus, const char *property, sd_bus_message *value, const PolicyKnobs *current,
-                           PolicyKnobs *ret, const KnobInfo **ret_k, sd_bus_error *error) {
+/* busctl set-property: a runtime change of one knob. polkit was asked (asynchronously) by
+ * on_property_write() before sd-bus called the setter. Reads the new value into a copy of
+ * current; *ret_k says which knob. */
+static int read_knob_write(sd_bus *bus, Manager *m, const char *property, sd_bus_message *value,
+                           const PolicyKnobs *current, PolicyKnobs *ret, const KnobInfo **ret_k, sd_bus_error *error) {
         const KnobInfo *k = policy_knob_find(property);
         int r;
 
         if (!k)
                 return -ENOENT;
-        r = auth_check_sync(sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
+        r = auth_check_granted(m->auth, sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
         if (r < 0)
                 return r;
         *ret = *current;
@@ -237,7 +237,7 @@ static int property_set_machine_knob(sd_bus *bus, const char *path, const char *
         PolicyKnobs knobs;
         int r;
 
-        r = read_knob_write(bus, property, value, &machine->config.knobs, &knobs, &k, error);
+        r = read_knob_write(bus, machine->manager, property, value, &machine->config.knobs, &knobs, &k, error);
         if (r < 0)
                 return r;
         return machine_set_knobs(sd_bus_get_current_message(bus), machine, &knobs, knob_bit(k), true, error);
@@ -250,7 +250,7 @@ static int property_set_default_knob(sd_bus *bus, const char *path, const char *
         PolicyKnobs knobs;
         int r;
 
-        r = read_knob_write(bus, property, value, &m->config.defaults, &knobs, &k, error);
+        r = read_knob_write(bus, m, property, value, &m->config.defaults, &knobs, &k, error);
         if (r < 0)
                 return r;
         return manager_set_default_knobs(sd_bus_get_current_message(bus), m, &knobs, knob_bit(k), true, error);
@@ -369,7 +369,7 @@ static int property_set_host_reserve(sd_bus *bus, const char *path, const char *
         const char *v;
         int r;
 
-        r = auth_check_sync(sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
+        r = auth_check_granted(m->auth, sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
         if (r < 0)
                 return r;
         r = sd_bus_message_read(value, "s", &v);
@@ -677,6 +677,44 @@ static int machine_enumerate(sd_bus *bus, const char *path, void *userdata, char
         return 1;
 }
 
+/* Properties.Set of one of our writable properties, before sd-bus dispatches it: sd-bus answers
+ * a write as soon as the setter returns, so the setter cannot wait for polkit. Ask here, hold
+ * the call, and let it through once polkit has answered (auth_check_async() dispatches it
+ * again); the setter then finds it granted. Anything else passes untouched. */
+static int on_property_write(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_free_ char *name = NULL;
+        const char *path = sd_bus_message_get_path(message), *iface, *property;
+        bool writable;
+        int r;
+
+        if (!sd_bus_message_is_method_call(message, "org.freedesktop.DBus.Properties", "Set") || !path)
+                return 0;
+        r = sd_bus_message_read(message, "ss", &iface, &property);
+        (void) sd_bus_message_rewind(message, true);
+        if (r < 0)
+                return 0;   /* malformed: sd-bus answers it */
+        if (streq(path, BUS_PATH) && streq(iface, BUS_MANAGER_IFACE))
+                writable = policy_knob_find(property) || streq(property, "HostMemoryReserve");
+        else if (streq(iface, BUS_MACHINE_IFACE) && sd_bus_path_decode(path, BUS_MACHINE_PREFIX, &name) > 0)
+                writable = manager_find_machine(m, name) && policy_knob_find(property);
+        else
+                writable = false;
+        if (!writable)
+                return 0;   /* read-only, unknown, not ours: sd-bus says so */
+
+        _cleanup_(sd_bus_error_free) sd_bus_error denied = SD_BUS_ERROR_NULL;
+        r = auth_check_write(&m->auth, message, AUTH_ACTION_MANAGE, &denied);
+        if (r < 0) {
+                /* refused: answered here, the setter never runs */
+                if (!sd_bus_error_is_set(&denied))
+                        sd_bus_error_set_errno(&denied, r);
+                (void) sd_bus_reply_method_error(message, &denied);
+                return 1;
+        }
+        return r == 0;       /* 0: polkit asked, the call comes back; 1: on to the setter */
+}
+
 int manager_bus_setup(Manager *m) {
         /* built once from policy_knobs[], which never changes: kept for the process' life */
         static sd_bus_vtable *manager_vtable = NULL, *machine_vtable = NULL;
@@ -691,6 +729,9 @@ int manager_bus_setup(Manager *m) {
         if (!manager_vtable || !machine_vtable)
                 return -ENOMEM;
 
+        r = sd_bus_add_filter(m->bus, NULL, on_property_write, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to install the property write filter: %m");
         r = sd_bus_add_object_vtable(m->bus, NULL, BUS_PATH, BUS_MANAGER_IFACE, manager_vtable, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to register the Manager object: %m");

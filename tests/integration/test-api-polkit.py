@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Authorization through a real polkitd on the private bus: a user a polkit rule grants
-org.autoballoon1.manage may write (methods, asked asynchronously, and set-property, asked
-synchronously); a user a rule refuses gets AccessDenied; a user who would have to authenticate
+org.autoballoon1.manage may write (methods and set-property, both asked asynchronously);
+a user a rule refuses gets AccessDenied; a user who would have to authenticate
 gets InteractiveAuthorizationRequired (there is no agent); nothing changes for either;
 autoballoonctl at a terminal starts a polkit agent and does not hang when it cannot register.
 polkitd runs in the namespace with our action and a test rule bind-mounted over its
@@ -72,7 +72,7 @@ def test(env):
         "Weight", "u", str(w))
     set_prop = lambda uid, w: busctl_as(env, uid, "set-property", AB, path, AB_MACHINE, "Weight", "u", str(w))
 
-    # granted by the rule: methods (async check) and property writes (sync check)
+    # granted by the rule: methods and property writes
     check(set_weight(NOBODY, 321).returncode == 0, "SetMachineProperties as a granted user failed")
     check(env.ab_get(path, "Weight") == 321, "Weight not set by a granted user")
     check(set_prop(NOBODY, 322).returncode == 0, "set-property as a granted user failed")
