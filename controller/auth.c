@@ -12,9 +12,10 @@
 #define POLKIT_IFACE "org.freedesktop.PolicyKit1.Authority"
 /* CheckAuthorizationFlags: AllowUserInteraction */
 #define POLKIT_ALLOW_USER_INTERACTION 1U
-/* polkitd answers a non-interactive query in milliseconds, so a slow one is a broken one;
- * the caller waits this long at most (the loop never does: every check is asynchronous). */
-#define POLKIT_SYNC_TIMEOUT_USEC (5 * USEC_PER_SEC)
+/* polkitd answers a non-interactive query in milliseconds; the caller waits for it, the loop
+ * never does (every check is asynchronous), so give a stalled polkitd as long as a caller's
+ * own call would wait (sd-bus's and dbus-python's default is 25 s) minus a margin to refuse. */
+#define POLKIT_TIMEOUT_USEC (20 * USEC_PER_SEC)
 /* ... while an interactive one waits for a human typing a password */
 #define POLKIT_INTERACTIVE_TIMEOUT_USEC (5 * 60 * USEC_PER_SEC)
 
@@ -182,7 +183,7 @@ int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, 
                 /* interactive authentication may take as long as a human does */
                 r = sd_bus_call_async(sd_bus_message_get_bus(m), &q->slot, call, on_polkit_reply, q,
                                       sd_bus_message_get_allow_interactive_authorization(m) > 0 ?
-                                      POLKIT_INTERACTIVE_TIMEOUT_USEC : POLKIT_SYNC_TIMEOUT_USEC);
+                                      POLKIT_INTERACTIVE_TIMEOUT_USEC : POLKIT_TIMEOUT_USEC);
         if (r < 0) {
                 /* no polkit to ask at all: a plain refusal */
                 free(q);

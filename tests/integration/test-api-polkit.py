@@ -8,7 +8,6 @@ polkitd runs in the namespace with our action and a test rule bind-mounted over 
 directories (the host's are not touched); the callers run in the namespace too, so that
 polkit can see their processes."""
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../
 import abtest  # noqa: E402
 from abtest import AB, AB_MACHINE, AB_MANAGER, AB_PATH, check, log  # noqa: E402
 
-POLKITD = "/usr/lib/polkit-1/polkitd"
 NOBODY, DAEMON, BIN = 65534, 1, 2   # granted, refused, would need to authenticate
 RULES = """polkit.addRule(function(action, subject) {
         if (action.id != "org.autoballoon1.manage")
@@ -31,37 +29,12 @@ RULES = """polkit.addRule(function(action, subject) {
 """
 
 
-def start_polkitd(env):
-    if not os.access(POLKITD, os.X_OK):
-        raise abtest.Skip("no polkitd at %s" % POLKITD)
-    rules, actions = env.file("polkit-rules.d"), env.file("polkit-actions")
-    os.makedirs(rules)
-    os.makedirs(actions)
-    with open(os.path.join(rules, "50-autoballoon-test.rules"), "w") as f:
-        f.write(RULES)
-    shutil.copy(os.path.join(abtest.SRCDIR, "dbus/org.autoballoon1.policy"), actions)
-    subprocess.run(["chown", "-R", "polkitd", rules], check=True)
-    os.chmod(rules, 0o700)
-    # polkitd drops to its own user itself; the mounts stay in the namespace's mount namespace
-    script = ("mount --bind %s /etc/polkit-1/rules.d && mount --bind %s /usr/share/polkit-1/rules.d && "
-              "mount --bind %s /usr/share/polkit-1/actions && exec %s --no-debug" % (rules, rules, actions, POLKITD))
-    env.spawn(["/bin/sh", "-c", script], name="polkitd", stdout=env.file("polkitd.log"), stderr=env.file("polkitd.log"))
-    env.wait_for(lambda: env.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                                  "NameHasOwner", "org.freedesktop.PolicyKit1"), 10, "polkitd on the bus")
-    log("polkitd is up")
-
-
 def busctl_as(env, uid, *args):
-    """busctl as uid, inside the namespace."""
-    r = subprocess.run(["nsenter", "-t", str(env.pid1), "-p", "-m", "-u", "--",
-                        "setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
-                        "busctl", "--no-pager", *args], capture_output=True, text=True, timeout=30)
-    log("uid %d: busctl %s -> %d %s%s" % (uid, " ".join(args[:6]), r.returncode, r.stdout.strip(), r.stderr.strip()))
-    return r
+    return env.busctl_as(uid, *args)
 
 
 def test(env):
-    start_polkitd(env)
+    env.start_polkitd(RULES)
     env.start_vm("vm1", memory="512M")
     env.start_daemon()
     path = env.machine_path("vm1")

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +49,7 @@ AB_PATH = "/org/autoballoon1"
 AB_MANAGER = "org.autoballoon1.Manager"
 AB_MACHINE = "org.autoballoon1.Machine"
 PROPS = "org.freedesktop.DBus.Properties"
+POLKITD = "/usr/lib/polkit-1/polkitd"
 
 T0 = time.monotonic()
 
@@ -136,6 +138,25 @@ class Proc:
                 os.kill(self.host_pid, sig)
             except ProcessLookupError:
                 pass
+
+    def pause(self):
+        """SIGSTOP the command. nsenter passes a child's stop on to itself (and, once
+        continued, a SIGCONT back to the child): wait for that, so that resume() finds both
+        stopped and nothing is left stopped behind the test's back."""
+        self.kill(signal.SIGSTOP)
+        for _ in range(200):
+            try:
+                if open("/proc/%d/stat" % self.popen.pid).read().rsplit(")", 1)[1].split()[0] == "T":
+                    return
+            except (OSError, IndexError):
+                return
+            time.sleep(0.01)
+        raise Fail("nsenter of %s did not stop with it" % self.name)
+
+    def resume(self):
+        self.kill(signal.SIGCONT)
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGCONT)
 
     def stop(self, sig=signal.SIGTERM, timeout=5.0):
         """Signal the command and wait; SIGKILL after timeout. Returns nsenter's exit code
@@ -430,6 +451,40 @@ class Env:
             return False
         finally:
             conn.close()
+
+    # ---- polkitd -----------------------------------------------------------------------------
+    def start_polkitd(self, rules):
+        """A real polkitd in the namespace with our action and the given rules (JavaScript)
+        bind-mounted over its directories (the host's are not touched). Returns its Proc."""
+        if not os.access(POLKITD, os.X_OK):
+            raise Skip("no polkitd at %s" % POLKITD)
+        rdir, actions = self.file("polkit-rules.d"), self.file("polkit-actions")
+        os.makedirs(rdir)
+        os.makedirs(actions)
+        with open(os.path.join(rdir, "50-autoballoon-test.rules"), "w") as f:
+            f.write(rules)
+        shutil.copy(os.path.join(SRCDIR, "dbus/org.autoballoon1.policy"), actions)
+        subprocess.run(["chown", "-R", "polkitd", rdir], check=True)
+        os.chmod(rdir, 0o700)
+        # polkitd drops to its own user itself; the mounts stay in the namespace's mount namespace
+        script = ("mount --bind %s /etc/polkit-1/rules.d && mount --bind %s /usr/share/polkit-1/rules.d && "
+                  "mount --bind %s /usr/share/polkit-1/actions && exec %s --no-debug" % (rdir, rdir, actions, POLKITD))
+        p = self.spawn(["/bin/sh", "-c", script], name="polkitd", stdout=self.file("polkitd.log"),
+                       stderr=self.file("polkitd.log"))
+        self.wait_for(lambda: self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                        "NameHasOwner", "org.freedesktop.PolicyKit1"), 10, "polkitd on the bus")
+        log("polkitd is up")
+        return p
+
+    def busctl_as(self, uid, *args, background=False):
+        """busctl as uid, inside the namespace; background: the Popen, not waited for."""
+        cmd = ["nsenter", "-t", str(self.pid1), "-p", "-m", "-u", "--",
+               "setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups", "busctl", "--no-pager", *args]
+        if background:
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        log("uid %d: busctl %s -> %d %s%s" % (uid, " ".join(args[:6]), r.returncode, r.stdout.strip(), r.stderr.strip()))
+        return r
 
     # ---- machined -------------------------------------------------------------------------
     def create_machine(self, name, leader_ns_pid, service="autoballoon-test", cls="vm"):
