@@ -18,6 +18,8 @@ import signal
 import sys
 import time
 
+import dbus
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
 import abtest  # noqa: E402
 from abtest import AB, AB_MACHINE, AB_MANAGER, AB_PATH, PROPS, check, log  # noqa: E402
@@ -82,7 +84,10 @@ def stopped(env, what, service, vm, during=None):
         worst, n, sent_at = 0.0, 0, None
         while time.monotonic() - t0 < STOP_SECONDS:
             t = time.monotonic()
-            env.call(AB, path, PROPS, "Get", AB_MACHINE, "State", timeout=STOP_SECONDS)
+            try:
+                env.call(AB, path, PROPS, "Get", AB_MACHINE, "State", timeout=STOP_SECONDS)
+            except dbus.exceptions.DBusException as e:
+                log("Get failed while %s was stopped: %s" % (what, e.get_dbus_name()))
             worst, n = max(worst, time.monotonic() - t), n + 1
             if sent_at is None and balloon_targets(vm):
                 sent_at = time.monotonic() - t0
