@@ -836,3 +836,94 @@ int discovery_start(Discovery *d) {
 bool discovery_machined_running(const Discovery *d) {
         return d->machined_running;
 }
+
+/* --- a unit's ControlGroup, for HostPressureSource= and HostMemorySource= ------------------ */
+
+struct UnitCgroupQuery {
+        sd_bus *bus;
+        char *unit;
+        sd_bus_slot *slot;
+        UnitCgroupHandler handler;
+        void *userdata;
+};
+
+UnitCgroupQuery *unit_cgroup_query_free(UnitCgroupQuery *q) {
+        if (!q)
+                return NULL;
+        sd_bus_slot_unref(q->slot);
+        sd_bus_unref(q->bus);
+        free(q->unit);
+        free(q);
+        return NULL;
+}
+
+/* The handler may free the query: nothing touches it afterwards. */
+static void unit_cgroup_done(UnitCgroupQuery *q, int r, const char *cgroup, const char *message) {
+        q->slot = sd_bus_slot_unref(q->slot);
+        q->handler(q, r, cgroup, message, q->userdata);
+}
+
+static int on_unit_cgroup(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        UnitCgroupQuery *q = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+        const char *cgroup;
+        int r;
+
+        if (e) {
+                unit_cgroup_done(q, -(sd_bus_error_get_errno(e) ?: EIO), NULL, e->message);
+                return 0;
+        }
+        r = sd_bus_message_read(reply, "v", "s", &cgroup);
+        if (r < 0)
+                unit_cgroup_done(q, r, NULL, "bad reply from systemd");
+        else if (!cgroup[0])
+                unit_cgroup_done(q, -ENOENT, NULL, "unit not active");
+        else
+                unit_cgroup_done(q, 0, cgroup, NULL);
+        return 0;
+}
+
+static int on_unit_path(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        UnitCgroupQuery *q = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+        const char *path;
+        int r;
+
+        q->slot = sd_bus_slot_unref(q->slot);
+        if (e) {
+                unit_cgroup_done(q, -(sd_bus_error_get_errno(e) ?: EIO), NULL, e->message);
+                return 0;
+        }
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r >= 0)
+                r = sd_bus_call_method_async(q->bus, &q->slot, SYSTEMD, path, "org.freedesktop.DBus.Properties", "Get",
+                                             on_unit_cgroup, q, "ss", scope_interface(q->unit), "ControlGroup");
+        if (r < 0)
+                unit_cgroup_done(q, r, NULL, "cannot ask systemd");
+        return 0;
+}
+
+int unit_cgroup_query(sd_bus *bus, const char *unit, UnitCgroupHandler handler, void *userdata,
+                      UnitCgroupQuery **ret) {
+        UnitCgroupQuery *q = calloc(1, sizeof *q);
+        int r;
+
+        if (!q)
+                return -ENOMEM;
+        q->bus = sd_bus_ref(bus);
+        q->handler = handler;
+        q->userdata = userdata;
+        q->unit = strdup(unit);
+        if (!q->unit) {
+                unit_cgroup_query_free(q);
+                return -ENOMEM;
+        }
+        r = sd_bus_call_method_async(bus, &q->slot, SYSTEMD, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                                     "GetUnit", on_unit_path, q, "s", unit);
+        if (r < 0) {
+                unit_cgroup_query_free(q);
+                return r;
+        }
+        *ret = q;
+        return 0;
+}

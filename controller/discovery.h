@@ -35,6 +35,16 @@ Discovery *discovery_free(Discovery *d);
 int discovery_start(Discovery *d);
 bool discovery_machined_running(const Discovery *d);
 
+/* systemd1's ControlGroup of a slice, scope or service, asked asynchronously (GetUnit, then
+ * the unit's ControlGroup). The handler runs once, with 0 and the cgroup, or a negative errno
+ * and systemd's message; it may free the query. Freeing it earlier cancels it. */
+typedef struct UnitCgroupQuery UnitCgroupQuery;
+typedef void (*UnitCgroupHandler)(UnitCgroupQuery *q, int error, const char *cgroup, const char *message,
+                                  void *userdata);
+int unit_cgroup_query(sd_bus *bus, const char *unit, UnitCgroupHandler handler, void *userdata,
+                      UnitCgroupQuery **ret);
+UnitCgroupQuery *unit_cgroup_query_free(UnitCgroupQuery *q);
+
 /* The cgroup2 mount point from /proc/self/mountinfo: /sys/fs/cgroup on unified hosts,
  * /sys/fs/cgroup/unified on hybrid ones. */
 int cgroup2_mount_point(char **ret);

@@ -370,38 +370,50 @@ static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel lev
         manager_run_policy(m, event, NULL, PRESSURE_NONE);
 }
 
-/* The ControlGroup systemd1 reports for a slice, scope or service. */
-static int unit_control_group(Manager *m, const char *setting, const char *unit, char **ret) {
-        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_free_ char *cg = NULL;
-        const char *dot = strrchr(unit, '.'), *path;
-        int r;
+/* HostPressureSource= and HostMemorySource= may name a slice, scope or service: its
+ * ControlGroup is asked from systemd1 asynchronously, and the source is watched once known. */
+static int check_unit_name(const char *setting, const char *unit) {
+        const char *dot = strrchr(unit, '.');
 
         if (!dot || (!streq(dot, ".slice") && !streq(dot, ".scope") && !streq(dot, ".service")))
                 return log_error_errno(EINVAL, "%s=%s is neither a path nor a unit name.", setting, unit);
-        r = sd_bus_call_method(m->bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                               "org.freedesktop.systemd1.Manager", "GetUnit", &error, &reply, "s", unit);
-        if (r < 0)
-                return log_error_errno(r, "%s=%s: systemd does not know this unit: %s", setting, unit, error.message);
-        r = sd_bus_message_read(reply, "o", &path);
-        if (r < 0)
-                return r;
-        const char *iface = streq(dot, ".slice") ? "org.freedesktop.systemd1.Slice" :
-                streq(dot, ".scope") ? "org.freedesktop.systemd1.Scope" : "org.freedesktop.systemd1.Service";
-        r = sd_bus_get_property_string(m->bus, "org.freedesktop.systemd1", path, iface, "ControlGroup", &error, &cg);
-        if (r < 0 || !cg[0])
-                return log_error_errno(r < 0 ? r : ENOENT, "%s=%s has no cgroup: %s", setting, unit,
-                                       r < 0 ? error.message : "unit not active");
-        *ret = TAKE_PTR(cg);
         return 0;
+}
+
+static void log_unit_cgroup_error(const char *setting, const char *unit, int error, const char *message) {
+        if (error == -ENOENT || error == -ENXIO)
+                log_error_errno(error, "%s=%s has no cgroup: %s", setting, unit, strempty(message));
+        else
+                log_error_errno(error, "%s=%s: systemd does not know this unit: %s", setting, unit, strempty(message));
+}
+
+static void watch_host(Manager *m);
+
+static void on_host_pressure_unit(UnitCgroupQuery *q, int error, const char *cgroup, const char *message,
+                                  void *userdata) {
+        Manager *m = userdata;
+        char *path;
+
+        m->host_pressure_query = unit_cgroup_query_free(q);
+        if (error < 0) {
+                log_unit_cgroup_error("HostPressureSource", m->config.host_pressure_source, error, message);
+                log_error("Cannot watch host pressure (%s). Only per-VM scope pressure will act.",
+                          m->config.host_pressure_source);
+                return;
+        }
+        if (asprintf(&path, "%s%s/memory.pressure", m->cgroup2_mount ?: "", cgroup) < 0) {
+                log_oom();
+                return;
+        }
+        free(m->host_pressure_path);
+        m->host_pressure_path = path;
+        watch_host(m);
 }
 
 /* HostPressureSource=: a pressure file, a cgroup2 directory (relative to the mount or
  * absolute), or a unit name whose ControlGroup systemd1 knows (machine.slice). */
 static int resolve_host_pressure(Manager *m, char **ret) {
         const char *src = m->config.host_pressure_source;
-        _cleanup_free_ char *cg = NULL;
         int r;
 
         if (src[0] == '/') {
@@ -413,10 +425,14 @@ static int resolve_host_pressure(Manager *m, char **ret) {
                         return asprintf(ret, "%s/memory.pressure", src) < 0 ? -ENOMEM : 0;
                 return asprintf(ret, "%s%s/memory.pressure", m->cgroup2_mount ?: "", src) < 0 ? -ENOMEM : 0;
         }
-        r = unit_control_group(m, "HostPressureSource", src, &cg);
+        /* a unit: watched once systemd1 has said where its cgroup is */
+        r = check_unit_name("HostPressureSource", src);
+        if (r >= 0)
+                r = unit_cgroup_query(m->bus, src, on_host_pressure_unit, m, &m->host_pressure_query);
         if (r < 0)
                 return r;
-        return asprintf(ret, "%s%s/memory.pressure", m->cgroup2_mount ?: "", cg) < 0 ? -ENOMEM : 0;
+        *ret = NULL;
+        return 0;
 }
 
 /* --- the host's memory budget ------------------------------------------------------------------ */
@@ -446,16 +462,10 @@ static void on_host_memory(HostMemory *h, void *userdata) {
 /* HostMemorySource=: /proc/meminfo, a memory cgroup directory (v2, or v1 on a hybrid host), or a
  * unit whose cgroup holds the VMs (machine.slice): v2 if the unified tree has a memory
  * controller there, else the same path in the v1 memory hierarchy. */
-static int resolve_host_memory(Manager *m, char **ret) {
-        const char *src = m->config.host_memory_source;
-        _cleanup_free_ char *cg = NULL, *v1 = NULL, *p = NULL;
+static int host_memory_dir_of_cgroup(Manager *m, const char *cg, char **ret) {
+        _cleanup_free_ char *v1 = NULL, *p = NULL;
         int r;
 
-        if (src[0] == '/')
-                return (*ret = strdup(src)) ? 0 : -ENOMEM;
-        r = unit_control_group(m, "HostMemorySource", src, &cg);
-        if (r < 0)
-                return r;
         if (asprintf(&p, "%s%s/memory.current", m->cgroup2_mount ?: "", cg) < 0)
                 return -ENOMEM;
         if (access(p, F_OK) >= 0)
@@ -463,19 +473,11 @@ static int resolve_host_memory(Manager *m, char **ret) {
         r = memcg1_mount_point(&v1);
         if (r < 0)
                 return log_error_errno(r, "HostMemorySource=%s: no memory controller for %s, neither in cgroup2 nor in v1.",
-                                       src, cg);
+                                       m->config.host_memory_source, cg);
         return asprintf(ret, "%s%s", v1, cg) < 0 ? -ENOMEM : 0;
 }
 
-static void watch_host_memory(Manager *m) {
-        _cleanup_free_ char *path = NULL;
-        int r;
-
-        if (isempty(m->config.host_memory_source)) {
-                log_info("HostMemorySource= is empty: no host memory budget, balloon moves follow PSI alone.");
-                return;
-        }
-        r = resolve_host_memory(m, &path);
+static void open_host_memory(Manager *m, const char *path, int r) {
         if (r >= 0)
                 r = host_memory_new(&m->host_memory, m->event, path, on_host_memory, m);
         if (r < 0) {
@@ -488,6 +490,38 @@ static void watch_host_memory(Manager *m) {
                                           &reserve);
         log_info("Host memory budget from %s (%s), reserve %s.", host_memory_path(m->host_memory),
                  host_memory_kind_to_string(host_memory_kind(m->host_memory)), strempty(reserve));
+}
+
+static void on_host_memory_unit(UnitCgroupQuery *q, int error, const char *cgroup, const char *message,
+                                void *userdata) {
+        Manager *m = userdata;
+        _cleanup_free_ char *path = NULL;
+
+        m->host_memory_query = unit_cgroup_query_free(q);
+        if (error < 0)
+                log_unit_cgroup_error("HostMemorySource", m->config.host_memory_source, error, message);
+        else
+                error = host_memory_dir_of_cgroup(m, cgroup, &path);
+        open_host_memory(m, path, error);
+}
+
+static void watch_host_memory(Manager *m) {
+        const char *src = m->config.host_memory_source;
+        int r;
+
+        if (isempty(src)) {
+                log_info("HostMemorySource= is empty: no host memory budget, balloon moves follow PSI alone.");
+                return;
+        }
+        if (src[0] == '/') {
+                open_host_memory(m, src, 0);
+                return;
+        }
+        r = check_unit_name("HostMemorySource", src);
+        if (r >= 0)
+                r = unit_cgroup_query(m->bus, src, on_host_memory_unit, m, &m->host_memory_query);
+        if (r < 0)
+                open_host_memory(m, NULL, r);
 }
 
 int manager_budget_now(Manager *m, HostBudget *b, int64_t *ret_balance) {
@@ -880,6 +914,8 @@ Manager *manager_free(Manager *m) {
         libvirt_connection_free(m->libvirt);   /* after its machines' balloons */
 #endif
         discovery_free(m->discovery);
+        unit_cgroup_query_free(m->host_pressure_query);
+        unit_cgroup_query_free(m->host_memory_query);
         psi_watch_free(m->host_psi);
         host_memory_free(m->host_memory);
         /* Every trigger fd is now queued for the closer: close them all at once. */

@@ -29,6 +29,8 @@ typedef struct Manager {
 
         PsiWatch *host_psi;
         char *host_pressure_path;           /* the resolved pressure file */
+        UnitCgroupQuery *host_pressure_query;  /* HostPressureSource= a unit: its cgroup asked from systemd */
+        UnitCgroupQuery *host_memory_query;    /* HostMemorySource= a unit: the same */
         PressureLevel host_level;
         usec_t last_pressure_usec;          /* last host or scope event, for the policy's cool-down */
 
