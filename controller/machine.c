@@ -266,12 +266,16 @@ static void on_balloon_free_page_reporting(Balloon *b, int enabled, void *userda
 #define ATTACH_RETRY_MIN_USEC (500 * USEC_PER_MSEC)
 #define ATTACH_RETRY_MAX_USEC (10 * USEC_PER_SEC)
 
+static void schedule_attach_retry(Machine *machine);
+
 static int on_attach_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Machine *machine = userdata;
 
         if (qmp_client_state(machine->qmp) == QMP_READY &&
-            balloon_attach(machine->balloon, machine->manager->config.stats_interval_sec) < 0)
-                machine_set_state(machine, MACHINE_FAILED, "Failed to query the balloon device.");
+            balloon_attach(machine->balloon, machine->manager->config.stats_interval_sec) < 0) {
+                machine_set_state(machine, MACHINE_FAILED, "Failed to query the balloon device; trying again.");
+                schedule_attach_retry(machine);
+        }
         return 0;
 }
 
@@ -300,7 +304,19 @@ static void on_balloon_error(Balloon *b, int error, const char *desc, void *user
                 schedule_attach_retry(machine);
                 return;
         }
-        machine_set_state(machine, error == -ENODEV ? MACHINE_UNMANAGED : MACHINE_FAILED, desc);
+        if (error == -ENODEV) {
+                machine_set_state(machine, MACHINE_UNMANAGED, desc);
+                return;
+        }
+        /* A step that timed out (QEMU's main loop busy: migration, a long monitor command) or
+         * failed otherwise over a live connection: nothing reconnects, so ask again later
+         * rather than staying failed for good. */
+        _cleanup_free_ char *why = NULL;
+        if (asprintf(&why, "%s; trying again, backing off to %llu s.", desc,
+                     (unsigned long long) (ATTACH_RETRY_MAX_USEC / USEC_PER_SEC)) < 0)
+                why = NULL;
+        machine_set_state(machine, MACHINE_FAILED, why ?: desc);
+        schedule_attach_retry(machine);
 }
 
 static const BalloonCallbacks balloon_callbacks = {

@@ -111,6 +111,8 @@ static struct {
         usec_t step_usec;
         usec_t throttle_usec;           /* QEMU rate-limits BALLOON_CHANGE to one per second */
         bool hung;                      /* "hang": stop reading QMP, like a stuck main loop */
+        unsigned hang_after;            /* --fake-hang-after: 0 = never */
+        bool hang_done;
         char *pidfile;
 } arg = {
         .control_fd = -1,
@@ -557,6 +559,13 @@ static int handle_command(Conn *c, json_object *msg) {
                                           "Expecting capabilities negotiation with 'qmp_capabilities'");
                 c->negotiated = true;
                 return send_return(c, NULL, id);
+        }
+
+        if (arg.hang_after > 0 && c->n_commands > arg.hang_after && !arg.hang_done) {
+                /* a main loop stuck in the middle of the attach: this command is never answered */
+                arg.hang_done = arg.hung = true;
+                (void) sd_event_source_set_enabled(c->source, SD_EVENT_OFF);
+                return 0;
         }
 
         if (arg.garbage_after > 0 && c->n_commands > arg.garbage_after && !(arg.garbage_once && arg.garbage_done)) {
@@ -1127,6 +1136,9 @@ static void help(void) {
                "  --fake-garbage-after=N                     send malformed JSON instead of the reply to the\n"
                "                                             Nth command after qmp_capabilities, on every\n"
                "                                             connection (with --fake-garbage-once: only once)\n"
+               "  --fake-hang-after=N                        stop reading QMP (as 'hang') at the Nth command\n"
+               "                                             after qmp_capabilities, leaving it unanswered;\n"
+               "                                             once ('unhang' resumes)\n"
                "  --fake-control=PATH                        control socket, one command per line:\n"
                "                                             [@VM] status | stats KEY=VAL,... | actual SIZE |\n"
                "                                             lie-actual SIZE|off |\n"
@@ -1291,7 +1303,9 @@ int main(int argc, char *argv[]) {
                         if (ms < 0 || *end)
                                 die("bad --fake-event-throttle-ms '%s'", v);
                         arg.throttle_usec = (usec_t) ms * USEC_PER_MSEC;
-                } else if (FAKE_OPT("--fake-garbage-after"))
+                } else if (FAKE_OPT("--fake-hang-after"))
+                        arg.hang_after = (unsigned) strtoul(v, NULL, 10);
+                else if (FAKE_OPT("--fake-garbage-after"))
                         arg.garbage_after = (unsigned) strtoul(v, NULL, 10);
                 else if (streq(a, "--fake-garbage-once"))
                         arg.garbage_once = true;

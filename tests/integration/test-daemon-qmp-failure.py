@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""QMP failures: a QMP peer killed mid-run, a peer sending garbage, one that hangs up. The
-daemon logs each, the machine's State says so (with a StateReason), it reconnects when the
-peer is back, keeps serving the other machines, and does not crash."""
+"""QMP failures: a QMP peer killed mid-run, a peer sending garbage, one that hangs up, one
+whose main loop sticks in the middle of the balloon attach (the step times out). The daemon
+logs each, the machine's State says so (with a StateReason), it reconnects or attaches again
+when the peer is back, keeps serving the other machines, and does not crash."""
 import os
 import signal
 import sys
@@ -47,6 +48,10 @@ def test(env):
     # a peer that accepts and never greets: only the greeting timeout (10 s) can tell
     hang_t = time.monotonic()
     separate_qmp_vm(env, "bad-hang", mode="hang")
+    # a QEMU that answers qmp_capabilities, then sticks (its main loop busy) before the first
+    # attach step: the step times out (10 s) over a live connection, nothing reconnects
+    slow_ctl = env.file("slow.control")
+    env.start_vm("slow-attach", extra=["--fake-hang-after=1", "--fake-control=" + slow_ctl])
     healthy = env.start_vm("healthy")
     peer = separate_qmp_vm(env, "peer")
     for name in ("healthy", "peer"):
@@ -113,6 +118,18 @@ def test(env):
     log("bad-hang: State %s after %.1f s, StateReason %r" % (st, time.monotonic() - hang_t,
                                                            state(env, "bad-hang")[1]))
     check(state(env, "bad-hang")[1], "no StateReason for a peer that never greets")
+
+    # 5. the attach step timed out: failed, saying it tries again; once QEMU answers again
+    # the attach is retried (with back-off) and the machine is managed
+    spath = env.machine_path("slow-attach")
+    st = env.wait_property(spath, "State", "failed", timeout=max(1, 13 - (time.monotonic() - hang_t)))
+    reason = env.ab_get(spath, "StateReason")
+    log("slow-attach: State %s after %.1f s, StateReason %r" % (st, time.monotonic() - hang_t, reason))
+    check("trying again" in reason, "slow-attach: StateReason does not say it tries again: %r" % reason)
+    t = time.monotonic()
+    check(env.fake_control(slow_ctl, "unhang") == "ok", "fake control unhang refused")
+    env.wait_property(spath, "State", "managed", timeout=12)
+    log("slow-attach: managed %.2f s after its QEMU answered again" % (time.monotonic() - t))
 
     log_text = env.daemon_log_text()
     for name in ("peer", "bad-garbage", "bad-close", "bad-hang"):
