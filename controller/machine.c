@@ -1,6 +1,7 @@
 /* One VM: QMP connection, balloon, scope PSI, and the bookkeeping the policy needs. */
 #include <inttypes.h>
 #include <stdio.h>
+#include <sys/un.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
 
@@ -518,6 +519,27 @@ static int machine_start_libvirt(Machine *machine) {
 #endif
 }
 
+/* Say in StateReason why the machine cannot be managed and what to do about it. */
+static void machine_start_failed(Machine *machine, int error) {
+        const Config *c = &machine->manager->config;
+        _cleanup_free_ char *why = NULL;
+        int r;
+
+        if (error == -ENAMETOOLONG)
+                r = asprintf(&why, "QMP socket path %s is %zu bytes, longer than a unix socket address holds (%zu); "
+                             "set QMPSocket= in %s/%s.conf to a shorter path, such as a symlink to the socket, and reload.",
+                             machine->qmp_socket, strlen(machine->qmp_socket),
+                             sizeof(((struct sockaddr_un *) NULL)->sun_path) - 1, c->machines_directory, machine->name);
+        else if (error == -EINVAL)
+                r = asprintf(&why, "QMP socket path %s is not absolute; set QMPSocket= in %s/%s.conf to its absolute path and reload.",
+                             machine->qmp_socket, c->machines_directory, machine->name);
+        else
+                r = asprintf(&why, "Cannot set up QMP on %s: %s; reload (autoballoonctl reload) to try again.",
+                             machine->qmp_socket, strerror(-error));
+        machine_set_state(machine, error == -ENOMEM ? MACHINE_FAILED : MACHINE_UNMANAGED,
+                          r < 0 ? "Cannot set up QMP." : why);
+}
+
 int machine_start(Machine *machine) {
         Manager *m = machine->manager;
         int r;
@@ -526,6 +548,7 @@ int machine_start(Machine *machine) {
          * libvirt domain goes through libvirt; Backend= forces either. */
         if (machine->config.backend == MACHINE_BACKEND_LIBVIRT)
                 return machine_start_libvirt(machine);
+        machine->qmp_socket = mfree(machine->qmp_socket);   /* started again after a reload */
         if (machine->config.qmp_socket) {
                 machine->qmp_socket = strdup(machine->config.qmp_socket);
                 machine->qmp_socket_source = "drop-in";
@@ -537,7 +560,7 @@ int machine_start(Machine *machine) {
                 if (r < 0) {
                         _cleanup_free_ char *why = NULL;
                         if (asprintf(&why, "No QMP unix socket found on the command line of PID %d (%s); "
-                                     "set QMPSocket= in %s/%s.conf.", (int) machine->leader,
+                                     "set QMPSocket= in %s/%s.conf and reload.", (int) machine->leader,
                                      r == -ENOENT ? "none, or only fd-passed monitors" : strerror(-r),
                                      m->config.machines_directory, machine->name) < 0)
                                 return -ENOMEM;
@@ -552,13 +575,19 @@ int machine_start(Machine *machine) {
                 return r;
 
         r = qmp_client_new(&machine->qmp, m->event, machine->qmp_socket, &qmp_callbacks, machine);
-        if (r < 0)
-                return r;
-        r = balloon_new(&machine->balloon, machine->qmp, &balloon_callbacks, machine);
-        if (r < 0)
-                return r;
-        machine->backend = balloon_backend_name(machine->balloon);
-        return qmp_client_start(machine->qmp);
+        if (r >= 0)
+                r = balloon_new(&machine->balloon, machine->qmp, &balloon_callbacks, machine);
+        if (r >= 0) {
+                machine->backend = balloon_backend_name(machine->balloon);
+                r = qmp_client_start(machine->qmp);
+        }
+        if (r < 0) {
+                /* QMP first: it cancels pending commands, whose callbacks still see a live balloon. */
+                machine->qmp = qmp_client_free(machine->qmp);
+                machine->balloon = balloon_free(machine->balloon);
+                machine_start_failed(machine, r);
+        }
+        return r;
 }
 
 Machine *machine_free(Machine *machine) {

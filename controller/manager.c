@@ -754,12 +754,16 @@ int manager_reload(Manager *m) {
                                           machine->name);
                         continue;
                 }
-                if (!streq_ptr(mc.qmp_socket, machine->config.qmp_socket))
+                if (machine->balloon && !streq_ptr(mc.qmp_socket, machine->config.qmp_socket))
                         log_notice("Machine %s: the new QMPSocket= takes effect when the machine is registered again.",
                                    machine->name);
                 swap_str(&mc.qmp_socket, &machine->config.qmp_socket);
                 machine_apply_knobs(machine, &mc.knobs, mc.knobs_set);
                 machine_config_done(&mc);
+                /* Never connected (no socket found, or one it cannot use): StateReason told the
+                 * operator to fix a drop-in and reload, so try again now. */
+                if (!machine->balloon)
+                        (void) machine_start(machine);
         }
         log_info("Reloaded %s%s.", m->config_path, c.n_errors ? " with errors: see above" : "");
         config_done(&c);

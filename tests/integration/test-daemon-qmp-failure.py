@@ -131,6 +131,31 @@ def test(env):
     env.wait_property(spath, "State", "managed", timeout=12)
     log("slow-attach: managed %.2f s after its QEMU answered again" % (time.monotonic() - t))
 
+    # 6. a QMP socket path too long for a unix socket address: unmanaged, StateReason says
+    # what to do (a shorter QMPSocket=, then reload), and a reload with it manages the VM
+    short = env.file("long.qmp")
+    server = env.spawn(env.fake_qmp_cmd("long", short, env.file("long.qmp-record.log")), name="qmp-long",
+                       stderr=env.file("long.qmp.log"))
+    env.wait_for(lambda: os.path.exists(short), 5, "QMP socket %s" % short)
+    longdir = env.file("d" * 60)
+    os.makedirs(longdir, exist_ok=True)
+    longpath = os.path.join(longdir, "a-qmp-socket-path-longer-than-sun_path-allows.qmp")
+    check(len(longpath) >= 108, "test path is only %d bytes" % len(longpath))
+    os.symlink(short, longpath)
+    env.machine_dropin("long", "[Machine]\nQMPSocket=%s\n" % longpath)
+    env.start_vm("long", leader_cmd=["sleep", "600"])
+    lpath = env.machine_path("long")
+    st = env.wait_property(lpath, "State", "unmanaged", timeout=3)
+    reason = env.ab_get(lpath, "StateReason")
+    log("long QMP path (%d bytes): State %s, StateReason %r" % (len(longpath), st, reason))
+    check("longer than a unix socket address" in reason and "QMPSocket=" in reason and "reload" in reason,
+          "StateReason does not say what to do: %r" % reason)
+    env.machine_dropin("long", "[Machine]\nQMPSocket=%s\n" % short)
+    env.ab_call("Reload")
+    env.wait_property(lpath, "State", "managed", timeout=5)
+    log("long: managed after a shorter QMPSocket= and Reload()")
+    server.stop()
+
     log_text = env.daemon_log_text()
     for name in ("peer", "bad-garbage", "bad-close", "bad-hang"):
         check(name in log_text, "the daemon log does not mention %s" % name)
