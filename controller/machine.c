@@ -408,13 +408,17 @@ static const QmpCallbacks qmp_callbacks = {
         .verify_peer = on_qmp_verify_peer,
 };
 
+static void schedule_scope_rearm(Machine *machine);
+
 static void on_scope_pressure(PsiWatch *w, PressureLevel event, PressureLevel level, int error, void *userdata) {
         Machine *machine = userdata;
 
         if (error < 0) {
-                log_debug("Machine %s: scope pressure file went away.", machine->name);
+                log_debug("Machine %s: scope pressure file went away; watching it again when it comes back.",
+                          machine->name);
                 machine->psi = psi_watch_free(machine->psi);
                 machine->scope_level = PRESSURE_NONE;
+                schedule_scope_rearm(machine);
                 return;
         }
         if (event != PRESSURE_NONE)
@@ -479,8 +483,19 @@ static int machine_watch_scope(Machine *machine) {
         if (asprintf(&p, "%s%s/memory.pressure", m->cgroup2_mount, machine->control_group) < 0)
                 return -ENOMEM;
         r = psi_watch_new(&machine->psi, m->event, p, machine->config.knobs.trigger, on_scope_pressure, machine);
-        if (r < 0)
+        if (r < 0 && psi_error_is_transient(r)) {
+                /* EMFILE, or the scope not (yet, again) there: logged once per outage */
+                if (machine->psi_retry_usec == 0)
+                        log_warning_errno(r, "Machine %s: cannot watch %s yet: %m. Trying again, backing off to %llu s.",
+                                          machine->name, p, (unsigned long long) (PSI_REARM_MAX_USEC / USEC_PER_SEC));
+                schedule_scope_rearm(machine);
+        } else if (r < 0)
                 log_warning_errno(r, "Machine %s: cannot watch %s, scope pressure ignored: %m", machine->name, p);
+        else {
+                machine->psi_retry_usec = 0;
+                if (machine->psi_retry)
+                        (void) sd_event_source_set_enabled(machine->psi_retry, SD_EVENT_OFF);
+        }
         return 0;
 }
 
@@ -517,6 +532,27 @@ static int machine_start_libvirt(Machine *machine) {
                           "libvirt support (-Dlibvirt=disabled); give it a QMP socket of its own (QMPSocket=).");
         return 0;
 #endif
+}
+
+static int on_scope_rearm(sd_event_source *s, uint64_t usec, void *userdata) {
+        (void) machine_watch_scope(userdata);
+        return 0;
+}
+
+static void schedule_scope_rearm(Machine *machine) {
+        int r;
+
+        machine->psi_retry_usec = machine->psi_retry_usec ? MIN(machine->psi_retry_usec * 2, PSI_REARM_MAX_USEC) :
+                PSI_REARM_MIN_USEC;
+        if (machine->psi_retry)
+                r = sd_event_source_set_time_relative(machine->psi_retry, machine->psi_retry_usec);
+        else
+                r = sd_event_add_time_relative(machine->manager->event, &machine->psi_retry, CLOCK_MONOTONIC,
+                                               machine->psi_retry_usec, 0, on_scope_rearm, machine);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(machine->psi_retry, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Machine %s: cannot schedule watching its scope again: %m", machine->name);
 }
 
 /* Say in StateReason why the machine cannot be managed and what to do about it. */
@@ -597,6 +633,7 @@ Machine *machine_free(Machine *machine) {
         qmp_client_free(machine->qmp);
         balloon_free(machine->balloon);
         sd_event_source_disable_unref(machine->attach_timer);
+        sd_event_source_disable_unref(machine->psi_retry);
         psi_watch_free(machine->psi);
         machine_config_done(&machine->config);
         free(machine->name);

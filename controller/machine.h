@@ -40,6 +40,8 @@ struct Machine {
         QmpClient *qmp;
         Balloon *balloon;
         PsiWatch *psi;
+        sd_event_source *psi_retry;   /* re-arms psi after its scope went away or failed to open (EMFILE) */
+        usec_t psi_retry_usec;        /* the current back-off */
         PressureLevel scope_level;
         sd_event_source *attach_timer; /* retries attach while the guest driver is not bound */
         usec_t attach_retry_usec;

@@ -342,14 +342,17 @@ void manager_update_stats_polling(Manager *m) {
 
 /* --- host pressure ---------------------------------------------------------------------------- */
 
+static void schedule_host_rearm(Manager *m);
+
 static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel level, int error, void *userdata) {
         Manager *m = userdata;
 
         if (error < 0) {
-                log_error("Host pressure source %s went away; host pressure is no longer watched.",
-                          m->host_pressure_path);
+                log_warning("Host pressure source %s went away; watching it again when it comes back.",
+                            m->host_pressure_path);
                 m->host_psi = psi_watch_free(m->host_psi);
                 level = PRESSURE_NONE;
+                schedule_host_rearm(m);
         }
         if (event != PRESSURE_NONE) {
                 m->n_host_events++;
@@ -388,6 +391,7 @@ static void log_unit_cgroup_error(const char *setting, const char *unit, int err
 }
 
 static void watch_host(Manager *m);
+static void schedule_host_rearm(Manager *m);
 
 static void on_host_pressure_unit(UnitCgroupQuery *q, int error, const char *cgroup, const char *message,
                                   void *userdata) {
@@ -395,6 +399,12 @@ static void on_host_pressure_unit(UnitCgroupQuery *q, int error, const char *cgr
         char *path;
 
         m->host_pressure_query = unit_cgroup_query_free(q);
+        if (error < 0 && m->host_psi_retry_usec > 0) {
+                /* watched before, went away: the unit is not back yet */
+                log_debug("HostPressureSource=%s: %s; trying again.", m->config.host_pressure_source, strempty(message));
+                schedule_host_rearm(m);
+                return;
+        }
         if (error < 0) {
                 log_unit_cgroup_error("HostPressureSource", m->config.host_pressure_source, error, message);
                 log_error("Cannot watch host pressure (%s). Only per-VM scope pressure will act.",
@@ -665,11 +675,49 @@ static void watch_host(Manager *m) {
                 return;
         r = psi_watch_new(&m->host_psi, m->event, m->host_pressure_path, m->config.defaults.trigger,
                           on_host_pressure, m);
-        if (r < 0)
+        if (r < 0 && psi_error_is_transient(r)) {
+                /* logged once per outage, not at every retry */
+                if (m->host_psi_retry_usec == 0)
+                        log_warning_errno(r, "Cannot watch host pressure (%s) yet: %m. Trying again, backing off to %llu s.",
+                                          m->host_pressure_path, (unsigned long long) (PSI_REARM_MAX_USEC / USEC_PER_SEC));
+                schedule_host_rearm(m);
+        } else if (r < 0)
                 log_error_errno(r, "Cannot watch host pressure (%s): %m. Only per-VM scope pressure will act.",
                                 m->host_pressure_path);
-        else
+        else {
                 log_info("Watching host memory pressure at %s.", m->host_pressure_path);
+                m->host_psi_retry_usec = 0;
+                if (m->host_psi_retry)
+                        (void) sd_event_source_set_enabled(m->host_psi_retry, SD_EVENT_OFF);
+        }
+}
+
+static int on_host_rearm(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        const char *src = m->config.host_pressure_source;
+
+        /* A unit's cgroup is asked again: a restarted unit may have moved. */
+        if (src[0] != '/' && !m->host_pressure_query &&
+            unit_cgroup_query(m->bus, src, on_host_pressure_unit, m, &m->host_pressure_query) >= 0)
+                return 0;
+        watch_host(m);
+        return 0;
+}
+
+static void schedule_host_rearm(Manager *m) {
+        int r;
+
+        m->host_psi_retry_usec = m->host_psi_retry_usec ? MIN(m->host_psi_retry_usec * 2, PSI_REARM_MAX_USEC) :
+                PSI_REARM_MIN_USEC;
+        if (m->host_psi_retry)
+                r = sd_event_source_set_time_relative(m->host_psi_retry, m->host_psi_retry_usec);
+        else
+                r = sd_event_add_time_relative(m->event, &m->host_psi_retry, CLOCK_MONOTONIC, m->host_psi_retry_usec,
+                                               0, on_host_rearm, m);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(m->host_psi_retry, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error_errno(r, "Cannot schedule watching host pressure again: %m");
 }
 
 static void manager_set_defaults(Manager *m, const PolicyKnobs *defaults) {
@@ -921,6 +969,7 @@ Manager *manager_free(Manager *m) {
         unit_cgroup_query_free(m->host_pressure_query);
         unit_cgroup_query_free(m->host_memory_query);
         psi_watch_free(m->host_psi);
+        sd_event_source_disable_unref(m->host_psi_retry);
         host_memory_free(m->host_memory);
         /* Every trigger fd is now queued for the closer: close them all at once. */
         uint64_t n_closed = psi_close_finish();

@@ -28,6 +28,8 @@ typedef struct Manager {
         void *machines_by_name;             /* tsearch(3) index: the bus looks machines up by name */
 
         PsiWatch *host_psi;
+        sd_event_source *host_psi_retry;    /* re-arms host_psi after its source went away or failed to open */
+        usec_t host_psi_retry_usec;         /* the current back-off */
         char *host_pressure_path;           /* the resolved pressure file */
         UnitCgroupQuery *host_pressure_query;  /* HostPressureSource= a unit: its cgroup asked from systemd */
         UnitCgroupQuery *host_memory_query;    /* HostMemorySource= a unit: the same */

@@ -1,6 +1,8 @@
 /* PSI triggers: one watched pressure file (the host's or a VM scope's), three levels. */
 #pragma once
 
+#include <errno.h>
+#include <stdbool.h>
 #include <systemd/sd-event.h>
 
 #include "policy.h"
@@ -27,6 +29,15 @@ typedef void (*psi_cb_t)(PsiWatch *w, PressureLevel event, PressureLevel level, 
 int psi_watch_new(PsiWatch **ret, sd_event *e, const char *path,
                   const PsiTriggerSpec specs[_PRESSURE_LEVEL_MAX], psi_cb_t cb, void *userdata);
 PsiWatch *psi_watch_free(PsiWatch *w);
+/* A watch that failed to open (or whose file went away) for one of these reasons may work
+ * later: the cgroup comes back (a slice stopped and started, a scope recreated), fds or memory
+ * are freed. Its owner tries again, backing off from PSI_REARM_MIN_USEC to PSI_REARM_MAX_USEC;
+ * other errors (no PSI in the kernel, a trigger the kernel refuses) are final. */
+#define PSI_REARM_MIN_USEC (1 * USEC_PER_SEC)
+#define PSI_REARM_MAX_USEC (30 * USEC_PER_SEC)
+static inline bool psi_error_is_transient(int r) {
+        return r == -ENOENT || r == -ENODEV || r == -EMFILE || r == -ENFILE || r == -ENOMEM || r == -EAGAIN;
+}
 static inline void psi_watch_freep(PsiWatch **w) { if (*w) psi_watch_free(*w); }
 /* Closing an armed trigger waits for an RCU grace period in the kernel (~17 ms measured), so
  * psi_watch_free() never closes on the caller's thread: it hands its fds to psi_close_later(),
