@@ -621,7 +621,7 @@ static int mkdir_parents(const char *path) {
         return 0;
 }
 
-static int write_file_atomic(const char *path, const char *text) {
+int config_write_file_atomic(const char *path, const char *text) {
         _cleanup_free_ char *tmp = NULL, *dir = NULL;
         _cleanup_close_ int fd = -1, dfd = -1;
         const char *slash = strrchr(path, '/');
@@ -681,7 +681,7 @@ int config_dropin_update(const char *path, const char *section, char *const *key
                 return r;
         if (old && streq(old, text))
                 return 0;
-        return write_file_atomic(path, text);
+        return config_write_file_atomic(path, text);
 }
 
 int config_dropin_save_knobs(const char *path, const char *section, const PolicyKnobs *knobs, uint64_t mask) {
@@ -728,34 +728,3 @@ bool knob_equal(const KnobInfo *k, const PolicyKnobs *a, const PolicyKnobs *b) {
         return memcmp(knob_cptr(k, a), knob_cptr(k, b), knob_size(k)) == 0;
 }
 
-/* Unlinks path if set-property created it; 1 if it did. */
-static int remove_if_ours(const char *path) {
-        _cleanup_free_ char *text = NULL;
-
-        if (read_full_file(path, &text, NULL) < 0 || strncmp(text, SET_PROPERTY_HEADER, strlen(SET_PROPERTY_HEADER)) != 0)
-                return 0;
-        if (unlink(path) < 0)
-                return log_warning_errno(errno, "Failed to remove the runtime drop-in %s: %m", path);
-        log_debug("Removed %s: runtime settings of an earlier instance.", path);
-        return 1;
-}
-
-int config_remove_runtime_dropins(const Config *c) {
-        _cleanup_free_ char *defaults = NULL;
-        struct dirent **list = NULL;
-        int n;
-
-        if (c->runtime_machines_directory) {
-                n = scandir(c->runtime_machines_directory, &list, filter_conf, alphasort);
-                for (int i = 0; i < n; i++) {
-                        _cleanup_free_ char *p = NULL;
-                        if (asprintf(&p, "%s/%s", c->runtime_machines_directory, list[i]->d_name) >= 0)
-                                (void) remove_if_ours(p);
-                        free(list[i]);
-                }
-                free(list);
-        }
-        if (config_defaults_dropin_path(c, "", true, &defaults) < 0)
-                return -ENOMEM;
-        return remove_if_ours(defaults) > 0;
-}

@@ -81,8 +81,8 @@ static inline const void *knob_cptr(const KnobInfo *k, const PolicyKnobs *knobs)
 
 /* --- persistence: SetMachineProperties() / SetDefaultProperties() ------------------------ */
 
-/* The first line of every drop-in set-property creates: how the daemon tells its own runtime
- * drop-ins from those written by hand. */
+/* The first line of every drop-in set-property creates, so that an operator reading /etc or
+ * /run can tell them from files written by hand. */
 #define SET_PROPERTY_HEADER "# Written by autoballoond for set-property"
 
 /* The size of a knob's field in PolicyKnobs, and whether two knob sets agree on it. */
@@ -102,11 +102,10 @@ int config_dropin_rewrite(const char *text, const char *section, char *const *ke
 /* Applies config_dropin_rewrite() to the file at path, atomically: temp file in the same
  * directory, fsync, rename, fsync of the directory (created if missing). Removing keys from
  * a missing file creates nothing. */
+/* Writes text to path so that a crash leaves the old file or the new one: a temp file in the
+ * same directory (created if missing), fsync, rename, fsync of the directory. */
+int config_write_file_atomic(const char *path, const char *text);
 int config_dropin_update(const char *path, const char *section, char *const *keys, char *const *values);
 /* The knobs whose bit is set in mask (bit i: policy_knobs[i]), written as a config file
  * would say them; knobs NULL removes those keys instead. */
 int config_dropin_save_knobs(const char *path, const char *section, const PolicyKnobs *knobs, uint64_t mask);
-/* Runtime settings last until the daemon restarts: at start, remove the runtime drop-ins
- * set-property created (they start with SET_PROPERTY_HEADER), never files written by hand.
- * Returns 1 if the runtime defaults drop-in was among them (the config needs loading again). */
-int config_remove_runtime_dropins(const Config *c);

@@ -51,6 +51,7 @@ static void remove_machine_at(Manager *m, size_t i) {
         manager_bus_emit_machine_removed(m, machine);
         tdelete(machine, &m->machines_by_name, machine_compare_name);
         m->machines[i] = m->machines[--m->n_machines];
+        machine_forget_runtime_state(machine);   /* the VM is gone, not the daemon */
         machine_free(machine);
 }
 
@@ -845,14 +846,8 @@ int manager_new(Manager **ret, const char *config_path) {
         r = config_load(&m->config, config_path);
         if (r < 0)
                 return r;
-        /* Runtime set-property settings of an earlier instance end with it. */
-        if (config_remove_runtime_dropins(&m->config) > 0) {
-                config_done(&m->config);
-                config_init(&m->config);
-                r = config_load(&m->config, config_path);
-                if (r < 0)
-                        return r;
-        }
+        /* Runtime settings (the drop-ins under /run) are kept: they end at reboot, as
+         * systemctl set-property --runtime does, not when the daemon restarts or crashes. */
 
         r = sd_event_default(&m->event);
         if (r < 0)

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Persistence of set-property: a persistent change (SetMachineProperties/SetDefaultProperties
-with runtime=false) survives a daemon restart, a runtime one (and busctl set-property) lasts
-until the restart only, and survives Reload(); a runtime drop-in written by hand is kept. A
+with runtime=false) survives a daemon restart; a runtime one (and busctl set-property) survives
+Reload() and a restart too (it lives under /run and ends at reboot, as systemctl set-property
+--runtime does); a runtime drop-in written by hand is kept. A
 hand-written drop-in with a bad value is reported with file and line, and the rest of it
 loads; SIGHUP picks up edited drop-ins and announces what changed."""
 import os
@@ -92,18 +93,20 @@ def test(env):
     with open(env.file("machines.run.d/vm2.conf"), "w") as f:
         f.write("# by hand, for this boot\n[Machine]\nGuestMajorFaultRate=1234\n")
 
-    # restart: persistent stays, runtime (set-property's own drop-ins) is gone
+    # restart: persistent and runtime settings stay (runtime ones end at reboot, with /run)
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
     env.start_daemon(config=config)
     env.wait_property(p1, "State", "managed", timeout=5)
-    expect(env, p1, {"MinimumMemory": 128 * MIB, "Weight": 100, "RecoveryDelaySec": 40 * SEC,
-                     "ReservePercent": 7, "StepEscalationMax": 4})
-    expect(env, p2, {"Weight": 100, "HoldOffSec": 77 * SEC, "GuestMajorFaultRate": 1234, "ReservePercent": 7})
-    expect(env, AB_PATH, {"ReservePercent": 7, "StepEscalationMax": 4}, iface=AB_MANAGER)
-    check(not os.path.exists(env.file("machines.run.d/vm1.conf")), "vm1's runtime drop-in survived the restart")
-    check(not os.path.exists(env.file("conf.run.d/50-set-property.conf")), "the runtime defaults survived the restart")
+    expect(env, p1, {"MinimumMemory": 128 * MIB, "Weight": 700, "RecoveryDelaySec": 40 * SEC,
+                     "ReservePercent": 7, "StepEscalationMax": 8})
+    # (vm2's runtime Weight=900 was in the file the hand-written one replaced)
+    expect(env, p2, {"Weight": 100, "HoldOffSec": 77 * SEC, "GuestMajorFaultRate": 1234, "ReservePercent": 7,
+                     "StepEscalationMax": 8})
+    expect(env, AB_PATH, {"ReservePercent": 7, "StepEscalationMax": 8}, iface=AB_MANAGER)
+    check(os.path.exists(env.file("machines.run.d/vm1.conf")), "vm1's runtime drop-in was removed at restart")
+    check(os.path.exists(env.file("conf.run.d/50-set-property.conf")), "the runtime defaults were removed at restart")
     check(any(where in l for l in env.daemon_log_text().splitlines()), "the bad line is not reported after a restart")
-    log("persistent settings survived the restart, runtime ones did not")
+    log("persistent and runtime settings survived the restart")
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
 
 

@@ -141,18 +141,6 @@ static void test_update_and_load(void **state) {
         assert_int_equal(config_load(&c, main_path), 0);
         assert_int_equal(c.defaults.weight, 22);
 
-        /* a start removes the daemon's runtime drop-ins, not one written by hand */
-        snprintf(path, sizeof path, "%s/r/byhand.conf", dir);
-        f = fopen(path, "we");
-        assert_non_null(f);
-        fputs("[Machine]\nWeight=5\n", f);
-        fclose(f);
-        assert_int_equal(config_remove_runtime_dropins(&c), 1);
-        assert_int_equal(stat(path, &st), 0);
-        snprintf(path, sizeof path, "%s/r/vm1.conf", dir);
-        assert_int_equal(stat(path, &st), -1);
-        snprintf(path, sizeof path, "%s/rc/50-set-property.conf", dir);
-        assert_int_equal(stat(path, &st), -1);
         config_done(&c);
 }
 
