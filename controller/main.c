@@ -65,6 +65,24 @@ static int parse_argv(int argc, char *argv[]) {
         return 1;
 }
 
+/* The kernel's system-wide pressure file. Without it (a kernel built without CONFIG_PSI, or
+ * booted with psi=0) there is no PSI anywhere, host or cgroup: the daemon would run and never
+ * see pressure, so it refuses to start. $AUTOBALLOON_TEST_PSI_PATH points the check elsewhere,
+ * for the tests only. */
+#define PSI_PROBE_PATH "/proc/pressure/memory"
+
+static int check_psi(void) {
+        const char *p = secure_getenv("AUTOBALLOON_TEST_PSI_PATH") ?: PSI_PROBE_PATH;
+
+        if (access(p, F_OK) >= 0 || errno != ENOENT)
+                return 0;   /* there (or unreadable: opening it will say why) */
+        log_error("%s does not exist: this kernel has no pressure stall information (PSI), so autoballoond "
+                  "could never see memory pressure. Boot with psi=1 on the kernel command line (a kernel built "
+                  "with CONFIG_PSI_DEFAULT_DISABLED=y, or booted with psi=0), or use a kernel built with "
+                  "CONFIG_PSI=y.", p);
+        return -ENOENT;
+}
+
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
 
@@ -82,6 +100,9 @@ int main(int argc, char *argv[]) {
         r = parse_argv(argc, argv);
         if (r <= 0)
                 return r < 0 ? 2 : 0;
+
+        if (check_psi() < 0)
+                return 1;
 
         /* Four fds per VM (QMP + three PSI triggers): raise the soft limit to the hard one,
          * as systemd's own daemons do; select() is never used here. */
