@@ -40,6 +40,8 @@ struct Discovery {
         sd_bus_slot *enumerate_slot; /* ListMachines in flight */
         sd_event_source *enumerate_timer;  /* ListMachines again after a failure */
         unsigned enumerate_failures;
+        bool initial_listed;        /* the first ListMachines was answered (or failed for good) */
+        bool initial_synced;        /* ... and its lookups are done: on_initial_sync was called */
 };
 
 struct Lookup {
@@ -351,11 +353,20 @@ static void lookup_release(Discovery *d, Lookup *l) {
 
 static void discovery_pump(Discovery *d);
 
+static void maybe_initial_sync(Discovery *d) {
+        if (d->initial_synced || !d->initial_listed || d->lookups)
+                return;
+        d->initial_synced = true;
+        if (d->cb.on_initial_sync)
+                d->cb.on_initial_sync(d->userdata);
+}
+
 static void lookup_done(Discovery *d, Lookup *l) {
         lookup_release(d, l);
         lookup_unlink(d, l);
         lookup_free(l);
         discovery_pump(d);
+        maybe_initial_sync(d);
 }
 
 static int on_lookup_timer(sd_event_source *s, uint64_t usec, void *userdata);
@@ -679,6 +690,8 @@ static int on_list_machines(sd_bus_message *reply, void *userdata, sd_bus_error 
                 } else {
                         d->machined_running = false;
                         log_warning("systemd-machined is not reachable (%s); waiting for it to appear.", e->message);
+                        d->initial_listed = true;
+                        maybe_initial_sync(d);
                 }
                 return 0;
         }
@@ -705,15 +718,17 @@ static int on_list_machines(sd_bus_message *reply, void *userdata, sd_bus_error 
         }
         /* Only a complete list may make the manager forget machines: a failure half-way
          * (no memory) must not read as "these VMs are gone". */
-        if (r >= 0)
+        if (r >= 0) {
                 d->cb.on_machines_synced(names, n, d->userdata);
-        else {
+                d->initial_listed = true;
+        } else {
                 log_warning_errno(r, "Failed to read systemd-machined's machine list, keeping every known machine and asking again: %m");
                 schedule_enumerate(d);
         }
         for (size_t i = 0; i < n; i++)
                 free(names[i]);
         free(names);
+        maybe_initial_sync(d);
         return 0;
 }
 

@@ -25,6 +25,9 @@ typedef struct DiscoveryCallbacks {
         /* A full enumeration finished: names[] are all VMs machined knows (n of them); the
          * caller forgets machines not in it (they went away while machined was down). */
         void (*on_machines_synced)(char **names, size_t n, void *userdata);
+        /* The first enumeration after discovery_start() is complete: every VM machined listed
+         * was looked up (or could not be), or machined is not there. Called once. */
+        void (*on_initial_sync)(void *userdata);
 } DiscoveryCallbacks;
 
 typedef struct Discovery Discovery;

@@ -1,4 +1,5 @@
 /* One VM: QMP connection, balloon, scope PSI, and the bookkeeping the policy needs. */
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <sys/un.h>
@@ -21,17 +22,43 @@ static const char *const machine_state_table[_MACHINE_STATE_MAX] = {
 
 DEFINE_STRING_TABLE_TO_STRING(machine_state, MachineState, _MACHINE_STATE_MAX)
 
+/* The properties whose changes are announced together, once per loop iteration: a batch of
+ * moves (one PSI event, 1,000 VMs) changes TargetMemory and LastMove of every VM, then
+ * BALLOON_CHANGE their ActualMemory; one PropertiesChanged per machine and batch, sent after the
+ * batch's QMP commands, keeps the signals off the path from the event to the last command. */
+static const char *const coalesced_props[] = {
+        "State", "StateReason", "TargetMemory", "LastMove", "ActualMemory", "MemorySize",
+        "GuestAvailableMemory", "FreePageReporting", "ScopePressure",
+};
+
 static void machine_emit(Machine *machine, const char *prop, ...) {
-        /* PropertiesChanged; the bus may be gone during shutdown. */
-        char *props[8];
-        size_t n = 0;
         va_list ap;
 
         va_start(ap, prop);
-        for (const char *p = prop; p && n < ELEMENTSOF(props) - 1; p = va_arg(ap, const char *))
-                props[n++] = (char *) p;
+        for (const char *p = prop; p; p = va_arg(ap, const char *)) {
+                size_t i;
+                for (i = 0; i < ELEMENTSOF(coalesced_props); i++)
+                        if (streq(p, coalesced_props[i]))
+                                break;
+                assert(i < ELEMENTSOF(coalesced_props));
+                machine->pending_props |= 1u << i;
+        }
         va_end(ap);
+        manager_schedule_emit(machine->manager);
+}
+
+void machine_flush_changes(Machine *machine) {
+        char *props[ELEMENTSOF(coalesced_props) + 1];
+        size_t n = 0;
+
+        if (!machine->pending_props)
+                return;
+        for (size_t i = 0; i < ELEMENTSOF(coalesced_props); i++)
+                if (machine->pending_props & (1u << i))
+                        props[n++] = (char *) coalesced_props[i];
         props[n] = NULL;
+        machine->pending_props = 0;
+        /* the bus may be gone during shutdown */
         (void) machine_bus_emit_changed(machine, props);
 }
 

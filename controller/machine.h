@@ -46,6 +46,7 @@ struct Machine {
         sd_event_source *attach_timer; /* retries attach while the guest driver is not bound */
         usec_t attach_retry_usec;
         bool exit_move;               /* a DeflateOnExit move is in flight */
+        unsigned pending_props;       /* PropertiesChanged to send at the end of this batch (machine.c) */
         bool attached_once;           /* the balloon was ready once since this instance started */
 
         uint64_t ram_bytes;           /* configured RAM; 0 until the balloon is ready */
@@ -86,6 +87,8 @@ void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t kn
 /* ResizeMachine(): move the balloon to target_bytes by hand. The policy carries on from there
  * as after a move of its own, recovery waiting RecoveryDelaySec. -ENOTCONN: no balloon. */
 int machine_resize(Machine *machine, uint64_t target_bytes);
+/* Sends the PropertiesChanged that machine_emit() collected since the last flush. */
+void machine_flush_changes(Machine *machine);
 /* The VM went away: drop what was kept in /run for a restart of the daemon (a manual hold). */
 void machine_forget_runtime_state(Machine *machine);
 

@@ -141,7 +141,8 @@ int main(int argc, char *argv[]) {
 
         log_info("autoballoond %s running (config %s%s).", PROJECT_VERSION, arg_config,
                  m->config.n_errors ? ", with errors: see above" : "");
-        sd_notify(false, "READY=1\nSTATUS=Watching for VMs...");
+        /* READY=1 comes from the manager once it owns its bus name. */
+        sd_notify(false, "STATUS=Looking up VMs...");
         r = sd_event_loop(m->event);
         if (r < 0) {
                 log_error_errno(r, "Event loop failed: %m");

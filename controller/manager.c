@@ -17,6 +17,9 @@
 /* How long shutdown waits for the guests' balloon commands to be acknowledged. */
 #define EXIT_DEFLATE_TIMEOUT_USEC (5 * USEC_PER_SEC)
 
+/* The longest the daemon waits for its first enumeration before taking its bus name. */
+#define STARTUP_SYNC_MAX_USEC (5 * USEC_PER_SEC)
+
 static void notify_status(Manager *m) {
         size_t managed = 0;
 
@@ -297,6 +300,27 @@ void manager_schedule_policy(Manager *m) {
         sd_event_source_set_enabled(m->policy_defer, SD_EVENT_ONESHOT);
 }
 
+static int on_emit_defer(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+
+        for (size_t i = 0; i < m->n_machines; i++)
+                machine_flush_changes(m->machines[i]);
+        return 0;
+}
+
+void manager_schedule_emit(Manager *m) {
+        if (!m->emit_defer) {
+                if (sd_event_add_defer(m->event, &m->emit_defer, on_emit_defer, m) < 0) {
+                        (void) on_emit_defer(NULL, m);   /* cannot wait: send what is collected now */
+                        return;
+                }
+                sd_event_source_set_description(m->emit_defer, "properties-changed-coalesce");
+                /* after the policy's batch (NORMAL + 1), before anything idle */
+                sd_event_source_set_priority(m->emit_defer, SD_EVENT_PRIORITY_NORMAL + 2);
+        }
+        sd_event_source_set_enabled(m->emit_defer, SD_EVENT_ONESHOT);
+}
+
 /* --- guest stats ----------------------------------------------------------------------------- */
 
 static int on_stats_timer(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -394,12 +418,21 @@ static void log_unit_cgroup_error(const char *setting, const char *unit, int err
 static void watch_host(Manager *m);
 static void schedule_host_rearm(Manager *m);
 
+static void host_pressure_unit_resolved(Manager *m, int error, const char *cgroup, const char *message);
+static void maybe_ready(Manager *m);
+
 static void on_host_pressure_unit(UnitCgroupQuery *q, int error, const char *cgroup, const char *message,
                                   void *userdata) {
         Manager *m = userdata;
-        char *path;
 
         m->host_pressure_query = unit_cgroup_query_free(q);
+        host_pressure_unit_resolved(m, error, cgroup, message);
+        maybe_ready(m);
+}
+
+static void host_pressure_unit_resolved(Manager *m, int error, const char *cgroup, const char *message) {
+        char *path;
+
         if (error < 0 && m->host_psi_retry_usec > 0) {
                 /* watched before, went away: the unit is not back yet */
                 log_debug("HostPressureSource=%s: %s; trying again.", m->config.host_pressure_source, strempty(message));
@@ -514,6 +547,7 @@ static void on_host_memory_unit(UnitCgroupQuery *q, int error, const char *cgrou
         else
                 error = host_memory_dir_of_cgroup(m, cgroup, &path);
         open_host_memory(m, path, error);
+        maybe_ready(m);
 }
 
 static void watch_host_memory(Manager *m) {
@@ -659,10 +693,14 @@ static void on_machines_synced(char **names, size_t n, void *userdata) {
         }
 }
 
+static void on_initial_sync(void *userdata);
+static void maybe_ready(Manager *m);
+
 static const DiscoveryCallbacks discovery_callbacks = {
         .on_machine_new = on_machine_new,
         .on_machine_removed = on_machine_removed,
         .on_machines_synced = on_machines_synced,
+        .on_initial_sync = on_initial_sync,
 };
 
 /* --- configuration ---------------------------------------------------------------------------- */
@@ -860,6 +898,57 @@ int manager_new(Manager **ret, const char *config_path) {
         return 0;
 }
 
+static int on_name_acquired(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Manager *m = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+
+        m->name_slot = sd_bus_slot_unref(m->name_slot);
+        if (e) {
+                log_error("Failed to acquire bus name org.autoballoon1: %s "
+                          "(is dbus/org.autoballoon1.conf installed in the bus's policy directory?)", e->message);
+                sd_event_exit(m->event, -(sd_bus_error_get_errno(e) ?: EACCES));
+                return 0;
+        }
+        sd_notify(false, "READY=1");
+        notify_status(m);
+        return 0;
+}
+
+static void acquire_name(Manager *m) {
+        int r;
+
+        if (m->name_requested)
+                return;
+        m->name_requested = true;
+        m->startup_timer = sd_event_source_disable_unref(m->startup_timer);
+        r = sd_bus_request_name_async(m->bus, &m->name_slot, BUS_NAME, 0, on_name_acquired, m);
+        if (r < 0) {
+                log_error_errno(r, "Failed to request bus name org.autoballoon1: %m");
+                sd_event_exit(m->event, r);
+        }
+}
+
+/* Ready when the first enumeration and the units of the host sources are resolved. */
+static void maybe_ready(Manager *m) {
+        if (m->discovery_synced && !m->host_pressure_query && !m->host_memory_query)
+                acquire_name(m);
+}
+
+static void on_initial_sync(void *userdata) {
+        Manager *m = userdata;
+
+        m->discovery_synced = true;
+        maybe_ready(m);
+}
+
+static int on_startup_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        log_warning("Machines not all looked up after %llu s (systemd-machined or systemd slow?); "
+                    "taking the bus name anyway, the rest follow.",
+                    (unsigned long long) (STARTUP_SYNC_MAX_USEC / USEC_PER_SEC));
+        acquire_name(userdata);
+        return 0;
+}
+
 int manager_start(Manager *m) {
         int r;
 
@@ -894,10 +983,13 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
 
-        r = sd_bus_request_name(m->bus, BUS_NAME, 0);
+        /* The name (and READY=1) once the machines machined knows are looked up, so that a
+         * client never sees a half-populated daemon; but not later than STARTUP_SYNC_MAX_USEC,
+         * so that a stalled machined or systemd cannot keep the API away. */
+        r = sd_event_add_time_relative(m->event, &m->startup_timer, CLOCK_MONOTONIC, STARTUP_SYNC_MAX_USEC, 0,
+                                       on_startup_timeout, m);
         if (r < 0)
-                return log_error_errno(r, "Failed to acquire bus name org.autoballoon1: %m "
-                                       "(is dbus/org.autoballoon1.conf installed in the bus's policy directory?)");
+                return log_error_errno(r, "Failed to arm the start-up timer: %m");
         return 0;
 }
 
@@ -972,6 +1064,9 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->policy_timer);
         sd_event_source_disable_unref(m->deferred_timer);
         sd_event_source_disable_unref(m->policy_defer);
+        sd_event_source_disable_unref(m->emit_defer);
+        sd_event_source_disable_unref(m->startup_timer);
+        sd_bus_slot_unref(m->name_slot);
         sd_event_source_disable_unref(m->stats_timer);
         sd_event_source_disable_unref(m->exit_timer);
         auth_registry_free(m->auth);

@@ -49,6 +49,11 @@ typedef struct Manager {
         bool deferred_budget;               /* a budget event (threshold, memory.events) waiting too */
         sd_event_source *deferred_timer;    /* ... but not longer than STATS_WAIT_MAX_USEC */
         sd_event_source *policy_defer;      /* one policy run after a burst of guest updates */
+        sd_event_source *emit_defer;        /* one PropertiesChanged per machine after a batch */
+        sd_event_source *startup_timer;     /* takes the bus name if the first enumeration lags */
+        sd_bus_slot *name_slot;             /* RequestName in flight */
+        bool discovery_synced;              /* the first enumeration is done */
+        bool name_requested;
         sd_event_source *stats_timer;       /* guest-stats polling, only while something moves */
         bool in_policy;                     /* re-entrancy guard: a move can complete synchronously */
         bool policy_again;
@@ -82,6 +87,9 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
 /* Re-run the policy once the updates already queued are read: for guest stats, BALLOON_CHANGE
  * and balloon-ready, which come from all VMs at once. */
 void manager_schedule_policy(Manager *m);
+/* Send the machines' collected PropertiesChanged once the sources already pending (QMP
+ * replies, the policy's batch of moves) have run. */
+void manager_schedule_emit(Manager *m);
 /* Arm or disarm guest-stats polling after a state change. */
 void manager_update_stats_polling(Manager *m);
 void manager_exit_progress(Manager *m);
