@@ -4,7 +4,6 @@ the restarted daemon keeps them (they live under /run and end at reboot, not at 
 resumes every VM from the size it reports, and leaves no guest below its floor: a VM
 disabled with --runtime stays disabled and untouched, a runtime MinimumMemory= holds, a VM
 resized by hand is not reset to its maximum."""
-import json
 import os
 import signal
 import sys
@@ -16,15 +15,6 @@ import abtest  # noqa: E402
 from abtest import AB_MANAGER, AB_PATH, check, log  # noqa: E402
 
 MIB = 1 << 20
-
-
-def balloon_targets(vm):
-    out = []
-    for line in vm.records().splitlines():
-        msg = json.loads(line)
-        if msg.get("execute") == "balloon":
-            out.append(int(msg["arguments"]["value"]))
-    return out
 
 
 def props(*kv):
@@ -50,14 +40,14 @@ def test(env):
     env.wait_property(path["resized"], "ActualMemory", 300 * MIB, timeout=3)
     env.ab_call("SetDefaultProperties", True, props(("StepEscalationMax", dbus.UInt32(8, variant_level=1))))
     env.wait_property(path["off"], "State", "unmanaged", timeout=2)
-    before = {n: len(balloon_targets(vm)) for n, vm in vms.items()}
+    before = {n: len(vm.balloon_targets()) for n, vm in vms.items()}
 
     # the crash: no DeflateOnExit, nothing written on the way out
     rc = env.daemon.stop(signal.SIGKILL)
     env.daemon = None
     check(rc == -signal.SIGKILL, "daemon exit code %s, not killed by SIGKILL" % rc)
     for n, vm in vms.items():
-        check(len(balloon_targets(vm)) == before[n], "%s got a balloon command from a killed daemon" % n)
+        check(len(vm.balloon_targets()) == before[n], "%s got a balloon command from a killed daemon" % n)
     log("daemon killed")
 
     env.start_daemon()
@@ -75,13 +65,13 @@ def test(env):
           "the hand-resized VM was not resumed from its reported size")
     check(got["off"]["ActualMemory"] == 450 * MIB, "the disabled VM moved")
     for n, vm in vms.items():
-        after = balloon_targets(vm)[before[n]:]
+        after = vm.balloon_targets()[before[n]:]
         log("%s: balloon commands after the restart: %s MiB" % (n, [v // MIB for v in after]))
         floor = got[n]["MinimumMemory"]
         check(all(v >= floor for v in after), "%s was ballooned below its floor %d MiB: %s" %
               (n, floor // MIB, [v // MIB for v in after]))
         check(got[n]["ActualMemory"] >= floor, "%s left below its floor" % n)
-    check(balloon_targets(vms["off"])[before["off"]:] == [], "the VM disabled at runtime was moved after the restart")
+    check(vms["off"].balloon_targets()[before["off"]:] == [], "the VM disabled at runtime was moved after the restart")
     check(os.path.exists(env.file("machines.run.d/off.conf")), "the runtime drop-in is gone")
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
 

@@ -11,9 +11,7 @@ stopped first, the event that makes it call (machined's MachineNew for a new VM,
 unprivileged set-property) is queued for it, the service is stopped, and only then is the
 daemon resumed. Each stop lasts STOP_SECONDS, longer than polkit's 5 s check timeout and far
 longer than the 100 ms answer budget: a daemon that blocks on any of these calls fails here."""
-import json
 import os
-import re
 import signal
 import sys
 import time
@@ -34,21 +32,6 @@ RULES = """polkit.addRule(function(action, subject) {
         return polkit.Result.NOT_HANDLED;
 });
 """
-
-
-def balloon_targets(vm):
-    out = []
-    for line in vm.records().splitlines():
-        m = re.search(r'\{.*\}', line)
-        if not m:
-            continue
-        try:
-            msg = json.loads(m.group(0))
-        except ValueError:
-            continue
-        if msg.get("execute") == "balloon":
-            out.append(int(msg["arguments"]["value"]))
-    return out
 
 
 def ns_host_pid(env, comm):
@@ -89,7 +72,7 @@ def stopped(env, what, service, vm, during=None):
             except dbus.exceptions.DBusException as e:
                 log("Get failed while %s was stopped: %s" % (what, e.get_dbus_name()))
             worst, n = max(worst, time.monotonic() - t), n + 1
-            if sent_at is None and balloon_targets(vm):
+            if sent_at is None and vm.balloon_targets():
                 sent_at = time.monotonic() - t0
             env.daemon_check()
             time.sleep(0.05)
@@ -102,7 +85,7 @@ def stopped(env, what, service, vm, during=None):
     check(worst <= ANSWER_BUDGET, "%s stopped: Get took %.1f ms (budget %d ms)" % (what, worst * 1000,
                                                                                  ANSWER_BUDGET * 1000))
     check(sent_at is not None, "%s stopped: no balloon to %s while the stall ran" % (what, vm.name))
-    check(balloon_targets(vm)[0] < 512 * MIB, "%s: balloon target is not below 512 MiB" % vm.name)
+    check(vm.balloon_targets()[0] < 512 * MIB, "%s: balloon target is not below 512 MiB" % vm.name)
     return result
 
 

@@ -3,7 +3,6 @@
 stopped (its cgroup removed, the daemon's triggers see POLLERR) and started again. A real
 stall in the restarted slice must still reach the daemon (HostPressure rises, the idle VM is
 inflated): the watch was re-armed, not left dead."""
-import json
 import os
 import sys
 import time
@@ -12,20 +11,11 @@ import dbus
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
 import abtest  # noqa: E402
-from abtest import AB, AB_MANAGER, AB_PATH, S1, check, log  # noqa: E402
+from abtest import S1, check, log  # noqa: E402
 
 MIB = 1 << 20
 SLICE = "abtest-host.slice"
 STALL_SECONDS = 8
-
-
-def balloon_targets(vm):
-    out = []
-    for line in vm.records().splitlines():
-        msg = json.loads(line)
-        if msg.get("execute") == "balloon":
-            out.append(int(msg["arguments"]["value"]))
-    return out
 
 
 def systemd(env, method, *args, signature=None):
@@ -60,11 +50,11 @@ def test(env):
 
     t = time.monotonic()
     stall = env.stall(cg2, seconds=STALL_SECONDS)
-    env.wait_for(lambda: balloon_targets(idle), STALL_SECONDS + 4, "a balloon command to the idle VM")
+    env.wait_for(lambda: idle.balloon_targets(), STALL_SECONDS + 4, "a balloon command to the idle VM")
     log("first balloon to idle after %.2f s of stall in the restarted slice: %s MiB" %
-        (time.monotonic() - t, [v // MIB for v in balloon_targets(idle)]))
+        (time.monotonic() - t, [v // MIB for v in idle.balloon_targets()]))
     stall.wait()
-    check(min(balloon_targets(idle)) < 1024 * MIB, "the idle VM was not inflated")
+    check(min(idle.balloon_targets()) < 1024 * MIB, "the idle VM was not inflated")
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
     env.call(S1, "/org/freedesktop/systemd1", S1 + ".Manager", "StopUnit", SLICE, "replace")
 
