@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""PSI watches come back with their cgroup: HostPressureSource= names a slice; the slice is
-stopped (its cgroup removed, the daemon's triggers see POLLERR) and started again. A real
-stall in the restarted slice must still reach the daemon (HostPressure rises, the idle VM is
-inflated): the watch was re-armed, not left dead."""
+"""PSI watches come back: HostPressureSource= names a slice; the slice is stopped (its cgroup
+removed, the daemon's triggers see POLLERR) and started again. A real stall in the restarted
+slice must still reach the daemon (the idle VM is inflated): the watch was re-armed, not left
+dead. Then a new VM's scope triggers fail to open with EMFILE (the daemon's fd limit lowered
+while it comes); once fds are there again, a real stall in its scope reaches the daemon."""
 import os
+import subprocess
 import sys
 import time
 
@@ -55,6 +57,36 @@ def test(env):
         (time.monotonic() - t, [v // MIB for v in idle.balloon_targets()]))
     stall.wait()
     check(min(idle.balloon_targets()) < 1024 * MIB, "the idle VM was not inflated")
+
+    # EMFILE: a new VM's scope triggers cannot all be opened (the daemon's soft fd limit lowered
+    # to one above what it holds; the hard limit stays, raising it back needs privileges this
+    # sandbox lacks); the watch is tried again, and works once fds are there
+    pid = env.daemon.host_pid
+    limits = [l for l in open("/proc/%d/limits" % pid) if l.startswith("Max open files")][0].split()
+    soft, hard = limits[3], limits[4]
+    nfds = len(os.listdir("/proc/%d/fd" % pid))
+    subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%d:%s" % (nfds + 1, hard)], check=True)
+    try:
+        starved = env.start_vm("starved", memory="512M")
+        env.wait_for(lambda: "Machine starved: cannot watch" in env.daemon_log_text(), 5,
+                     "the daemon failing to open starved's triggers")
+        log("starved's scope triggers hit the fd limit (%d fds open)" % nfds)
+    finally:
+        subprocess.run(["prlimit", "--pid", str(pid), "--nofile=%s:%s" % (soft, hard)], check=True)
+    spath = env.machine_path("starved")
+    env.wait_property(spath, "State", "managed", timeout=10)
+    time.sleep(4)   # the watch's back-off (1 s, then 2 s) runs out
+    t = time.monotonic()
+    stall = env.stall(env.ab_get(spath, "ControlGroup"), seconds=STALL_SECONDS)
+    env.wait_for(lambda: "machine=starved reason=scope-pressure" in env.daemon_log_text(), STALL_SECONDS + 4,
+                 "a move of starved for its scope's pressure")
+    log("starved moved for its scope's pressure after %.2f s of stall: %s MiB" %
+        (time.monotonic() - t, [v // MIB for v in starved.balloon_targets()]))
+    stall.wait()
+    moves = [l for l in env.daemon_log_text().splitlines() if "machine=starved" in l and "reason=" in l]
+    log("starved's moves: %s" % [l.split("[", 1)[-1] for l in moves[:3]])
+    # (the host's level may still be up from the slice's stall: a host-pressure move can come first)
+    check(any("reason=scope-pressure" in l for l in moves), "starved was never moved for its scope's pressure")
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
     env.call(S1, "/org/freedesktop/systemd1", S1 + ".Manager", "StopUnit", SLICE, "replace")
 
