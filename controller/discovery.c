@@ -40,6 +40,7 @@ struct Discovery {
         sd_bus_slot *enumerate_slot; /* ListMachines in flight */
         sd_event_source *enumerate_timer;  /* ListMachines again after a failure */
         unsigned enumerate_failures;
+        unsigned n_enumerations;    /* machine lists read, for $AUTOBALLOON_TEST_ENUMERATION_ENOMEM */
         bool initial_listed;        /* the first ListMachines was answered (or failed for good) */
         bool initial_synced;        /* ... and its lookups are done: on_initial_sync was called */
 };
@@ -698,10 +699,18 @@ static int on_list_machines(sd_bus_message *reply, void *userdata, sd_bus_error 
         d->machined_running = true;
         d->enumerate_failures = 0;
 
+        /* For the tests only: the Nth list fails after its first VM, as an allocation would. */
+        const char *inject = secure_getenv("AUTOBALLOON_TEST_ENUMERATION_ENOMEM");
+        bool fail_after_one = inject && strtoul(inject, NULL, 10) == ++d->n_enumerations;
+
         r = sd_bus_message_enter_container(reply, 'a', "(ssso)");
         while (r >= 0 && (r = sd_bus_message_read(reply, "(ssso)", &name, &class, &service, &path)) > 0) {
                 if (!streq(class, "vm"))
                         continue;
+                if (fail_after_one && n == 1) {
+                        r = -ENOMEM;
+                        break;
+                }
                 char **nn = realloc(names, (n + 1) * sizeof *names);
                 if (!nn) {
                         r = -ENOMEM;

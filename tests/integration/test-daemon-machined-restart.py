@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """machined restarting: the daemon keeps its machines (the VMs still run and their QMP
 connections are ours), re-enumerates when machined is back, picks up VMs registered after
-the restart, forgets VMs that went away while machined was down, and never crashes."""
+the restart, forgets VMs that went away while machined was down, and never crashes. A
+re-enumeration that fails half-way (ENOMEM, injected with the test-only
+$AUTOBALLOON_TEST_ENUMERATION_ENOMEM) removes no machine and is asked again."""
 import os
 import signal
 import subprocess
@@ -52,6 +54,29 @@ def test(env):
     env.wait_property(env.machine_path(late.name), "State", "managed", timeout=5)
     log("late appeared %.3f s after CreateMachine" % (time.monotonic() - t))
     env.daemon_check()
+    check(env.stop_daemon() == 0, "daemon exit code")
+
+    # the machine list after the next machined restart (the daemon's second) fails after its
+    # first VM: the daemon must not read the rest as gone
+    os.environ["AUTOBALLOON_TEST_ENUMERATION_ENOMEM"] = "2"
+    try:
+        env.start_daemon()
+    finally:
+        del os.environ["AUTOBALLOON_TEST_ENUMERATION_ENOMEM"]
+    for name in ("keep", "late"):
+        env.wait_property(env.machine_path(name), "State", "managed", timeout=5)
+    t = time.monotonic()
+    machined(env, "stop")
+    machined(env, "start")
+    env.wait_for(lambda: "Failed to read systemd-machined's machine list" in env.daemon_log_text(), 5,
+                 "the injected failure")
+    env.wait_for(lambda: env.daemon_log_text().count("re-enumerating machines") >= 1 and
+                 "asking again" in env.daemon_log_text(), 5, "the daemon to ask again")
+    env.pump(2.0)   # the list asked again (after 1 s) is read in full
+    removed = [s for s in env.signals if s[0] >= t and s[3] == "MachineRemoved"]
+    check(not removed, "machines removed after a failed enumeration: %s" % removed)
+    check(set(env.ab_machines()) == {"keep", "late"}, "machines now: %s" % env.ab_machines())
+    log("a machine list that failed half-way removed nothing; asked again")
     check(env.stop_daemon() == 0, "daemon exit code")
 
 
