@@ -21,8 +21,12 @@
 
 typedef struct AuthQuery {
         sd_bus_message *request;  /* the call being authorised; dispatched again on the answer */
-        sd_bus_slot *slot;        /* the CheckAuthorization call in flight, NULL once answered */
+        sd_bus_slot *slot;        /* the call in flight (the bus's GetConnectionUnixUser, then polkit's
+                                   * CheckAuthorization), NULL once answered */
+        const char *action;
         int result;               /* 1 allowed, 0 denied, -EBADR needs interaction, <0 polkit failed */
+        int uid_error;            /* < 0: the bus could not say who is calling */
+        bool no_polkit;           /* polkit could not even be asked */
         char *detail;             /* why polkit failed, for the error message */
         struct AuthQuery *next;
 } AuthQuery;
@@ -53,21 +57,6 @@ AuthRegistry *auth_registry_free(AuthRegistry *reg) {
         sd_bus_message_unref(reg->granted);
         free(reg);
         return NULL;
-}
-
-static int sender_is_root(sd_bus_message *m) {
-        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
-        uid_t uid;
-        int r;
-
-        /* On dbus-daemon this asks the bus (GetConnectionCredentials): the peer cannot lie. */
-        r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
-        if (r < 0)
-                return r;
-        r = sd_bus_creds_get_euid(creds, &uid);
-        if (r < 0)
-                return r;
-        return uid == 0;
 }
 
 static int polkit_message(sd_bus_message *m, const char *action, bool interactive, sd_bus_message **ret) {
@@ -129,25 +118,66 @@ static int deny(sd_bus_message *m, const char *action, bool interactive, int res
                                  "Access denied: %s needs root or the polkit action %s.", member, action);
 }
 
-static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
-        AuthQuery *q = userdata;
+/* Run the call again: the handler finds the answer. */
+static void query_answered(AuthQuery *q) {
         int r;
 
         q->slot = sd_bus_slot_unref(q->slot);
+        r = sd_bus_enqueue_for_read(sd_bus_message_get_bus(q->request), q->request);
+        if (r < 0)
+                log_error_errno(r, "Failed to dispatch %s again after its authorization: %m",
+                                sd_bus_message_get_member(q->request));
+}
+
+static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        AuthQuery *q = userdata;
+
         q->result = polkit_parse_reply(reply, &q->detail);
         if (q->result < 0 && q->result != -EBADR)
                 log_debug("polkit could not decide for %s from %s: %s", sd_bus_message_get_member(q->request),
                           sd_bus_message_get_sender(q->request), q->detail ?: strerror(-q->result));
-        /* Run the call again: the handler finds this answer. */
-        r = sd_bus_enqueue_for_read(sd_bus_message_get_bus(q->request), q->request);
-        if (r < 0)
-                log_error_errno(r, "Failed to dispatch %s again after polkit answered: %m",
-                                sd_bus_message_get_member(q->request));
+        query_answered(q);
+        return 0;
+}
+
+/* The bus says who is calling (the peer cannot lie about it): root passes, anyone else is
+ * asked of polkit. Both answers come asynchronously. */
+static int on_uid_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL;
+        AuthQuery *q = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+        bool interactive = sd_bus_message_get_allow_interactive_authorization(q->request) > 0;
+        uint32_t uid;
+        int r;
+
+        q->slot = sd_bus_slot_unref(q->slot);
+        r = e ? -(sd_bus_error_get_errno(e) ?: EIO) : sd_bus_message_read(reply, "u", &uid);
+        if (r < 0) {
+                q->uid_error = r;
+                query_answered(q);
+                return 0;
+        }
+        if (uid == 0) {
+                q->result = 1;
+                query_answered(q);
+                return 0;
+        }
+        r = polkit_message(q->request, q->action, interactive, &call);
+        if (r >= 0)
+                /* interactive authentication may take as long as a human does */
+                r = sd_bus_call_async(sd_bus_message_get_bus(q->request), &q->slot, call, on_polkit_reply, q,
+                                      interactive ? POLKIT_INTERACTIVE_TIMEOUT_USEC : POLKIT_TIMEOUT_USEC);
+        if (r < 0) {
+                /* no polkit to ask at all: a plain refusal */
+                q->result = r;
+                q->no_polkit = true;
+                query_answered(q);
+        }
         return 0;
 }
 
 int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL;
+        const char *sender = sd_bus_message_get_sender(m);
         AuthQuery *q, **qq;
         int r;
 
@@ -156,38 +186,35 @@ int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, 
                 if (!*reg)
                         return -ENOMEM;
         }
-        r = sender_is_root(m);
-        if (r < 0)
-                return sd_bus_error_set_errnof(error, r, "Cannot tell who is calling: %m");
-        if (r > 0)
-                return 1;
-
-        for (qq = *reg ? &(*reg)->queries : NULL; qq && *qq; qq = &(*qq)->next) {
+        for (qq = &(*reg)->queries; *qq; qq = &(*qq)->next) {
                 q = *qq;
                 if (q->request != m)
                         continue;
                 if (q->slot)
                         return 0;  /* still waiting */
                 *qq = q->next;
-                r = q->result > 0 ? 1 : deny(m, action, sd_bus_message_get_allow_interactive_authorization(m) > 0,
-                                             q->result, q->detail, error);
+                if (q->uid_error < 0)
+                        r = sd_bus_error_set_errnof(error, q->uid_error, "Cannot tell who is calling: %m");
+                else if (q->result > 0)
+                        r = 1;
+                else
+                        r = deny(m, action, !q->no_polkit && sd_bus_message_get_allow_interactive_authorization(m) > 0,
+                                 q->result, q->detail, error);
                 auth_query_free(q);
                 return r;
         }
 
+        if (!sender)
+                return sd_bus_error_set_errnof(error, EBADMSG, "Cannot tell who is calling: no sender");
         q = calloc(1, sizeof *q);
         if (!q)
                 return -ENOMEM;
-        r = polkit_message(m, action, sd_bus_message_get_allow_interactive_authorization(m) > 0, &call);
-        if (r >= 0)
-                /* interactive authentication may take as long as a human does */
-                r = sd_bus_call_async(sd_bus_message_get_bus(m), &q->slot, call, on_polkit_reply, q,
-                                      sd_bus_message_get_allow_interactive_authorization(m) > 0 ?
-                                      POLKIT_INTERACTIVE_TIMEOUT_USEC : POLKIT_TIMEOUT_USEC);
+        q->action = action;
+        r = sd_bus_call_method_async(sd_bus_message_get_bus(m), &q->slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                     "org.freedesktop.DBus", "GetConnectionUnixUser", on_uid_reply, q, "s", sender);
         if (r < 0) {
-                /* no polkit to ask at all: a plain refusal */
                 free(q);
-                return deny(m, action, false, r, NULL, error);
+                return sd_bus_error_set_errnof(error, r, "Cannot tell who is calling: %m");
         }
         q->request = sd_bus_message_ref(m);
         q->next = (*reg)->queries;

@@ -5,14 +5,15 @@
 
 #define AUTH_ACTION_MANAGE "org.autoballoon1.manage"
 
-/* Polkit queries in flight for method calls, keyed by the call they authorise. */
+/* Authorization queries in flight, keyed by the call they authorise. */
 typedef struct AuthRegistry AuthRegistry;
 
 AuthRegistry *auth_registry_free(AuthRegistry *reg);
 
-/* For method handlers. Returns 1 when the sender may do it; 0 when a polkit query was sent:
- * the handler returns 1 without replying, and the bus dispatches the same message again once
- * polkit has answered (as systemd's bus_verify_polkit_async() does); negative errno with
+/* For method handlers. Returns 1 when the sender may do it; 0 when the question was sent (the
+ * bus is asked who is calling, then polkit unless it is root; both asynchronously): the
+ * handler returns 1 without replying, and the bus dispatches the same message again once the
+ * answer is in (as systemd's bus_verify_polkit_async() does); negative errno with
  * error set (AccessDenied, InteractiveAuthorizationRequired) when refused. Call it before
  * reading the message's arguments, or rewind them. */
 int auth_check_async(AuthRegistry **reg, sd_bus_message *m, const char *action, sd_bus_error *error);
