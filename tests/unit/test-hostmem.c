@@ -70,7 +70,7 @@ static void test_process_status(void **state) {
 }
 
 static void put(const char *dir, const char *file, const char *text) {
-        char p[512];
+        char p[1024];
         snprintf(p, sizeof p, "%s/%s", dir, file);
         FILE *f = fopen(p, "w");
         assert_non_null(f);
@@ -135,7 +135,7 @@ static void test_sources(void **state) {
         assert_int_equal(b.used_bytes, 700000000 - 16000000);
         assert_int_equal(b.swap_bytes, 200 * MIB);
         /* a source that goes away reads as an error, not as zeros */
-        char p[700];
+        char p[1024];
         snprintf(p, sizeof p, "%s/memory.usage_in_bytes", v1);
         unlink(p);
         assert_true(host_memory_read(h, &b) < 0);
@@ -146,7 +146,7 @@ static void test_sources(void **state) {
         assert_int_equal(host_memory_new(&h, NULL, dir, NULL, NULL), -EMEDIUMTYPE);
         assert_int_equal(host_memory_new(&h, NULL, "/nonexistent/autoballoon", NULL, NULL), -ENOENT);
 
-        char cmd[700];
+        char cmd[1024];
         snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
         assert_int_equal(system(cmd), 0);
 }
