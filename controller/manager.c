@@ -5,9 +5,10 @@
 #include <stdio.h>
 #include <systemd/sd-daemon.h>
 
+#include "async-close.h"
+#include "bus-names.h"
 #include "log.h"
 #include "machine.h"
-#include "bus-names.h"
 #include "manager.h"
 
 /* After the budget's source woke us (a v1 threshold, v2 memory.events), keep watching this long
@@ -1063,7 +1064,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->host_psi_retry);
         host_memory_free(m->host_memory);
         /* Every trigger fd is now queued for the closer: close them all at once. */
-        uint64_t n_closed = psi_close_finish();
+        uint64_t n_closed = async_close_finish();
         log_debug("Closed %" PRIu64 " PSI trigger(s) off the event loop.", n_closed);
         sd_event_source_disable_unref(m->policy_timer);
         sd_event_source_disable_unref(m->deferred_timer);

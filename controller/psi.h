@@ -39,15 +39,6 @@ static inline bool psi_error_is_transient(int r) {
         return r == -ENOENT || r == -ENODEV || r == -EMFILE || r == -ENFILE || r == -ENOMEM || r == -EAGAIN;
 }
 static inline void psi_watch_freep(PsiWatch **w) { if (*w) psi_watch_free(*w); }
-/* Closing an armed trigger waits for an RCU grace period in the kernel (~17 ms measured), so
- * psi_watch_free() never closes on the caller's thread: it hands its fds to psi_close_later(),
- * whose thread closes them, many at once in parallel. psi_close_finish() closes what is still
- * queued (in parallel, on the caller's thread) and waits for the closer; fds handed over after
- * it are closed at once. Returns how many fds the closer closed in all. */
-void psi_close_later(int fd);
-uint64_t psi_close_finish(void);
-/* Closes n fds from several threads, so their grace periods overlap. */
-void psi_close_many(int *fds, size_t n);
 PressureLevel psi_watch_level(const PsiWatch *w);
 const char *psi_watch_path(const PsiWatch *w);
 /* The spec actually armed for a level (after rounding). */

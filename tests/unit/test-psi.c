@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <unistd.h>
 
+#include "async-close.h"
 #include "psi.h"
 
 static void test_parse(void **state) {
@@ -83,24 +84,24 @@ static void test_close_later(void **state) {
         for (size_t i = 0; i < 64; i++)
                 assert_int_equal(pipe(p[i]), 0);
         for (size_t i = 0; i < 32; i++)
-                psi_close_later(p[i][0]);
+                async_close(p[i][0]);
         for (int tries = 0; tries < 500 && fd_open(p[31][0]); tries++)
                 usleep(10000);
         for (size_t i = 0; i < 32; i++)
                 assert_false(fd_open(p[i][0]));   /* closed by the thread, nobody waited */
         for (size_t i = 32; i < 64; i++)
-                psi_close_later(p[i][0]);
-        assert_int_equal(psi_close_finish(), 64);
+                async_close(p[i][0]);
+        assert_int_equal(async_close_finish(), 64);
         for (size_t i = 0; i < 64; i++) {
                 assert_false(fd_open(p[i][0]));
                 assert_true(fd_open(p[i][1]));
                 close(p[i][1]);
         }
         assert_int_equal(pipe(q), 0);
-        psi_close_later(q[0]);                  /* after finish: closed right here */
+        async_close(q[0]);                  /* after finish: closed right here */
         assert_false(fd_open(q[0]));
         close(q[1]);
-        psi_close_later(-1);                    /* nothing to do */
+        async_close(-1);                    /* nothing to do */
 }
 
 int main(void) {
