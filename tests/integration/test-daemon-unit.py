@@ -100,10 +100,6 @@ def fake_vm(env, name, sock, cwd=None, wait_path=None):
     return abtest.VM(name, proc, sock, rec, env.create_machine(name, proc.ns_pid))
 
 
-def balloons(vm):
-    return [l for l in vm.records().splitlines() if '"balloon"' in l]
-
-
 def test(env):
     fake = os.path.join(abtest.BUILDDIR, "tests/fake-qmp/fake-qmp")
     if not os.access(fake, os.X_OK):
@@ -159,7 +155,7 @@ def run(env, tmpdir):
         env.wait_property(path, "State", "managed", timeout=5)
         check(env.ab_get(path, "QMPSocket") == vm.qmp_socket, "%s QMPSocket %r" % (vm.name, env.ab_get(path, "QMPSocket")))
         env.ab_call("ResizeMachine", vm.name, dbus.UInt64(384 * MIB))
-        env.wait_for(lambda: balloons(vm), 3, "the balloon command to %s" % vm.name)
+        env.wait_for(lambda: vm.balloon_targets() == [384 * MIB], 3, "the balloon command to %s" % vm.name)
         env.wait_property(path, "ActualMemory", 384 * MIB, timeout=3)
         log("%s (%s): managed, balloon moved to 384 MiB" % (vm.name, vm.qmp_socket))
 
