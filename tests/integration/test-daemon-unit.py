@@ -159,6 +159,18 @@ def run(env, tmpdir):
         env.wait_property(path, "ActualMemory", 384 * MIB, timeout=3)
         log("%s (%s): managed, balloon moved to 384 MiB" % (vm.name, vm.qmp_socket))
 
+    # what the sandbox must still allow: PSI triggers written into cgroup files, drop-ins
+    # written (persistent and runtime; the test's MachinesDirectory= is in the state dir)
+    text = open(env.file("autoballoond.log"), errors="replace").read()
+    check("annot watch" not in text, "a PSI trigger could not be armed in the sandbox:\n%s" % text[-3000:])
+    for runtime, d in ((False, "machines.d"), (True, "machines.run.d")):
+        weight = 300 + runtime
+        env.ab_call("SetMachineProperties", vm_tmp.name, runtime,
+                    dbus.Array([("Weight", dbus.UInt32(weight, variant_level=1))], signature="(sv)"))
+        dropin = open(env.file("%s/%s.conf" % (d, vm_tmp.name))).read()
+        check("Weight=%d" % weight in dropin, "%s drop-in: %r" % (d, dropin))
+    log("PSI triggers armed; persistent and runtime drop-ins written")
+
     # a relative path cannot be resolved without CAP_SYS_PTRACE: said so, nothing connected
     path = env.machine_path(vm_rel.name)
     env.wait_property(path, "State", "unmanaged", timeout=5)
@@ -191,7 +203,10 @@ def run(env, tmpdir):
                      "the watchdog to fire on a stopped daemon", interval=0.2)
         log("watchdog fired %.1f s after SIGSTOP" % (time.monotonic() - t))
     finally:
-        os.kill(pid, signal.SIGCONT)   # let the SIGABRT in
+        try:
+            os.kill(pid, signal.SIGCONT)   # systemd sends one after its SIGABRT; in case it did not
+        except ProcessLookupError:
+            pass
     env.wait_for(lambda: unit_props(env, "NRestarts")["NRestarts"] == "1" and
                  unit_props(env, "ActiveState")["ActiveState"] == "active", 15, "the restart",
                  interval=0.2)
