@@ -2,8 +2,8 @@
 """The daemon as the shipped unit (units/autoballoond.service, its whole sandbox) started by the
 environment's real systemd: Type=notify start; the sandbox in force (capabilities, no new
 privileges, seccomp, OOM score, the host's /tmp read-only); fake VMs whose QMP sockets are in
-/tmp and in /run managed and their balloons moved; a relative socket path unmanaged with a
-StateReason that says why; the watchdog on (WatchdogUSec), fed over an idle spell, and
+/tmp and in /run managed and their balloons moved; PSI triggers, drop-ins and a reload
+working inside the sandbox; a relative socket path unmanaged with a StateReason that says why; the watchdog on (WatchdogUSec), fed over an idle spell, and
 enforced: a loop that stops turning is killed and the unit restarted, the VMs managed again.
 
 The unit runs with a test drop-in: ExecStart= the build's daemon with the test's config,
@@ -170,6 +170,10 @@ def run(env, tmpdir):
         dropin = open(env.file("%s/%s.conf" % (d, vm_tmp.name))).read()
         check("Weight=%d" % weight in dropin, "%s drop-in: %r" % (d, dropin))
     log("PSI triggers armed; persistent and runtime drop-ins written")
+    systemctl(env, "reload", UNIT)   # ExecReload= sends SIGHUP, under the same sandbox
+    env.wait_for(lambda: "Reloaded " in open(env.file("autoballoond.log"), errors="replace").read(), 5,
+                 "the daemon to reload")
+    check(unit_props(env, "ActiveState")["ActiveState"] == "active", "not active after reload")
 
     # a relative path cannot be resolved without CAP_SYS_PTRACE: said so, nothing connected
     path = env.machine_path(vm_rel.name)
