@@ -2,9 +2,10 @@
 """The daemon as the shipped unit (units/autoballoond.service, its whole sandbox) started by the
 environment's real systemd: Type=notify start; the sandbox in force (capabilities, no new
 privileges, seccomp, OOM score, the host's /tmp read-only); fake VMs whose QMP sockets are in
-/tmp and in /run managed and their balloons moved; PSI triggers, drop-ins and a reload
-working inside the sandbox; a relative socket path unmanaged with a StateReason that says why; the watchdog on (WatchdogUSec), fed over an idle spell, and
-enforced: a loop that stops turning is killed and the unit restarted, the VMs managed again.
+/tmp and in /run managed and their balloons moved; PSI triggers, drop-ins and a reload working
+inside the sandbox; a relative socket path unmanaged with a StateReason that says why; the
+watchdog on (WatchdogUSec), fed over an idle spell, and enforced: a loop that stops turning is
+killed and the unit restarted, the VMs managed again.
 
 The unit runs with a test drop-in: ExecStart= the build's daemon with the test's config,
 WatchdogSec= short enough for a test, logs to the state dir, no core dumps, LeakSanitizer off
