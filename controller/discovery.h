@@ -55,10 +55,12 @@ int cgroup2_mount_point(char **ret);
 /* Pure: find a QMP unix socket in a NUL-separated argv (as /proc/PID/cmdline holds it).
  * Knows `-qmp unix:PATH[,...]` (and -qmp-pretty) and `-chardev socket,id=X,path=PATH,server=on`
  * with `-mon chardev=X,mode=control`; skips fd-passed and client-mode sockets. A relative
- * path is resolved against cwd. Prefers a monitor whose id or path mentions "autoballoon"
- * (a VM can give us a monitor of our own). -ENOENT if there is none. */
+ * path is resolved against cwd (left relative if cwd is NULL). Prefers a monitor whose id or
+ * path mentions "autoballoon" (a VM can give us a monitor of our own). -ENOENT if none. */
 int qmp_socket_from_cmdline(const char *cmdline, size_t len, const char *cwd, char **ret);
-/* Reads /proc/PID/cmdline and /proc/PID/cwd and calls the above. */
+/* Reads /proc/PID/cmdline and /proc/PID/cwd and calls the above. The cwd link is readable only
+ * with ptrace access to PID (CAP_SYS_PTRACE, which the unit does not grant, or a leader of our
+ * uid with no capabilities we lack): without it a relative path stays relative. */
 int qmp_socket_from_pid(pid_t pid, char **ret);
 
 /* Pure: the cgroup2 path in the contents of /proc/PID/cgroup (its "0::PATH" line). -ENOENT

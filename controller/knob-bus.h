@@ -17,6 +17,11 @@ int knob_bus_append(sd_bus_message *m, const KnobInfo *k, const PolicyKnobs *kno
 /* Reads the knob's basic type (the message positioned at it), checks the range, stores it.
  * A bad value leaves knobs untouched and sets InvalidArgs naming the knob and its range. */
 int knob_bus_read(sd_bus_message *m, const KnobInfo *k, PolicyKnobs *knobs, sd_bus_error *error);
+/* An a(sv) of knob assignments (SetMachineProperties, SetDefaultProperties) onto knobs; bit i
+ * of *ret_mask set for policy_knobs[i]. An unknown name, a wrong type or a bad value is
+ * InvalidArgs naming the property. Stops at the first bad one, knobs then half-written:
+ * callers pass a copy. */
+int knob_bus_read_assignments(sd_bus_message *m, PolicyKnobs *knobs, uint64_t *ret_mask, sd_bus_error *error);
 /* The allowed range in D-Bus units: "an integer (u) from 1 to 10000". */
 int knob_bus_describe_range(const KnobInfo *k, char **ret);
 

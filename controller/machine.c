@@ -696,6 +696,19 @@ int machine_start(Machine *machine) {
                         return 0;
                 }
                 machine->qmp_socket_source = "cmdline";
+                if (machine->qmp_socket[0] != '/') {
+                        /* Relative to QEMU's working directory, which /proc/PID/cwd shows only
+                         * to a ptrace-capable reader; the unit does not grant CAP_SYS_PTRACE. */
+                        _cleanup_free_ char *why = NULL;
+                        if (asprintf(&why, "The QMP socket path \"%s\" on the command line of PID %d is relative "
+                                     "and its working directory cannot be read (that needs CAP_SYS_PTRACE); "
+                                     "give QEMU an absolute path, or set QMPSocket= in %s/%s.conf.",
+                                     machine->qmp_socket, (int) machine->leader,
+                                     m->config.machines_directory, machine->name) < 0)
+                                return -ENOMEM;
+                        machine_set_state(machine, MACHINE_UNMANAGED, why);
+                        return 0;
+                }
         }
 
         r = machine_watch_scope(machine);

@@ -1,5 +1,6 @@
 /* autoballoond: arguments, configuration, the event loop, and sd_notify. */
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -127,6 +128,19 @@ int main(int argc, char *argv[]) {
         if (r < 0) {
                 log_error_errno(r, "Failed to set up: %m");
                 return 1;
+        }
+        /* WatchdogSec= in the unit: sd-event sends WATCHDOG=1 from the loop itself, so a loop
+         * that stops turning stops the pings. This is the one timer that runs while nothing
+         * moves, and only when systemd asks for it (WATCHDOG_USEC): every half period. */
+        r = sd_event_set_watchdog(m->event, true);
+        if (r < 0) {
+                log_error_errno(r, "Failed to enable the service watchdog: %m");
+                return 1;
+        }
+        if (r > 0) {
+                uint64_t usec = 0;
+                (void) sd_watchdog_enabled(false, &usec);
+                log_debug("Service watchdog of %" PRIu64 " ms: WATCHDOG=1 from the event loop.", usec / 1000);
         }
         r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m);
         if (r >= 0)

@@ -15,61 +15,6 @@
 
 /* --- knobs: reading, checking, applying --------------------------------------------------- */
 
-/* a(sv) of knob assignments onto knobs. Stops at the first bad one (knobs then half-written:
- * callers pass a copy). */
-static int bus_read_knob_assignments(sd_bus_message *m, PolicyKnobs *knobs, uint64_t *ret_mask,
-                                     sd_bus_error *error) {
-        uint64_t mask = 0;
-        int r;
-
-        r = sd_bus_message_enter_container(m, 'a', "(sv)");
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_enter_container(m, 'r', "sv")) > 0) {
-                const char *name, *contents;
-                const KnobInfo *k;
-
-                r = sd_bus_message_read(m, "s", &name);
-                if (r < 0)
-                        return r;
-                k = policy_knob_find(name);
-                if (!k)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                 "Unknown property %s: not a policy knob (see org.autoballoon1(5)).",
-                                                 name);
-                r = sd_bus_message_peek_type(m, NULL, &contents);
-                if (r < 0)
-                        return r;
-                if (!streq(contents, knob_bus_signature(k))) {
-                        _cleanup_free_ char *range = NULL;
-                        if (knob_bus_describe_range(k, &range) < 0)
-                                return -ENOMEM;
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                 "Wrong type '%s' for %s: expected %s.", contents, name, range);
-                }
-                r = sd_bus_message_enter_container(m, 'v', contents);
-                if (r < 0)
-                        return r;
-                r = knob_bus_read(m, k, knobs, error);
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-                mask |= knob_bit(k);
-        }
-        if (r < 0)
-                return r;
-        r = sd_bus_message_exit_container(m);
-        if (r < 0)
-                return r;
-        *ret_mask = mask;
-        return 0;
-}
-
 /* The checks between knobs: the floor below the ceiling, both within the VM's RAM (ram_bytes
  * 0: not known yet, or the defaults). Only when the call touches a bound: a hand-written
  * drop-in that disagrees must not block unrelated changes. */
@@ -505,7 +450,7 @@ static int method_set_machine_properties(sd_bus_message *message, void *userdata
                 return reply_no_such_machine(error, name);
 
         knobs = machine->config.knobs;
-        r = bus_read_knob_assignments(message, &knobs, &mask, error);
+        r = knob_bus_read_assignments(message, &knobs, &mask, error);
         if (r < 0)
                 return r;
         r = machine_set_knobs(message, machine, &knobs, mask, runtime, error);
@@ -527,7 +472,7 @@ static int method_set_default_properties(sd_bus_message *message, void *userdata
         if (r < 0)
                 return r;
         knobs = m->config.defaults;
-        r = bus_read_knob_assignments(message, &knobs, &mask, error);
+        r = knob_bus_read_assignments(message, &knobs, &mask, error);
         if (r < 0)
                 return r;
         r = manager_set_default_knobs(message, m, &knobs, mask, runtime, error);

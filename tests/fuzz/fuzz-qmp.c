@@ -37,16 +37,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
         if (size < 1)
                 return 0;
-        /* First byte: how to cut the rest into reads (the client sees arbitrary splits) and a
-         * small or the real message limit, so that -EMSGSIZE is reached too. */
-        size_t chunk = (size_t) (data[0] & 0x3f) + 1;
-        p = qmp_parser_new(data[0] & 0x40 ? 512 : QMP_MESSAGE_MAX_BYTES);
+        /* The driver byte: bits 0-5 the read size the rest is cut into (the client sees
+         * arbitrary splits), bit 6 a small message limit (so that -EMSGSIZE is reached too),
+         * bit 7 the whole stream in one read. The payload starts after it. */
+        const uint8_t mode = data[0];
+        const size_t chunk = mode & 0x80 ? SIZE_MAX : (size_t) (mode & 0x3f) + 1;
+        p = qmp_parser_new(mode & 0x40 ? 512 : QMP_MESSAGE_MAX_BYTES);
         if (!p)
                 return 0;
         data++, size--;
 
         for (size_t off = 0; off < size;) {
-                size_t len = data[0] & 0x80 ? size - off : MIN(chunk, size - off);
+                size_t len = MIN(chunk, size - off);
                 int r = qmp_parser_feed(p, (const char *) data + off, len, on_message, &n);
                 off += len;
                 if (r < 0) {
