@@ -92,5 +92,11 @@ void machine_flush_changes(Machine *machine);
 /* The VM went away: drop what was kept in /run for a restart of the daemon (a manual hold). */
 void machine_forget_runtime_state(Machine *machine);
 
-/* manager-bus.c: PropertiesChanged for the NULL-terminated property names. */
+/* machine-bus.c: PropertiesChanged for the NULL-terminated property names. */
 int machine_bus_emit_changed(Machine *machine, char **props);
+/* machine-bus.c: the Machine objects on the bus (called by manager_bus_setup()), and a knob
+ * write to one machine (a property Set, or the Manager's SetMachineProperties): checked,
+ * saved as a drop-in, then applied. */
+int machine_bus_setup(Manager *m);
+int machine_bus_set_knobs(sd_bus_message *message, Machine *machine, const PolicyKnobs *knobs, uint64_t mask,
+                          bool runtime, sd_bus_error *error);
