@@ -14,7 +14,7 @@
 #include <time.h>
 
 #include "bus-names.h"
-#include "config.h"
+#include "knob.h"
 #include "knob-bus.h"
 #include "log.h"
 

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <systemd/sd-bus.h>
 
-#include "policy.h"
+#include "knob.h"
 
 typedef struct Manager Manager;
 

@@ -1,6 +1,7 @@
 /* Configuration: autoballoond.conf + autoballoond.conf.d/NAME.conf, per-machine drop-ins. */
 #pragma once
 
+#include "knob.h"
 #include "policy.h"
 #include "psi.h"
 
@@ -64,20 +65,6 @@ void machine_config_done(MachineConfig *mc);
 /* Defaults, then <machines_directory>/NAME.conf, then <runtime_machines_directory>/NAME.conf. */
 int machine_config_load(const Config *c, const char *name, MachineConfig *ret);
 
-/* Parse one knob value as written in a file ("512M", "30s", "yes", "12.5%"). On failure
- * returns -EINVAL/-ERANGE and sets *error to a message naming the knob and its range. */
-int knob_parse(const KnobInfo *k, const char *value, PolicyKnobs *knobs, char **error);
-/* Format a knob value as a config file would write it. */
-int knob_format(const KnobInfo *k, const PolicyKnobs *knobs, char **ret);
-/* Human-readable allowed range of a knob, for errors and docs. */
-int knob_describe_range(const KnobInfo *k, char **ret);
-
-static inline void *knob_ptr(const KnobInfo *k, PolicyKnobs *knobs) {
-        return (uint8_t *) knobs + k->offset;
-}
-static inline const void *knob_cptr(const KnobInfo *k, const PolicyKnobs *knobs) {
-        return (const uint8_t *) knobs + k->offset;
-}
 
 /* --- persistence: SetMachineProperties() / SetDefaultProperties() ------------------------ */
 
@@ -85,9 +72,6 @@ static inline const void *knob_cptr(const KnobInfo *k, const PolicyKnobs *knobs)
  * /run can tell them from files written by hand. */
 #define SET_PROPERTY_HEADER "# Written by autoballoond for set-property"
 
-/* The size of a knob's field in PolicyKnobs, and whether two knob sets agree on it. */
-size_t knob_size(const KnobInfo *k);
-bool knob_equal(const KnobInfo *k, const PolicyKnobs *a, const PolicyKnobs *b);
 
 /* <MachinesDirectory>/NAME.conf, or <RuntimeMachinesDirectory>/NAME.conf when runtime. */
 int config_machine_dropin_path(const Config *c, const char *name, bool runtime, char **ret);

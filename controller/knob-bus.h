@@ -4,6 +4,7 @@
 
 #include <systemd/sd-bus.h>
 
+#include "knob.h"
 #include "policy.h"
 
 /* b for booleans, t for sizes (bytes) and durations (µs), s for the preset, u otherwise
@@ -25,7 +26,3 @@ int knob_bus_read_assignments(sd_bus_message *m, PolicyKnobs *knobs, uint64_t *r
 /* The allowed range in D-Bus units: "an integer (u) from 1 to 10000". */
 int knob_bus_describe_range(const KnobInfo *k, char **ret);
 
-/* Bit i of a knob mask stands for policy_knobs[i]. */
-static inline uint64_t knob_bit(const KnobInfo *k) {
-        return UINT64_C(1) << (k - policy_knobs);
-}

@@ -76,29 +76,6 @@ typedef struct PolicyKnobs {
 
 void policy_knobs_init_default(PolicyKnobs *k);
 
-typedef enum KnobType {
-        KNOB_BOOL,
-        KNOB_SIZE,       /* uint64_t bytes; "512M" in config, t on D-Bus */
-        KNOB_UINT32,     /* u */
-        KNOB_PERMILLE,   /* uint32_t; "12.5%" or "125‰"... config accepts a percent, D-Bus u permille */
-        KNOB_PERCENT,    /* uint32_t 0..100 */
-        KNOB_USEC,       /* usec_t; "30s" in config, t (µs) on D-Bus */
-        KNOB_PRESET,     /* PolicyPreset; "default"/"seed", s on D-Bus */
-        KNOB_TRIGGER,    /* PsiTriggerSpec; "some 100ms 1s" in config and on D-Bus (s) */
-} KnobType;
-
-typedef struct KnobInfo {
-        const char *name;        /* config key and D-Bus property name, e.g. "MinimumMemory" */
-        KnobType type;
-        size_t offset;           /* into PolicyKnobs */
-        uint64_t min, max;       /* allowed range (in the stored unit) */
-        const char *doc;         /* one line for --help, man page and errors */
-} KnobInfo;
-
-extern const KnobInfo policy_knobs[];
-extern const size_t policy_knobs_count;
-const KnobInfo *policy_knob_find(const char *name);
-
 /* Guest statistics as virtio-balloon reports them (QEMU guest-stats). UINT64_MAX = not reported. */
 typedef struct GuestStats {
         bool valid;

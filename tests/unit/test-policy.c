@@ -67,55 +67,6 @@ static void vm_apply(PolicyVM *vm) {
 
 /* ---- tables and strings ----------------------------------------------------------------- */
 
-static uint64_t knob_value(const PolicyKnobs *k, const KnobInfo *ki) {
-        const char *p = (const char *) k + ki->offset;
-        switch (ki->type) {
-        case KNOB_BOOL:
-                return *(const bool *) p;
-        case KNOB_SIZE:
-        case KNOB_USEC:
-                return *(const uint64_t *) p;
-        case KNOB_PRESET:
-                return (uint64_t) *(const PolicyPreset *) p;
-        case KNOB_TRIGGER:
-                return 0;   /* validated by psi_trigger_parse, not by a range */
-        default:
-                return *(const uint32_t *) p;
-        }
-}
-
-static void test_knob_table(void **state) {
-        PolicyKnobs k;
-
-        policy_knobs_init_default(&k);
-        assert_true(policy_knobs_count >= 20);
-        for (size_t i = 0; i < policy_knobs_count; i++) {
-                const KnobInfo *ki = &policy_knobs[i];
-
-                assert_non_null(ki->name);
-                assert_non_null(ki->doc);
-                assert_true(ki->offset < sizeof(PolicyKnobs));
-                assert_true(ki->min <= ki->max);
-                assert_ptr_equal(policy_knob_find(ki->name), ki);
-                for (size_t j = 0; j < i; j++)
-                        assert_false(streq(policy_knobs[j].name, ki->name));
-                uint64_t v = knob_value(&k, ki);
-                if (v < ki->min || v > ki->max)
-                        fail_msg("default of %s (%" PRIu64 ") outside [%" PRIu64 ", %" PRIu64 "]",
-                                 ki->name, v, ki->min, ki->max);
-        }
-        assert_null(policy_knob_find("NoSuchKnob"));
-        assert_null(policy_knob_find(NULL));
-        assert_non_null(policy_knob_find("MinimumMemory"));
-        assert_non_null(policy_knob_find("MaximumMemory"));
-        assert_non_null(policy_knob_find("Weight"));
-        assert_non_null(policy_knob_find("Preset"));
-        assert_non_null(policy_knob_find("Enabled"));
-        assert_non_null(policy_knob_find("HoldOffSec"));
-        assert_non_null(policy_knob_find("RecoveryDelaySec"));
-        assert_non_null(policy_knob_find("CriticalStep"));
-}
-
 static void test_strings(void **state) {
         for (int i = 0; i < _PRESSURE_LEVEL_MAX; i++)
                 assert_int_equal(pressure_level_from_string(pressure_level_to_string(i)), i);
@@ -1441,7 +1392,6 @@ static void test_idle_no_timer(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_knob_table),
                 cmocka_unit_test(test_strings),
                 cmocka_unit_test(test_bounds_defaults),
                 cmocka_unit_test(test_seed_exact_steps),
