@@ -23,7 +23,12 @@ DefaultDependencies=no
 ExecStartPre=/bin/mkdir -p /run/libvirt
 ExecStart=/usr/sbin/virtlogd
 """,
-    # a restart leaves the QEMUs alone (they live in their machine scopes anyway)
+    # A restart leaves the QEMUs alone (they live in their machine scopes anyway). libvirtd
+    # runs without the host's v1 memory hierarchy, which the env binds at /run/ab-env-memcg
+    # for the daemon: seeing it there, libvirt would make a memory cgroup of its own for each
+    # domain at that hierarchy's root (the machine scope's path, outside every limit and
+    # never removed) and move the QEMU into it. Without it, libvirt sees pure cgroup2, as
+    # on a host without v1, and a QEMU keeps the v1 memcg it was forked in.
     "ab-libvirtd.service": """[Unit]
 DefaultDependencies=no
 Requires=ab-virtlogd.service
@@ -31,9 +36,10 @@ After=ab-virtlogd.service dbus.service systemd-machined.service
 [Service]
 Type=notify
 KillMode=process
+PrivateMounts=yes
 ExecStartPre=/bin/mkdir -p /run/libvirt
 Environment=LIBVIRT_LOG_OUTPUTS=3:file:/run/libvirt/ab-libvirtd.log
-ExecStart=/usr/sbin/libvirtd
+ExecStart=/bin/sh -c '! mountpoint -q /run/ab-env-memcg || umount -n /run/ab-env-memcg; exec /usr/sbin/libvirtd'
 TimeoutStartSec=60
 """,
 }
@@ -171,17 +177,16 @@ class Libvirt:
         init; returns a realguest.Guest whose `machine` is machined's name for it.
 
         Where the QEMU's memory is charged: libvirt (through machined) places the domain in a
-        machine scope of the environment's cgroup2 tree, but the host memcg is a v1 memory
-        cgroup, a hierarchy of its own that neither the environment's systemd (pure unified)
-        nor libvirt in it ever sees, so libvirt cannot put the QEMU there. A v1 memcg is
-        inherited at fork and a page stays charged to the memcg it was first charged to (this
-        kernel no longer moves charges with a process, move_charge_at_immigrate), so moving
-        the QEMU's PID once it runs would leave its start-up memory outside. Instead libvirtd
-        itself joins the host memcg while it forks this domain's QEMU (virsh create returns
-        once QEMU runs), and goes back right after: the QEMU is charged there from its first
-        page, as run-guest.sh's in the other variants; libvirtd's own few pages of that moment
-        stay charged to it, the price of libvirtd living outside the "host" as autoballoond
-        does."""
+        machine scope of the environment's cgroup2 tree; the host memcg is a v1 memory cgroup,
+        a hierarchy libvirtd here does not see (UNITS), so libvirt leaves a QEMU's v1
+        membership as it was at fork. A v1 memcg is inherited at fork, and a page stays
+        charged to the memcg it was first charged to (this kernel no longer moves charges
+        with a process, move_charge_at_immigrate), so moving the QEMU's PID once it runs would
+        leave its start-up memory outside. Instead libvirtd itself joins the host memcg while
+        it forks this domain's QEMU (virsh create returns once QEMU runs) and goes back right
+        after: the QEMU is charged there from its first page, as run-guest.sh's in the other
+        variants; libvirtd's own few pages of that moment stay charged there, the price of
+        libvirtd living outside the "host" as autoballoond does."""
         env = self.env
         domain = "%s-%s" % (env.name, name)
         rundir = env.file("guest-" + name)
