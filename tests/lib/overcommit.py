@@ -157,6 +157,9 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
                 res["backend"] = {name: env.ab_get(env.machine_path(g.machine), "Backend")
                                   for name, g in guests.items()}
                 log("backends: %s" % res["backend"])
+                want = "libvirt" if via_libvirt else "qmp"
+                if any(b != want for b in res["backend"].values()):
+                    raise Fail("backends %s, expected %s for every guest" % (res["backend"], want))
                 notes = [l for l in env.daemon_log_text().splitlines() if "HostMemory" in l]
                 res["daemon_config_notes"] = notes[:3]
             elif controller == "none" and lv:
