@@ -11,7 +11,6 @@ import shutil
 import time
 import uuid
 
-import abtest
 import realguest
 from abtest import Fail, log
 
