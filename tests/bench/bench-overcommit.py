@@ -7,7 +7,7 @@ written into docs/benchmarks.md between its overcommit markers, and gnuplot plot
 row's first run go to docs/bench/.
 
   AB_ENV_PREFIX=abb- AB_BUILDDIR=build /usr/bin/python3 tests/bench/bench-overcommit.py \\
-      [--controllers none,seed,default,proxmox,mom] [--variants stock,patched,fpr,noswap] \\
+      [--controllers none,seed,default,proxmox,mom] [--variants stock,patched,fpr,noswap,libvirt] \\
       [--runs 2] [--json build/bench-overcommit.json] [--quick] [--no-docs]
 """
 import argparse

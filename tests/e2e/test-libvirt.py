@@ -21,6 +21,7 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
 import abtest  # noqa: E402
 import realguest  # noqa: E402
+from lvguest import UNITS  # noqa: E402  libvirtd and virtlogd as units of the env
 from abtest import Fail, Skip, check, log  # noqa: E402
 
 MIB = realguest.MIB
@@ -29,30 +30,6 @@ DOMAIN_NONE = "abt-lv-e2e-none"   # <memballoon model='none'/>
 MEMORY_MIB = 512
 STALL_SECONDS = 20
 DOMAIN_LOG = "/var/log/libvirt/qemu/%s.log" % DOMAIN
-
-UNITS = {
-    # virtlogd holds the domain's log (and the serial file) for libvirtd
-    "ab-virtlogd.service": """[Unit]
-DefaultDependencies=no
-[Service]
-ExecStartPre=/bin/mkdir -p /run/libvirt
-ExecStart=/usr/sbin/virtlogd
-""",
-    # as Debian's libvirtd.service: notify, and a restart leaves the QEMUs alone (they live in
-    # their machine scopes anyway)
-    "ab-libvirtd.service": """[Unit]
-DefaultDependencies=no
-Requires=ab-virtlogd.service
-After=ab-virtlogd.service dbus.service systemd-machined.service
-[Service]
-Type=notify
-KillMode=process
-ExecStartPre=/bin/mkdir -p /run/libvirt
-Environment=LIBVIRT_LOG_OUTPUTS=3:file:/run/libvirt/ab-libvirtd.log
-ExecStart=/usr/sbin/libvirtd
-TimeoutStartSec=60
-""",
-}
 
 
 def domain_xml(dom_uuid, outdir, rundir, name=DOMAIN,

@@ -15,12 +15,15 @@ from abtest import Fail, log
 
 MIB = realguest.MIB
 CONTROLLERS = ("none", "seed", "default", "proxmox", "mom")
-# variant -> (guest options, host swap, controllers it is run with)
+# variant -> (guest options, host swap, controllers it is run with); libvirt=True: the guests
+# are libvirt domains (tests/lib/lvguest.py) that libvirt registers with machined, driven
+# through the daemon's libvirt backend (no QMP socket of ours: no proxmox or mom peer)
 VARIANTS = {
     "stock": (dict(balloon="stock", deflate_on_oom="off"), True, CONTROLLERS),
     "patched": (dict(balloon="patched", deflate_on_oom="on"), True, ("default",)),
     "fpr": (dict(balloon="stock", deflate_on_oom="off", free_page_reporting="on"), True, ("none", "default")),
     "noswap": (dict(balloon="stock", deflate_on_oom="off"), False, ("none", "default")),
+    "libvirt": (dict(balloon="stock", deflate_on_oom="off", libvirt=True), True, ("none", "default")),
 }
 TIMELINE = os.path.join(abtest.SRCDIR, "tests/bench/overcommit-timeline.json")
 
@@ -120,6 +123,8 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
             stop_event=None, keep_dir=None):
     """Runs the timeline once; returns a dict of results (figures and time series)."""
     guest_opts, with_swap, _ = VARIANTS[variant]
+    guest_opts = dict(guest_opts)
+    via_libvirt = guest_opts.pop("libvirt", False)
     label = label or "%s-%s" % (variant, controller)
     prefix = os.environ.get("AB_ENV_PREFIX", "abt-")
     ram = timeline["guest_ram_mib"] * MIB
@@ -131,18 +136,34 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
                                     swap=timeline["swap_mib"] * MIB if with_swap else None,
                                     no_swap=not with_swap)
         qmps = {}
+        lv = None
         try:
             guests = {}
+            if via_libvirt:
+                import lvguest
+                lv = lvguest.Libvirt(env, outdir)
             for name in timeline["guests"]:
-                guests[name] = realguest.start_guest(env, name, outdir, mem="%dM" % timeline["guest_ram_mib"],
-                                                     memcg=memcg, **guest_opts)
+                if lv:
+                    guests[name] = lv.start_guest(name, timeline["guest_ram_mib"], memcg, **guest_opts)
+                else:
+                    guests[name] = realguest.start_guest(env, name, outdir, mem="%dM" % timeline["guest_ram_mib"],
+                                                         memcg=memcg, **guest_opts)
+                    guests[name].machine = name
             peer = None
             if controller in ("seed", "default"):
                 env.start_daemon(config=daemon_config(env, controller, memcg), args=("--log-level=debug",))
-                for name in guests:
-                    env.wait_property(env.machine_path(name), "State", "managed", timeout=30)
+                for g in guests.values():
+                    env.wait_property(env.machine_path(g.machine), "State", "managed", timeout=30)
+                res["backend"] = {name: env.ab_get(env.machine_path(g.machine), "Backend")
+                                  for name, g in guests.items()}
+                log("backends: %s" % res["backend"])
+                want = "libvirt" if via_libvirt else "qmp"
+                if any(b != want for b in res["backend"].values()):
+                    raise Fail("backends %s, expected %s for every guest" % (res["backend"], want))
                 notes = [l for l in env.daemon_log_text().splitlines() if "HostMemory" in l]
                 res["daemon_config_notes"] = notes[:3]
+            elif controller == "none" and lv:
+                pass   # the balloon sizes come from libvirt (below)
             elif controller in ("none", "proxmox", "mom"):
                 import guestlib
                 import peers
@@ -153,10 +174,14 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
             else:
                 raise Fail("unknown controller %r" % controller)
 
+            lv_actual = {}
+
             def actual(name):
                 try:
                     if env.daemon:
-                        return env.ab_get(env.machine_path(name), "ActualMemory")
+                        return env.ab_get(env.machine_path(guests[name].machine), "ActualMemory")
+                    if lv:
+                        return lv_actual.get(guests[name].domain)
                     return qmps[name].cmd("query-balloon")["actual"]
                 except Exception:  # noqa: BLE001 — a dead VM
                     return None
@@ -201,6 +226,8 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
                                                "HostMemoryBalance")
                     except Exception:  # noqa: BLE001
                         s["balance"] = None
+                if lv and not env.daemon:
+                    lv_actual = lv.balloon_actual()
                 for name, g in guests.items():
                     alive = g.proc.alive()
                     s["vms"][name] = dict(actual=actual(name) if alive else None,
@@ -265,6 +292,8 @@ def run_one(controller, variant, timeline, outdir, env_name="overcommit", label=
                     pass
             if env.daemon:
                 env.stop_daemon()
+            if lv:
+                lv.close()
             memcg.close()
     log("%s: guest OOM kills %s, host OOM kills %d (dead %s), swap-out %.0f MiB, PSI some %.1f s, peak %.0f MiB" % (
         label, res["guest_oom_kills"], res["host_oom_kills"], res["vms_dead"], res["swap_out_mib"],
