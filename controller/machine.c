@@ -81,22 +81,30 @@ bool machine_controllable(const Machine *machine) {
                 machine->balloon && balloon_is_ready(machine->balloon) && machine->ram_bytes > 0;
 }
 
-static PolicyVM machine_policy_view(const Machine *machine) {
+PolicyVM machine_policy_vm(const Machine *machine) {
         return (PolicyVM) {
                 .knobs = &machine->config.knobs,
                 .ram_bytes = machine->ram_bytes,
                 .actual_bytes = machine->actual_bytes,
                 .target_bytes = machine->target_bytes,
+                .scope_level = machine->scope_level,
+                .stats = machine->stats,
+                .controllable = machine_controllable(machine),
+                .host_rss_bytes = machine->host_rss_bytes,
+                .host_swap_bytes = machine->host_swap_bytes,
+                .free_page_reporting = machine->free_page_reporting,
+                .outside_budget = machine->outside_budget,
+                .state = machine->policy_state,
         };
 }
 
 uint64_t machine_maximum(const Machine *machine) {
-        PolicyVM vm = machine_policy_view(machine);
+        PolicyVM vm = machine_policy_vm(machine);
         return machine->ram_bytes ? policy_vm_maximum(&vm) : 0;
 }
 
 uint64_t machine_minimum(const Machine *machine) {
-        PolicyVM vm = machine_policy_view(machine);
+        PolicyVM vm = machine_policy_vm(machine);
         return machine->ram_bytes ? policy_vm_minimum(&vm) : 0;
 }
 
@@ -240,8 +248,8 @@ int machine_resize(Machine *machine, uint64_t target_bytes) {
         machine->policy_state.last_move_usec = machine->policy_state.last_event_usec = now_usec();
         /* ... and a size below the guest's reserve is the operator's choice, not a guest in need
          * to be relieved at once */
-        machine->policy_state.manual_until_usec = now_usec() + MAX(MANUAL_HOLD_USEC, policy_vm_recovery_delay(
-                &(PolicyVM) { .knobs = &machine->config.knobs, .state = machine->policy_state }));
+        PolicyVM vm = machine_policy_vm(machine);
+        machine->policy_state.manual_until_usec = now_usec() + MAX(MANUAL_HOLD_USEC, policy_vm_recovery_delay(&vm));
         /* ... whatever need the guest showed before the resize: the operator has decided */
         machine->policy_state.guest_pressure_usec = 0;
         save_manual_hold(machine);

@@ -76,6 +76,9 @@ int machine_start(Machine *machine);
 /* Ask the balloon for target_bytes and log why. exit_cb: count completion for shutdown. */
 int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, PressureLevel level);
 bool machine_controllable(const Machine *machine);
+/* The machine as the policy sees it: every PolicyVM input and its kept state (the caller sets
+ * scope_event for the call). The one place a Machine becomes a PolicyVM. */
+PolicyVM machine_policy_vm(const Machine *machine);
 uint64_t machine_maximum(const Machine *machine);
 uint64_t machine_minimum(const Machine *machine);
 

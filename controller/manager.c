@@ -94,8 +94,7 @@ static void arm_policy_timer(Manager *m, usec_t when) {
 #define STATS_RETRY_USEC (10 * USEC_PER_SEC)
 
 static bool machine_stats_fresh(const Machine *machine, usec_t now) {
-        return machine->stats.valid &&
-                machine->stats.updated_usec + machine->config.knobs.stats_max_age_usec >= now;
+        return guest_stats_fresh(&machine->stats, &machine->config.knobs, now);
 }
 
 static bool machine_stats_awaited(const Machine *machine, usec_t now) {
@@ -212,21 +211,8 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                  * its first decision, so that the budget knows what it holds from the start. */
                 if (m->host_memory && machine->host_rss_bytes == UINT64_MAX)
                         read_footprint(m, machine);
-                vms[i] = (PolicyVM) {
-                        .knobs = &machine->config.knobs,
-                        .ram_bytes = machine->ram_bytes,
-                        .actual_bytes = machine->actual_bytes,
-                        .target_bytes = machine->target_bytes,
-                        .scope_event = machine == scope_machine ? scope_event : PRESSURE_NONE,
-                        .scope_level = machine->scope_level,
-                        .stats = machine->stats,
-                        .free_page_reporting = machine->free_page_reporting,
-                        .controllable = machine_controllable(machine),
-                        .host_rss_bytes = machine->host_rss_bytes,
-                        .host_swap_bytes = machine->host_swap_bytes,
-                        .outside_budget = machine->outside_budget,
-                        .state = machine->policy_state,
-                };
+                vms[i] = machine_policy_vm(machine);
+                vms[i].scope_event = machine == scope_machine ? scope_event : PRESSURE_NONE;
         }
         PolicyHost host = {
                 .event = host_event,
@@ -584,10 +570,7 @@ int manager_budget_now(Manager *m, HostBudget *b, int64_t *ret_balance) {
         if (b->valid)
                 b->reserve_bytes = host_burst_reserve(&m->host_burst, b, now_usec());
         for (size_t i = 0; i < m->n_machines; i++)
-                vms[i] = (PolicyVM) { .ram_bytes = m->machines[i]->ram_bytes,
-                                      .host_rss_bytes = m->machines[i]->host_rss_bytes,
-                                      .host_swap_bytes = m->machines[i]->host_swap_bytes,
-                                      .outside_budget = m->machines[i]->outside_budget };
+                vms[i] = machine_policy_vm(m->machines[i]);
         *ret_balance = host_budget_balance(b, vms, m->n_machines);
         return b->valid ? 0 : -ENODATA;
 }

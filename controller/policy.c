@@ -208,11 +208,27 @@ static uint64_t vm_reserve(const PolicyVM *vm) {
         return MAX(vm->knobs->reserve_bytes, percent_of(vm->ram_bytes, vm->knobs->reserve_percent));
 }
 
-static bool stats_fresh(const PolicyVM *vm, usec_t now) {
-        if (!vm->stats.valid || vm->stats.available_bytes == UINT64_MAX)
+void policy_vm_init(PolicyVM *vm, const PolicyKnobs *knobs, uint64_t ram_bytes) {
+        *vm = (PolicyVM) {
+                .knobs = knobs,
+                .ram_bytes = ram_bytes,
+                .actual_bytes = ram_bytes,
+                .target_bytes = ram_bytes,
+                .host_rss_bytes = UINT64_MAX,
+                .host_swap_bytes = UINT64_MAX,
+        };
+        guest_stats_init(&vm->stats);
+}
+
+bool guest_stats_fresh(const GuestStats *s, const PolicyKnobs *k, usec_t now) {
+        if (!s->valid || s->available_bytes == UINT64_MAX)
                 return false;
         /* A sample stamped in the future (clock handed over from elsewhere) is taken as new. */
-        return vm->stats.updated_usec >= now || now - vm->stats.updated_usec <= vm->knobs->stats_max_age_usec;
+        return s->updated_usec >= now || now - s->updated_usec <= k->stats_max_age_usec;
+}
+
+static bool stats_fresh(const PolicyVM *vm, usec_t now) {
+        return guest_stats_fresh(&vm->stats, vm->knobs, now);
 }
 
 /* What the guest uses itself: actual - available, whether or not the driver negotiated

@@ -93,6 +93,10 @@ typedef struct GuestStats {
         uint64_t direct_scan, direct_reclaim, async_scan, async_reclaim;  /* Linux 6.12+ */
 } GuestStats;
 
+/* Whether a sample can size a decision: received within GuestStatsMaxAgeSec= and telling what
+ * the guest has available. The one rule: the policy's and the manager's (which asks for stats
+ * on an event when they are not). */
+bool guest_stats_fresh(const GuestStats *s, const PolicyKnobs *k, usec_t now);
 void guest_stats_init(GuestStats *s);
 /* The byte-valued stats (total, free, available, caches) are the guest's own word: clamped to
  * [0, ram_bytes]; "not reported" stays so. Counters (faults, swap, stalls) are left alone: they
@@ -187,6 +191,11 @@ typedef struct PolicyVM {
         uint64_t floor_bytes;             /* the lowest target the policy would set now: max(minimum,
                                            * working set + reserve); minimum without fresh stats */
 } PolicyVM;
+
+/* A VM at its maximum (ram_bytes), nothing known of its guest stats or footprint, not
+ * controllable until the caller says so: the starting point of every PolicyVM the simulator
+ * and the tests build (the daemon's come from machine_policy_vm()). */
+void policy_vm_init(PolicyVM *vm, const PolicyKnobs *knobs, uint64_t ram_bytes);
 
 /* The host's memory budget: what the host holds against what it can hold. PSI says when the
  * host hurts; only this says how much: once swap has absorbed a shortfall PSI goes quiet while

@@ -925,9 +925,9 @@ static void sim_setup(Sim *s, const SimConfig *cfg, SimResult *res) {
                  * balloon_min are set to what MinimumMemory resolves to. */
                 v->knobs.minimum_bytes = (uint64_t) ram / 100 * v->knobs.minimum_percent;
                 PolicyVM *p = s->pvms + i;
-                *p = (PolicyVM) { .knobs = &v->knobs, .ram_bytes = (uint64_t) ram, .actual_bytes = (uint64_t) ram,
-                                  .target_bytes = (uint64_t) ram, .controllable = true };
-                guest_stats_init(&p->stats);
+                policy_vm_init(p, &v->knobs, (uint64_t) ram);
+                p->controllable = true;
+                p->host_rss_bytes = p->host_swap_bytes = 0;   /* budget_fill() reads them, when on */
         }
 
         if (cfg->timeline) {
