@@ -41,7 +41,7 @@
 /* A burst is a rise of the host's use within one to two buckets of this length; the largest one
  * is kept in mind this long, and counts as headroom to keep up to a third of the capacity. */
 #define HOST_BURST_BUCKET_USEC (5 * USEC_PER_SEC)
-#define HOST_BURST_MEMORY_USEC (300 * USEC_PER_SEC)
+#define HOST_BURST_MEMORY_USEC (60 * USEC_PER_SEC)
 #define HOST_BURST_MAX_DIVISOR 3
 
 /* Near the budget's line, at most 1/IDLE_TAKE_DIVISOR of a guest's RAM per guest-stats sample. */

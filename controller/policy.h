@@ -230,7 +230,7 @@ typedef struct HostBurst {
 /* Feeds one look at the host's use; returns the burst to keep room for (0 = none seen). */
 uint64_t host_burst_update(HostBurst *b, uint64_t held_bytes, usec_t now);
 /* The reserve the budget keeps: HostMemoryReserve= (budget->reserve_bytes), or the last burst
- * when it is larger (with swap only; at most a third of the capacity, for five minutes). */
+ * when it is larger (with swap only; at most a third of the capacity, for a minute). */
 uint64_t host_burst_reserve(const HostBurst *b, const HostBudget *budget, usec_t now);
 
 typedef struct PolicyHost {

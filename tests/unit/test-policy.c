@@ -1184,8 +1184,8 @@ static void test_budget_free_near_line(void **state) {
 
 /* A burst raises the headroom kept: after the host's use jumped by 600 MiB in two seconds, the
  * budget takes what an idle guest touched and freed while there is still more than a reserve of
- * room (where without the burst nothing would move), and it forgets the burst after five
- * minutes. The tracker itself: rises within one or two 5 s buckets, the largest kept. */
+ * room (where without the burst nothing would move), and it forgets the burst after a
+ * minute. The tracker itself: rises within one or two 5 s buckets, the largest kept. */
 static void test_budget_burst(void **state) {
         PolicyKnobs k;
         PolicyVM vm;
@@ -1200,7 +1200,7 @@ static void test_budget_burst(void **state) {
         for (int i = 0; i < 10; i++)
                 assert_int_equal(host_burst_update(&b, (1100 + 100 * i) * MIB, now + (11 + 5 * i) * USEC_PER_SEC),
                                  300 * MIB);
-        /* forgotten after five minutes: the rise of the moment counts again */
+        /* forgotten after a minute: the rise of the moment counts again */
         assert_int_equal(host_burst_update(&b, 2000 * MIB, now + 400 * USEC_PER_SEC), 0);
 
         policy_knobs_init_default(&k);
