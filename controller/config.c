@@ -287,16 +287,8 @@ static const char *const machine_backend_table[_MACHINE_BACKEND_MAX] = {
         [MACHINE_BACKEND_LIBVIRT] = "libvirt",
 };
 
-const char *machine_backend_to_string(MachineBackend b) {
-        return b >= 0 && b < _MACHINE_BACKEND_MAX ? machine_backend_table[b] : NULL;
-}
-
-MachineBackend machine_backend_from_string(const char *s) {
-        for (MachineBackend b = 0; b < _MACHINE_BACKEND_MAX; b++)
-                if (streq_ptr(s, machine_backend_table[b]))
-                        return b;
-        return (MachineBackend) -EINVAL;
-}
+DEFINE_STRING_TABLE_TO_STRING(machine_backend, MachineBackend, _MACHINE_BACKEND_MAX)
+DEFINE_STRING_TABLE_FROM_STRING(machine_backend, MachineBackend, _MACHINE_BACKEND_MAX, (MachineBackend) -EINVAL)
 
 void machine_config_done(MachineConfig *mc) {
         free(mc->qmp_socket);
