@@ -11,9 +11,6 @@
 #include "machine.h"
 #include "manager.h"
 
-/* After the budget's source woke us (a v1 threshold, v2 memory.events), keep watching this long
- * whatever the first read said. */
-#define BUDGET_EVENT_WATCH_USEC (10 * USEC_PER_SEC)
 
 /* How long shutdown waits for the guests' balloon commands to be acknowledged. */
 #define EXIT_DEFLATE_TIMEOUT_USEC (5 * USEC_PER_SEC)
@@ -21,7 +18,7 @@
 /* The longest the daemon waits for its first enumeration before taking its bus name. */
 #define STARTUP_SYNC_MAX_USEC (5 * USEC_PER_SEC)
 
-static void notify_status(Manager *m) {
+void manager_notify_status(Manager *m) {
         size_t managed = 0;
 
         if (m->exiting)
@@ -59,298 +56,8 @@ static void remove_machine_at(Manager *m, size_t i) {
         machine_free(machine);
 }
 
-static void refresh_footprints(Manager *m);
-static void read_budget(Manager *m, HostBudget *b);
-
-/* --- policy ------------------------------------------------------------------------------- */
-
-static int on_policy_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        manager_run_policy(userdata, PRESSURE_NONE, NULL, PRESSURE_NONE);
-        return 0;
-}
-
-static void arm_policy_timer(Manager *m, usec_t when) {
-        if (when == USEC_INFINITY) {
-                sd_event_source_set_enabled(m->policy_timer, SD_EVENT_OFF);
-                return;
-        }
-        if (!m->policy_timer) {
-                if (sd_event_add_time(m->event, &m->policy_timer, CLOCK_MONOTONIC, when, 0, on_policy_timer, m) < 0) {
-                        log_error("Failed to arm the policy timer; recovery waits for the next event.");
-                        return;
-                }
-                sd_event_source_set_description(m->policy_timer, "policy");
-        } else
-                sd_event_source_set_time(m->policy_timer, when);
-        sd_event_source_set_enabled(m->policy_timer, SD_EVENT_ONESHOT);
-}
-
-/* A host event decided on missing or stale guest stats would squeeze blindly (docs/policy.md).
- * QEMU keeps the statistics the guest last pushed (every StatsIntervalSec), so asking for
- * them costs one QMP round trip, not a wait for the guest: the event waits for those
- * replies, at most STATS_WAIT_MAX_USEC. A VM that was asked within STATS_RETRY_USEC and still
- * has none (no stats queue, an old driver) is not waited for again. */
-#define STATS_WAIT_MAX_USEC (250 * USEC_PER_MSEC)
-#define STATS_RETRY_USEC (10 * USEC_PER_SEC)
-
-static bool machine_stats_fresh(const Machine *machine, usec_t now) {
-        return guest_stats_fresh(&machine->stats, &machine->config.knobs, now);
-}
-
-static bool machine_stats_awaited(const Machine *machine, usec_t now) {
-        return machine_controllable(machine) && !machine_stats_fresh(machine, now) &&
-                machine->stats_requested_usec > 0 && now < machine->stats_requested_usec + STATS_WAIT_MAX_USEC;
-}
-
-/* Asks every VM without fresh stats for them; returns true if any answer is awaited. */
-static bool request_missing_stats(Manager *m, usec_t now) {
-        bool waiting = false;
-
-        for (size_t i = 0; i < m->n_machines; i++) {
-                Machine *machine = m->machines[i];
-                if (!machine_controllable(machine) || machine_stats_fresh(machine, now))
-                        continue;
-                if (machine->stats_requested_usec > 0 && now < machine->stats_requested_usec + STATS_RETRY_USEC) {
-                        waiting = waiting || machine_stats_awaited(machine, now);
-                        continue;
-                }
-                if (balloon_poll_stats(machine->balloon) >= 0) {
-                        machine->stats_requested_usec = now;
-                        waiting = true;
-                }
-        }
-        return waiting;
-}
-
-static bool stats_awaited(Manager *m, usec_t now) {
-        for (size_t i = 0; i < m->n_machines; i++)
-                if (machine_stats_awaited(m->machines[i], now))
-                        return true;
-        return false;
-}
-
-static int on_deferred_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        PressureLevel event = m->deferred_host_event;
-
-        m->deferred_host_event = PRESSURE_NONE;
-        if (event != PRESSURE_NONE || m->deferred_budget) {
-                m->deferred_budget = false;
-                log_debug("Guest statistics did not all arrive within %llu ms; deciding without them.",
-                          (unsigned long long) (STATS_WAIT_MAX_USEC / USEC_PER_MSEC));
-                manager_run_policy(m, event, NULL, PRESSURE_NONE);
-        }
-        return 0;
-}
-
-static void defer_host_event(Manager *m, PressureLevel event, usec_t now) {
-        m->deferred_host_event = MAX(m->deferred_host_event, event);
-        if (!m->deferred_timer) {
-                if (sd_event_add_time(m->event, &m->deferred_timer, CLOCK_MONOTONIC, now + STATS_WAIT_MAX_USEC, 0,
-                                      on_deferred_timer, m) < 0) {
-                        m->deferred_host_event = PRESSURE_NONE;
-                        manager_run_policy(m, event, NULL, PRESSURE_NONE);
-                        return;
-                }
-                sd_event_source_set_description(m->deferred_timer, "stats-wait");
-                return;
-        }
-        int enabled = SD_EVENT_OFF;
-        sd_event_source_get_enabled(m->deferred_timer, &enabled);
-        if (enabled == SD_EVENT_OFF) {
-                sd_event_source_set_time(m->deferred_timer, now + STATS_WAIT_MAX_USEC);
-                sd_event_source_set_enabled(m->deferred_timer, SD_EVENT_ONESHOT);
-        }
-}
-
-/* What the host holds for one VM (its QEMU's VmRSS and VmSwap), and whether that is in the
- * budget's source at all: a VM whose QEMU lives outside HostMemorySource='s cgroup neither
- * fills it nor can make room in it (a v1 memcg test host, or a slice holding some VMs only). */
-static void read_footprint(Manager *m, Machine *machine) {
-        if (machine->leader <= 0 ||
-            process_footprint(machine->leader, &machine->host_rss_bytes, &machine->host_swap_bytes) < 0) {
-                machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
-                return;
-        }
-        machine->outside_budget = m->host_memory && host_memory_holds_pid(m->host_memory, machine->leader) == 0;
-}
-
-
-void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_machine, PressureLevel scope_event) {
-        _cleanup_free_ PolicyVM *vms = NULL;
-        usec_t now = now_usec(), when;
-
-        if (m->exiting)
-                return;
-        /* The stats a deferred host or budget event waited for are in: decide it now. */
-        if ((m->deferred_host_event != PRESSURE_NONE || m->deferred_budget) && !stats_awaited(m, now)) {
-                host_event = MAX(host_event, m->deferred_host_event);
-                m->deferred_host_event = PRESSURE_NONE;
-                m->deferred_budget = false;
-                sd_event_source_set_enabled(m->deferred_timer, SD_EVENT_OFF);
-        } else if (m->deferred_budget && host_event == PRESSURE_NONE && scope_event == PRESSURE_NONE)
-                return;   /* still waiting: a budget take without them would be blind */
-        if (m->in_policy) {
-                /* A move that completes synchronously lands here; decide again afterwards. */
-                m->policy_again = true;
-                return;
-        }
-        if (host_event != PRESSURE_NONE || scope_event != PRESSURE_NONE)
-                m->last_pressure_usec = now;
-        /* This run sees every update a scheduled one was for. */
-        sd_event_source_set_enabled(m->policy_defer, SD_EVENT_OFF);
-
-        vms = calloc(m->n_machines ?: 1, sizeof *vms);
-        if (!vms) {
-                log_oom();
-                return;
-        }
-        for (size_t i = 0; i < m->n_machines; i++) {
-                Machine *machine = m->machines[i];
-                /* A VM's footprint is read with the guest stats and on events; a new one once at
-                 * its first decision, so that the budget knows what it holds from the start. */
-                if (m->host_memory && machine->host_rss_bytes == UINT64_MAX)
-                        read_footprint(m, machine);
-                vms[i] = machine_policy_vm(machine);
-                vms[i].scope_event = machine == scope_machine ? scope_event : PRESSURE_NONE;
-        }
-        PolicyHost host = {
-                .event = host_event,
-                .level = m->host_level,
-                .last_pressure_usec = m->last_pressure_usec,
-                .burst = m->host_burst,
-        };
-        read_budget(m, &host.budget);
-        when = policy_decide(&host, vms, m->n_machines, now);
-        m->host_burst = host.burst;
-        m->budget = host.budget;
-        m->budget_balance = host_budget_balance(&host.budget, vms, m->n_machines);
-        if (host.budget.valid)
-                log_debug("Budget: used %" PRIu64 " MiB + reserve %" PRIu64 " MiB + the VMs' swap - capacity %" PRIu64
-                          " MiB = %+" PRId64 " MiB%s.", (uint64_t) (host.budget.used_bytes / MIB),
-                          (uint64_t) (host.budget.reserve_bytes / MIB), (uint64_t) (host.budget.capacity_bytes / MIB),
-                          m->budget_balance / (int64_t) MIB,
-                          host.budget.swap_capable ? "" : " (no swap: every guest's room to grow counts too)");
-        /* Within two reserves of the budget (or over): guest stats and footprints kept fresh. */
-        m->budget_watch = host.budget.valid &&
-                m->budget_balance > -(int64_t) MIN(2 * host.budget.reserve_bytes, (uint64_t) INT64_MAX / 2);
-        /* A wake-up from the source means its use is on the move: the value read at that moment
-         * is where it crossed, not where it stops. Keep looking for a while (measured: a guest's
-         * touch crossed the threshold, the first read was just short of the watch, and the next
-         * look came 8 s later with the host in swap). */
-        if (host.budget.valid && m->budget_event_usec != 0 && now < m->budget_event_usec + BUDGET_EVENT_WATCH_USEC) {
-                m->budget_watch = true;
-                when = MIN(when, now + host.budget.interval_usec);
-        }
-        if (host.budget.valid)
-                m->last_pressure_usec = MAX(m->last_pressure_usec, host.last_pressure_usec);
-
-        m->in_policy = true;
-        for (size_t i = 0; i < m->n_machines; i++) {
-                Machine *machine = m->machines[i];
-                machine->policy_state = vms[i].state;
-                if (vms[i].controllable && vms[i].new_target_bytes != machine->target_bytes)
-                        (void) machine_move(machine, vms[i].new_target_bytes, vms[i].reason,
-                                            vms[i].reason_level);
-        }
-        m->in_policy = false;
-
-        arm_policy_timer(m, when);
-        manager_update_stats_polling(m);
-        notify_status(m);
-
-        if (m->policy_again) {
-                m->policy_again = false;
-                manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
-        }
-}
-
-static int on_policy_defer(sd_event_source *s, void *userdata) {
-        manager_run_policy(userdata, PRESSURE_NONE, NULL, PRESSURE_NONE);
-        return 0;
-}
-
-/* Guest stats, BALLOON_CHANGE and balloon-ready arrive from N VMs at once (a stats round, the
- * moves of one event, start-up), and every policy run looks at all N VMs: one run per update
- * was quadratic (docs/benchmarks.md: at 1,000 VMs 3x the CPU per stall, and the next PSI event
- * waited behind it). One run after the updates of this wakeup decides the same. */
-void manager_schedule_policy(Manager *m) {
-        if (!m->policy_defer) {
-                if (sd_event_add_defer(m->event, &m->policy_defer, on_policy_defer, m) < 0) {
-                        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
-                        return;
-                }
-                sd_event_source_set_description(m->policy_defer, "policy-coalesce");
-                /* after every QMP and bus source already pending (they run at NORMAL) */
-                sd_event_source_set_priority(m->policy_defer, SD_EVENT_PRIORITY_NORMAL + 1);
-        }
-        sd_event_source_set_enabled(m->policy_defer, SD_EVENT_ONESHOT);
-}
-
-static int on_emit_defer(sd_event_source *s, void *userdata) {
-        Manager *m = userdata;
-
-        for (size_t i = 0; i < m->n_machines; i++)
-                machine_flush_changes(m->machines[i]);
-        return 0;
-}
-
-void manager_schedule_emit(Manager *m) {
-        if (!m->emit_defer) {
-                if (sd_event_add_defer(m->event, &m->emit_defer, on_emit_defer, m) < 0) {
-                        (void) on_emit_defer(NULL, m);   /* cannot wait: send what is collected now */
-                        return;
-                }
-                sd_event_source_set_description(m->emit_defer, "properties-changed-coalesce");
-                /* after the policy's batch (NORMAL + 1), before anything idle */
-                sd_event_source_set_priority(m->emit_defer, SD_EVENT_PRIORITY_NORMAL + 2);
-        }
-        sd_event_source_set_enabled(m->emit_defer, SD_EVENT_ONESHOT);
-}
-
-/* --- guest stats ----------------------------------------------------------------------------- */
-
-static int on_stats_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-
-        for (size_t i = 0; i < m->n_machines; i++)
-                if (machine_controllable(m->machines[i]))
-                        (void) balloon_poll_stats(m->machines[i]->balloon);
-        refresh_footprints(m);
-        sd_event_source_set_time_relative(s, m->config.stats_interval_sec * USEC_PER_SEC);
-        return 0;
-}
-
-/* Guest stats matter only while something is under pressure or some guest is below its
- * maximum. Otherwise poll nothing: an idle host sees no wake-ups from us. */
-void manager_update_stats_polling(Manager *m) {
-        bool needed = m->host_level != PRESSURE_NONE || m->budget_watch;
-
-        for (size_t i = 0; !needed && i < m->n_machines; i++) {
-                Machine *machine = m->machines[i];
-                if (!machine_controllable(machine))
-                        continue;
-                needed = machine->scope_level != PRESSURE_NONE ||
-                        machine->target_bytes < machine_maximum(machine);
-        }
-        if (!needed || m->exiting) {
-                sd_event_source_set_enabled(m->stats_timer, SD_EVENT_OFF);
-                return;
-        }
-        if (!m->stats_timer) {
-                if (sd_event_add_time_relative(m->event, &m->stats_timer, CLOCK_MONOTONIC, 0, 0,
-                                               on_stats_timer, m) < 0)
-                        return;
-                sd_event_source_set_description(m->stats_timer, "guest-stats");
-        }
-        int enabled = SD_EVENT_OFF;
-        sd_event_source_get_enabled(m->stats_timer, &enabled);
-        if (enabled == SD_EVENT_OFF) {
-                /* poll at once: the first decision under pressure wants fresh numbers */
-                sd_event_source_set_time_relative(m->stats_timer, 0);
-                sd_event_source_set_enabled(m->stats_timer, SD_EVENT_ON);
-        }
-}
+void manager_refresh_footprints(Manager *m);
+void manager_read_budget(Manager *m, HostBudget *b);
 
 /* --- host pressure ---------------------------------------------------------------------------- */
 
@@ -381,8 +88,8 @@ static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel lev
                 manager_bus_emit_host_changed(m);
         }
         if (event != PRESSURE_NONE &&
-            (m->deferred_host_event != PRESSURE_NONE || request_missing_stats(m, now_usec()))) {
-                defer_host_event(m, event, now_usec());
+            (m->deferred_host_event != PRESSURE_NONE || manager_request_missing_stats(m, now_usec()))) {
+                manager_defer_host_event(m, event, now_usec());
                 return;
         }
         manager_run_policy(m, event, NULL, PRESSURE_NONE);
@@ -471,12 +178,24 @@ static int resolve_host_pressure(Manager *m, char **ret) {
 
 /* --- the host's memory budget ------------------------------------------------------------------ */
 
+/* What the host holds for one VM (its QEMU's VmRSS and VmSwap), and whether that is in the
+ * budget's source at all: a VM whose QEMU lives outside HostMemorySource='s cgroup neither
+ * fills it nor can make room in it (a v1 memcg test host, or a slice holding some VMs only). */
+void manager_read_footprint(Manager *m, Machine *machine) {
+        if (machine->leader <= 0 ||
+            process_footprint(machine->leader, &machine->host_rss_bytes, &machine->host_swap_bytes) < 0) {
+                machine->host_rss_bytes = machine->host_swap_bytes = UINT64_MAX;
+                return;
+        }
+        machine->outside_budget = m->host_memory && host_memory_holds_pid(m->host_memory, machine->leader) == 0;
+}
+
 /* What the host holds for each VM (its QEMU's RSS and swap), for the budget and the shares.
  * Read with the guest stats and on budget source events, never on an idle host; a PSI event
  * uses those (at most a stats interval old) and reads only the ones not known yet. */
-static void refresh_footprints(Manager *m) {
+void manager_refresh_footprints(Manager *m) {
         for (size_t i = 0; i < m->n_machines; i++)
-                read_footprint(m, m->machines[i]);
+                manager_read_footprint(m, m->machines[i]);
 }
 
 static void on_host_memory(HostMemory *h, void *userdata) {
@@ -484,11 +203,11 @@ static void on_host_memory(HostMemory *h, void *userdata) {
 
         log_debug("Host memory source %s: use crossed the watch threshold.", host_memory_path(h));
         m->budget_event_usec = now_usec();
-        refresh_footprints(m);
+        manager_refresh_footprints(m);
         /* As a host PSI event: wait one QMP round trip for missing guest stats, not longer. */
-        if (m->deferred_budget || m->deferred_host_event != PRESSURE_NONE || request_missing_stats(m, now_usec())) {
+        if (m->deferred_budget || m->deferred_host_event != PRESSURE_NONE || manager_request_missing_stats(m, now_usec())) {
                 m->deferred_budget = true;
-                defer_host_event(m, PRESSURE_NONE, now_usec());
+                manager_defer_host_event(m, PRESSURE_NONE, now_usec());
                 return;
         }
         manager_schedule_policy(m);
@@ -565,8 +284,8 @@ int manager_budget_now(Manager *m, HostBudget *b, int64_t *ret_balance) {
 
         if (!vms)
                 return -ENOMEM;
-        refresh_footprints(m);
-        read_budget(m, b);
+        manager_refresh_footprints(m);
+        manager_read_budget(m, b);
         if (b->valid)
                 b->reserve_bytes = host_burst_reserve(&m->host_burst, b, now_usec());
         for (size_t i = 0; i < m->n_machines; i++)
@@ -588,7 +307,7 @@ uint64_t manager_host_reserve(Manager *m, uint64_t capacity_bytes) {
 }
 
 /* Reads the budget into b (b->valid false without a source or when it cannot be read). */
-static void read_budget(Manager *m, HostBudget *b) {
+void manager_read_budget(Manager *m, HostBudget *b) {
         *b = (HostBudget) {};
         if (!m->host_memory)
                 return;
@@ -654,7 +373,7 @@ static void on_machine_new(const DiscoveredMachine *dm, void *userdata) {
         if (r < 0)
                 log_error_errno(r, "Failed to start managing machine %s: %m", machine->name);
         manager_bus_emit_machine_added(m, machine);
-        notify_status(m);
+        manager_notify_status(m);
 }
 
 static void on_machine_removed(const char *name, void *userdata) {
@@ -665,7 +384,7 @@ static void on_machine_removed(const char *name, void *userdata) {
                         remove_machine_at(m, i);
                         break;
                 }
-        notify_status(m);
+        manager_notify_status(m);
         manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
 }
 
@@ -852,7 +571,7 @@ static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void
         sd_notify(false, "RELOADING=1");
         (void) manager_reload(m);
         sd_notify(false, "READY=1");
-        notify_status(m);
+        manager_notify_status(m);
         return 0;
 }
 
@@ -898,7 +617,7 @@ static int on_name_acquired(sd_bus_message *reply, void *userdata, sd_bus_error 
                 return 0;
         }
         sd_notify(false, "READY=1");
-        notify_status(m);
+        manager_notify_status(m);
         return 0;
 }
 

@@ -106,3 +106,11 @@ void manager_bus_emit_machine_removed(Manager *m, Machine *machine);
 void manager_bus_emit_host_changed(Manager *m);
 void manager_bus_emit_reserve_changed(Manager *m);
 void manager_bus_emit_defaults_changed(Manager *m, char **props);
+
+/* Between manager.c and manager-policy.c only. */
+void manager_defer_host_event(Manager *m, PressureLevel event, usec_t now);
+bool manager_request_missing_stats(Manager *m, usec_t now);
+void manager_read_footprint(Manager *m, Machine *machine);
+void manager_refresh_footprints(Manager *m);
+void manager_read_budget(Manager *m, HostBudget *b);
+void manager_notify_status(Manager *m);
