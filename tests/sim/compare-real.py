@@ -11,7 +11,7 @@ import sys
 import time
 
 DOC = "docs/simulation.md"
-HOSTS = {"stock": "swap", "fpr": "swap, FPR on", "noswap": "no swap"}
+HOSTS = {"stock": "swap", "fpr": "swap, FPR on", "noswap": "no swap"}   # (patched, libvirt: not modelled)
 
 
 def section(text, name):
