@@ -10,7 +10,7 @@ The same story runs twice, first without a controller, then with autoballoond wa
 memcg as its host memory budget (HostMemorySource=):
   act 1  the guests warm up: vm-idle reads 300 MiB of files (page cache, which free page
          reporting cannot return), vm-busy keeps 100 MiB of cache and a 150 MiB working set;
-  act 2  a host workload ramps up to 300 MiB and holds it;
+  act 2  a host workload ramps up to 350 MiB and holds it;
   act 3  the workload ends.
 Each second one line: the host's use and swap, each guest's balloon and what the host holds
 for it. At the end, peak host swap and stall of both runs side by side, and every balloon move
@@ -31,15 +31,15 @@ import stall  # noqa: E402
 from abtest import check, log  # noqa: E402
 
 MIB = realguest.MIB
-HOST_RAM = 1000 * MIB       # the memcg limit both guests and the host workload live in
+HOST_RAM = 1200 * MIB       # the memcg limit both guests and the host workload live in
 SWAP = 1536 * MIB
-HOG_STEPS, HOG_STEP_MIB = 6, 50   # the host workload: 6 x 50 MiB, one more a second
+HOG_STEPS, HOG_STEP_MIB = 7, 50   # the host workload: 7 x 50 MiB, one more a second
 # The guest reads its scratch disk into its page cache. Linux drops a block device's cache when
 # its last opener closes it, so a background holder keeps /dev/vda open: the cache stays, as a
 # file's would on a real guest, and free page reporting cannot return it.
 KEEP_CACHE = "(exec 3</dev/vda; exec sleep 100000) >/dev/null 2>&1 & "
 HOG_HOLD = 40
-SETTLE = 30                 # act 3
+SETTLE = 50                 # act 3: the reserve a burst raised lasts a minute, then memory goes back
 
 
 class Run:
@@ -148,12 +148,9 @@ def demo(env):
     check(with_daemon.oom_kills == 0 and with_daemon.busy_ok, "a guest or its job was killed with the daemon")
     check(without.peak_swap >= 64 * MIB, "the run without a controller hardly swapped (%d MiB): no story to tell"
           % (without.peak_swap // MIB))
-    # The goal is 10 % at most (1 % measured with an earlier policy; 16 % in the last make check
-    # with the final one: docs/benchmarks.md). The demo fails only past 35 %, where the daemon
-    # clearly did not do its job; between the two it says so.
-    if ratio > 0.10:
-        print("NOTE: above the 10 % goal")
-    check(ratio <= 0.35, "peak host swap with the daemon is %.0f %% of the run without it" % (100 * ratio))
+    # The goal: with the daemon, at most a tenth of the swap the same story makes without it.
+    check(ratio <= 0.10, "peak host swap with the daemon is %.0f %% of the run without it (goal: 10 %% at most)"
+          % (100 * ratio))
 
 
 abtest.main(demo, "demo")
