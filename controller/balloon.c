@@ -544,6 +544,11 @@ void balloon_handle_event(Balloon *b, const char *event, json_object *data) {
                 b->cb.on_actual(b, actual, b->userdata);
 }
 
+void balloon_prefetch(const Balloon *b) {
+        if (b && !b->backend)
+                __builtin_prefetch(b->qmp);
+}
+
 bool balloon_is_ready(const Balloon *b) {
         if (b && b->backend)
                 return b->backend->is_ready(b->backend_impl);

@@ -48,6 +48,8 @@ void balloon_detach(Balloon *b);
  * and reports on_error(-ENODEV); others are ignored. */
 void balloon_handle_event(Balloon *b, const char *event, json_object *data);
 
+/* The lines balloon_is_ready() reads next (the QMP client's), asked for ahead of time. */
+void balloon_prefetch(const Balloon *b);
 bool balloon_is_ready(const Balloon *b);
 /* `balloon` to target_bytes. cb (may be NULL) gets the QMP result, also -ECONNRESET when the
  * connection drops first; it is not called after balloon_free(). Returns -ENOTCONN when not

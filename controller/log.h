@@ -12,6 +12,15 @@ int log_get_max_level(void);
 int log_parse_level(const char *s);   /* "debug", "info", ... or a number; -EINVAL */
 bool log_to_journal(void);            /* stderr is connected to journald */
 
+/* Between begin and end (nested: the outermost end), what is logged is written at the end, in
+ * order: for a batch of moves whose commands should leave before their records. */
+void log_batch_begin(void);
+void log_batch_end(void);
+/* A structured journal entry (FIELD=value iovecs, at most LOG_STRUCT_FIELDS_MAX), batched too. */
+#define LOG_STRUCT_FIELDS_MAX 16
+struct iovec;
+void log_struct_iovec(const struct iovec *iov, size_t n);
+
 /* Logs and returns -abs(error) (or 0 when error is 0); errno is set to abs(error) for %m. */
 int log_internal(int level, int error, const char *file, int line, const char *func,
                  const char *format, ...) _printf_(6, 7);

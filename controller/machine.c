@@ -2,6 +2,7 @@
 #include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
@@ -98,14 +99,22 @@ PolicyVM machine_policy_vm(const Machine *machine) {
         };
 }
 
+void machine_prefetch(const Machine *machine, unsigned stage) {
+        if (stage == 0)
+                for (size_t o = 0; o < sizeof *machine; o += 64)
+                        __builtin_prefetch((const char *) machine + o);
+        else if (stage == 1)
+                __builtin_prefetch(machine->balloon);
+        else
+                balloon_prefetch(machine->balloon);
+}
+
 uint64_t machine_maximum(const Machine *machine) {
-        PolicyVM vm = machine_policy_vm(machine);
-        return machine->ram_bytes ? policy_vm_maximum(&vm) : 0;
+        return machine->ram_bytes ? policy_maximum(&machine->config.knobs, machine->ram_bytes) : 0;
 }
 
 uint64_t machine_minimum(const Machine *machine) {
-        PolicyVM vm = machine_policy_vm(machine);
-        return machine->ram_bytes ? policy_vm_minimum(&vm) : 0;
+        return machine->ram_bytes ? policy_minimum(&machine->config.knobs, machine->ram_bytes) : 0;
 }
 
 static void log_move(Machine *machine, uint64_t before, uint64_t after, PolicyReason reason, PressureLevel level) {
@@ -121,18 +130,24 @@ static void log_move(Machine *machine, uint64_t before, uint64_t after, PolicyRe
         else
                 snprintf(why_text, sizeof why_text, "%s, %s pressure", why, lvl);
 
-        if (log_to_journal())
-                sd_journal_send("MESSAGE=Machine %s: balloon target %s → %s (%s)",
-                                machine->name, b, a, why_text,
-                                "MESSAGE_ID=" MESSAGE_ID_BALLOON_MOVE,
-                                "PRIORITY=%i", LOG_INFO,
-                                "AUTOBALLOON_MACHINE=%s", machine->name,
-                                "AUTOBALLOON_REASON=%s", why,
-                                "AUTOBALLOON_LEVEL=%s", lvl,
-                                "AUTOBALLOON_BEFORE_BYTES=%" PRIu64, before,
-                                "AUTOBALLOON_AFTER_BYTES=%" PRIu64, after,
-                                "AUTOBALLOON_ACTUAL_BYTES=%" PRIu64, machine->actual_bytes,
-                                NULL);
+        if (log_to_journal()) {
+                char f[9][512];
+                struct iovec iov[9];
+                size_t n = 0;
+#define FIELD(...) (snprintf(f[n], sizeof f[n], __VA_ARGS__), \
+                    iov[n] = (struct iovec) { .iov_base = f[n], .iov_len = strnlen(f[n], sizeof f[n] - 1) }, n++)
+                FIELD("MESSAGE=Machine %s: balloon target %s → %s (%s)", machine->name, b, a, why_text);
+                FIELD("MESSAGE_ID=" MESSAGE_ID_BALLOON_MOVE);
+                FIELD("PRIORITY=%i", LOG_INFO);
+                FIELD("AUTOBALLOON_MACHINE=%s", machine->name);
+                FIELD("AUTOBALLOON_REASON=%s", why);
+                FIELD("AUTOBALLOON_LEVEL=%s", lvl);
+                FIELD("AUTOBALLOON_BEFORE_BYTES=%" PRIu64, before);
+                FIELD("AUTOBALLOON_AFTER_BYTES=%" PRIu64, after);
+                FIELD("AUTOBALLOON_ACTUAL_BYTES=%" PRIu64, machine->actual_bytes);
+#undef FIELD
+                log_struct_iovec(iov, n);
+        }
         else
                 log_info("Machine %s: balloon target %s → %s (%s) "
                          "[machine=%s reason=%s level=%s before=%" PRIu64 " after=%" PRIu64 "]",

@@ -79,6 +79,10 @@ bool machine_controllable(const Machine *machine);
 /* The machine as the policy sees it: every PolicyVM input and its kept state (the caller sets
  * scope_event for the call). The one place a Machine becomes a PolicyVM. */
 PolicyVM machine_policy_vm(const Machine *machine);
+/* A walk over every machine (the policy's snapshot) finds them cold: the lines of the Machine
+ * (stage 0), then its balloon (1), then its QMP client (2) asked for a few machines ahead,
+ * each stage once the one before is in, so that the misses overlap instead of chaining. */
+void machine_prefetch(const Machine *machine, unsigned stage);
 uint64_t machine_maximum(const Machine *machine);
 uint64_t machine_minimum(const Machine *machine);
 

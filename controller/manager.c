@@ -20,13 +20,20 @@
 
 void manager_notify_status(Manager *m) {
         size_t managed = 0;
+        char status[256];
 
         if (m->exiting)
                 return;
         for (size_t i = 0; i < m->n_machines; i++)
                 managed += m->machines[i]->state == MACHINE_MANAGED;
-        sd_notifyf(false, "STATUS=%zu machines (%zu managed), host pressure %s, %" PRIu64 " balloon moves",
-                   m->n_machines, managed, pressure_level_to_string(m->host_level), m->n_moves);
+        snprintf(status, sizeof status, "STATUS=%zu machines (%zu managed), host pressure %s, %" PRIu64 " balloon moves",
+                 m->n_machines, managed, pressure_level_to_string(m->host_level), m->n_moves);
+        /* every policy run ends here: a datagram to PID 1 only when there is news */
+        if (m->last_status && streq(m->last_status, status))
+                return;
+        free(m->last_status);
+        m->last_status = strdup(status);   /* NULL: sent again next time, harmless */
+        sd_notify(false, status);
 }
 
 static void noop_free(void *p) {
@@ -81,18 +88,21 @@ static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel lev
                  * size the takes as well. */
                 log_debug("Host: %s pressure event (%s).", pressure_level_to_string(event), m->host_pressure_path);
         }
-        if (level != m->host_level) {
-                log_info("Host memory pressure: %s → %s.", pressure_level_to_string(m->host_level),
+        PressureLevel old_level = m->host_level;
+        m->host_level = level;
+        /* The commands first: the level's log line and PropertiesChanged after the run (in
+         * the log, still before the moves it caused: one batch). */
+        log_batch_begin();
+        if (level != old_level)
+                log_info("Host memory pressure: %s → %s.", pressure_level_to_string(old_level),
                          pressure_level_to_string(level));
-                m->host_level = level;
+        if (event != PRESSURE_NONE && m->deferred_host_event != PRESSURE_NONE)
+                manager_defer_host_event(m, event, now_usec());   /* joins the one waiting for stats */
+        else
+                manager_run_policy(m, event, NULL, PRESSURE_NONE);   /* defers it if stats are missing */
+        log_batch_end();
+        if (level != old_level)
                 manager_bus_emit_host_changed(m);
-        }
-        if (event != PRESSURE_NONE &&
-            (m->deferred_host_event != PRESSURE_NONE || manager_request_missing_stats(m, now_usec()))) {
-                manager_defer_host_event(m, event, now_usec());
-                return;
-        }
-        manager_run_policy(m, event, NULL, PRESSURE_NONE);
 }
 
 /* HostPressureSource= and HostMemorySource= may name a slice, scope or service: its
@@ -725,6 +735,7 @@ void manager_begin_exit(Manager *m) {
         sd_notify(false, "STOPPING=1\nSTATUS=Returning guests to their maximum...");
         sd_event_source_set_enabled(m->policy_timer, SD_EVENT_OFF);
         sd_event_source_set_enabled(m->stats_timer, SD_EVENT_OFF);
+        sd_event_source_set_enabled(m->stats_round, SD_EVENT_OFF);
 
         if (m->config.deflate_on_exit)
                 for (size_t i = 0; i < m->n_machines; i++) {
@@ -775,6 +786,9 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->startup_timer);
         sd_bus_slot_unref(m->name_slot);
         sd_event_source_disable_unref(m->stats_timer);
+        sd_event_source_disable_unref(m->stats_round);
+        free(m->policy_vms);
+        free(m->last_status);
         sd_event_source_disable_unref(m->exit_timer);
         auth_registry_free(m->auth);
         sd_bus_flush_close_unref(m->bus);

@@ -247,6 +247,10 @@ typedef struct PolicyHost {
 /* Effective bounds of a VM after defaults: minimum <= maximum <= ram. */
 uint64_t policy_vm_minimum(const PolicyVM *vm);
 uint64_t policy_vm_maximum(const PolicyVM *vm);
+/* The same from the knobs and the RAM size alone (no PolicyVM to build: the manager asks for
+ * every machine's bounds after each policy run). */
+uint64_t policy_minimum(const PolicyKnobs *k, uint64_t ram_bytes);
+uint64_t policy_maximum(const PolicyKnobs *k, uint64_t ram_bytes);
 
 /* The working-set floor: with fresh guest stats, the guest's use (actual - available, or its
  * peak over WorkingSetWindowSec= if higher) + reserve, never below the minimum; without fresh
