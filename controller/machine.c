@@ -485,7 +485,7 @@ static int on_qmp_verify_peer(QmpClient *c, const struct ucred *peer, char **ret
         if (peer->pid <= 0)
                 why = "outside this PID namespace";
         else {
-                r = pid_cgroup_path(peer->pid, &cgroup);
+                r = pid_cgroup_path(peer->pid, NULL, &cgroup);
                 if (r >= 0 && cgroup_path_is_under(cgroup, machine->control_group))
                         return 0;
                 why = r < 0 ? "of unknown cgroup" : "in another cgroup";
