@@ -144,6 +144,12 @@ char *format_size(char *buf, size_t len, uint64_t bytes) {
         return buf;
 }
 
+char *vasprintf_or_null(const char *fmt, va_list ap) {
+        char *s;
+
+        return vasprintf(&s, fmt, ap) < 0 ? NULL : s;
+}
+
 /* What the kernel appends to a cgroup2 path whose cgroup is gone (proc_cgroup_show()). */
 #define CGROUP_DELETED_SUFFIX " (deleted)"
 

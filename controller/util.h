@@ -2,6 +2,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -84,6 +85,10 @@ int read_full_file(const char *path, char **ret, size_t *ret_size);
 /* The first mount point of fstype in /proc/self/mountinfo whose super options include
  * super_option (NULL: any); -ENOENT if none. */
 int mount_point_of(const char *fstype, const char *super_option, char **ret);
+
+/* vasprintf(3) as a value: the formatted string, or NULL when out of memory. For messages that
+ * have a fallback text (desc ?: "..."), where an allocation failure must not lose the error. */
+char *vasprintf_or_null(const char *fmt, va_list ap) _printf_(1, 0);
 
 /* Pure: a process's path in one cgroup hierarchy, from the text of /proc/PID/cgroup: the cgroup2
  * line ("0::PATH") when controller is NULL, else the v1 line whose controller list names it
