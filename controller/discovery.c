@@ -224,8 +224,7 @@ int qmp_socket_from_pid(pid_t pid, char **ret) {
         ssize_t n;
         int r;
 
-        snprintf(p, sizeof p, "/proc/%d/cmdline", (int) pid);
-        r = read_full_file(p, &cmdline, &len);
+        r = read_proc_file(pid, "cmdline", &cmdline, &len);
         if (r < 0)
                 return r;
         if (len == 0)

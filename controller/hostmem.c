@@ -126,11 +126,9 @@ int process_status_parse(const char *text, uint64_t *ret_rss, uint64_t *ret_swap
 
 int process_footprint(pid_t pid, uint64_t *ret_rss, uint64_t *ret_swap) {
         _cleanup_free_ char *text = NULL;
-        char path[64];
         int r;
 
-        snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
-        r = read_full_file(path, &text, NULL);
+        r = read_proc_file(pid, "status", &text, NULL);
         if (r < 0)
                 return r;
         return process_status_parse(text, ret_rss, ret_swap);

@@ -54,6 +54,13 @@ int read_full_file(const char *path, char **ret, size_t *ret_size) {
         return 0;
 }
 
+int read_proc_file(pid_t pid, const char *name, char **ret, size_t *ret_size) {
+        char p[64];
+
+        snprintf(p, sizeof p, "/proc/%d/%s", (int) pid, name);
+        return read_full_file(p, ret, ret_size);
+}
+
 int parse_size(const char *s, uint64_t *ret) {
         static const struct { char suffix; uint64_t factor; } table[] = {
                 { 'K', KIB }, { 'M', MIB }, { 'G', GIB }, { 'T', GIB * 1024 },
@@ -196,11 +203,9 @@ int cgroup_path_from_proc(const char *text, const char *controller, char **ret) 
 
 int pid_cgroup_path(pid_t pid, const char *controller, char **ret) {
         _cleanup_free_ char *text = NULL;
-        char p[64];
         int r;
 
-        snprintf(p, sizeof p, "/proc/%d/cgroup", (int) pid);
-        r = read_full_file(p, &text, NULL);
+        r = read_proc_file(pid, "cgroup", &text, NULL);
         if (r < 0)
                 return r;
         return cgroup_path_from_proc(text, controller, ret);

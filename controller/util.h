@@ -82,6 +82,8 @@ usec_t now_usec(void);  /* CLOCK_MONOTONIC */
 
 /* Reads a whole (small) file, NUL-terminated. Returns 0 or negative errno. */
 int read_full_file(const char *path, char **ret, size_t *ret_size);
+/* The same for /proc/PID/name. */
+int read_proc_file(pid_t pid, const char *name, char **ret, size_t *ret_size);
 /* The first mount point of fstype in /proc/self/mountinfo whose super options include
  * super_option (NULL: any); -ENOENT if none. */
 int mount_point_of(const char *fstype, const char *super_option, char **ret);
