@@ -324,12 +324,10 @@ static void domain_detach(LibvirtDomain *d) {
 /* Returns 0, for tail calls from attach. */
 static int domain_fail(LibvirtDomain *d, int error, const char *fmt, ...) _printf_(3, 4);
 static int domain_fail(LibvirtDomain *d, int error, const char *fmt, ...) {
-        _cleanup_free_ char *desc = NULL;
         va_list ap;
 
         va_start(ap, fmt);
-        if (vasprintf(&desc, fmt, ap) < 0)
-                desc = NULL;
+        _cleanup_free_ char *desc = vasprintf_or_null(fmt, ap);
         va_end(ap);
         domain_detach(d);
         balloon_backend_error(d->balloon, error, desc ?: "libvirt error");

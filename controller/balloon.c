@@ -149,12 +149,10 @@ static json_object *make_interval_args(const char *path, unsigned interval_sec) 
 /* Ends the attach sequence and tells the owner; returns error for tail calls. */
 static int fail(Balloon *b, int error, const char *fmt, ...) _printf_(3, 4);
 static int fail(Balloon *b, int error, const char *fmt, ...) {
-        _cleanup_free_ char *desc = NULL;
         va_list ap;
 
         va_start(ap, fmt);
-        if (vasprintf(&desc, fmt, ap) < 0)
-                desc = NULL;
+        _cleanup_free_ char *desc = vasprintf_or_null(fmt, ap);
         va_end(ap);
 
         /* A failed attach step ends the sequence (a later attach starts over); a failed stats

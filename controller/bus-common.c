@@ -8,7 +8,6 @@
 #include "config.h"
 #include "knob-bus.h"
 #include "log.h"
-#include "manager.h"
 
 /* The checks between knobs: the floor below the ceiling, both within the VM's RAM (ram_bytes
  * 0: not known yet, or the defaults). Only when the call touches a bound: a hand-written
@@ -87,14 +86,14 @@ int bus_save_knobs(const char *path, const char *runtime_path, const char *secti
 /* busctl set-property: a runtime change of one knob. polkit was asked (asynchronously) by
  * on_property_write() before sd-bus called the setter. Reads the new value into a copy of
  * current; *ret_k says which knob. */
-int bus_read_knob_write(sd_bus *bus, Manager *m, const char *property, sd_bus_message *value,
+int bus_read_knob_write(sd_bus *bus, AuthRegistry *auth, const char *property, sd_bus_message *value,
                            const PolicyKnobs *current, PolicyKnobs *ret, const KnobInfo **ret_k, sd_bus_error *error) {
         const KnobInfo *k = policy_knob_find(property);
         int r;
 
         if (!k)
                 return -ENOENT;
-        r = auth_check_granted(m->auth, sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
+        r = auth_check_granted(auth, sd_bus_get_current_message(bus), AUTH_ACTION_MANAGE, error);
         if (r < 0)
                 return r;
         *ret = *current;

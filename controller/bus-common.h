@@ -5,9 +5,8 @@
 #include <stdint.h>
 #include <systemd/sd-bus.h>
 
+#include "auth.h"
 #include "knob.h"
-
-typedef struct Manager Manager;
 
 /* MinimumMemory= below MaximumMemory=, both within ram_bytes (0: not known): only when mask
  * touches a bound. InvalidArgs naming the property otherwise. */
@@ -18,7 +17,7 @@ char *bus_format_assignments(const PolicyKnobs *knobs, uint64_t mask);
 int bus_save_knobs(const char *path, const char *runtime_path, const char *section, const PolicyKnobs *knobs,
                    uint64_t mask, bool runtime, sd_bus_error *error);
 /* One knob's new value from a Properties.Set, into a copy of current. */
-int bus_read_knob_write(sd_bus *bus, Manager *m, const char *property, sd_bus_message *value,
+int bus_read_knob_write(sd_bus *bus, AuthRegistry *auth, const char *property, sd_bus_message *value,
                         const PolicyKnobs *current, PolicyKnobs *ret, const KnobInfo **ret_k, sd_bus_error *error);
 /* START + fixed + one writable property per knob + END; kept for the process' life. */
 sd_bus_vtable *bus_build_vtable(const sd_bus_vtable *fixed, size_t n_fixed, sd_bus_property_get_t getter,

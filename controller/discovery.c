@@ -224,8 +224,7 @@ int qmp_socket_from_pid(pid_t pid, char **ret) {
         ssize_t n;
         int r;
 
-        snprintf(p, sizeof p, "/proc/%d/cmdline", (int) pid);
-        r = read_full_file(p, &cmdline, &len);
+        r = read_proc_file(pid, "cmdline", &cmdline, &len);
         if (r < 0)
                 return r;
         if (len == 0)
@@ -235,48 +234,6 @@ int qmp_socket_from_pid(pid_t pid, char **ret) {
         if (n >= 0)
                 cwd[n] = 0;
         return qmp_socket_from_cmdline(cmdline, len, n >= 0 ? cwd : NULL, ret);
-}
-
-int cgroup_path_from_proc(const char *contents, char **ret) {
-        for (const char *line = contents; line && *line;) {
-                const char *end = strchrnul(line, '\n');
-                if (strncmp(line, "0::", 3) == 0) {
-                        const char *path = line + 3;
-                        size_t n = (size_t) (end - path);
-                        if (n == 0 || path[0] != '/')
-                                return -EBADMSG;
-                        char *s = strndup(path, n);
-                        if (!s)
-                                return -ENOMEM;
-                        *ret = s;
-                        return 0;
-                }
-                line = *end ? end + 1 : NULL;
-        }
-        return -ENOENT;
-}
-
-int pid_cgroup_path(pid_t pid, char **ret) {
-        _cleanup_free_ char *contents = NULL;
-        char p[64];
-        int r;
-
-        snprintf(p, sizeof p, "/proc/%d/cgroup", (int) pid);
-        r = read_full_file(p, &contents, NULL);
-        if (r < 0)
-                return r;
-        return cgroup_path_from_proc(contents, ret);
-}
-
-bool cgroup_path_is_under(const char *path, const char *control_group) {
-        size_t n = strlen(control_group);
-
-        /* "/" holds everything; otherwise a prefix must end at a path component. */
-        while (n > 0 && control_group[n - 1] == '/')
-                n--;
-        if (n == 0)
-                return path[0] == '/';
-        return strncmp(path, control_group, n) == 0 && (path[n] == 0 || path[n] == '/');
 }
 
 /* --- machined / systemd1 client ------------------------------------------------------- */

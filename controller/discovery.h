@@ -63,11 +63,3 @@ int qmp_socket_from_cmdline(const char *cmdline, size_t len, const char *cwd, ch
  * uid with no capabilities we lack): without it a relative path stays relative. */
 int qmp_socket_from_pid(pid_t pid, char **ret);
 
-/* Pure: the cgroup2 path in the contents of /proc/PID/cgroup (its "0::PATH" line). -ENOENT
- * if there is none (a v1-only host), -EBADMSG if it is not an absolute path. */
-int cgroup_path_from_proc(const char *contents, char **ret);
-/* Reads /proc/PID/cgroup and calls the above. */
-int pid_cgroup_path(pid_t pid, char **ret);
-/* Pure: whether cgroup path is control_group itself or below it ("/a/b" is under "/a",
- * "/ab" is not). */
-bool cgroup_path_is_under(const char *path, const char *control_group);

@@ -126,11 +126,9 @@ int process_status_parse(const char *text, uint64_t *ret_rss, uint64_t *ret_swap
 
 int process_footprint(pid_t pid, uint64_t *ret_rss, uint64_t *ret_swap) {
         _cleanup_free_ char *text = NULL;
-        char path[64];
         int r;
 
-        snprintf(path, sizeof path, "/proc/%d/status", (int) pid);
-        r = read_full_file(path, &text, NULL);
+        r = read_proc_file(pid, "status", &text, NULL);
         if (r < 0)
                 return r;
         return process_status_parse(text, ret_rss, ret_swap);
@@ -428,47 +426,16 @@ int mountinfo_cgroup_path(const char *mountinfo, const char *dir, bool v1, char 
         return 0;
 }
 
-/* /proc/PID/cgroup: "0::/path" (v2) or "N:ctrl,ctrl:/path" (v1). Whether the process is in
- * cgroup or below it: 1 yes, 0 no, -ENOENT no line for that hierarchy. */
-int proc_cgroup_within(const char *text, bool v1, const char *cgroup) {
-        for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-                const char *c1 = strchr(l, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-                const char *eol = strchrnul(l, '\n');
-                if (!c2 || c2 > eol)
-                        continue;
-                bool match;
-                if (v1) {
-                        match = false;
-                        for (const char *p = c1 + 1; p < c2;) {
-                                const char *q = memchr(p, ',', (size_t) (c2 - p));
-                                if (!q)
-                                        q = c2;
-                                match = match || ((size_t) (q - p) == 6 && strncmp(p, "memory", 6) == 0);
-                                p = q + 1;
-                        }
-                } else
-                        match = c1 - l == 1 && l[0] == '0' && c2 == c1 + 1;
-                if (!match)
-                        continue;
-                const char *path = c2 + 1;
-                size_t len = (size_t) (eol - path), n = strlen(cgroup);
-                if (streq(cgroup, "/"))
-                        return 1;
-                return len >= n && strncmp(path, cgroup, n) == 0 && (len == n || path[n] == '/');
-        }
-        return -ENOENT;
-}
-
 int host_memory_holds_pid(const HostMemory *h, pid_t pid) {
-        _cleanup_free_ char *text = NULL;
-        char path[64];
+        _cleanup_free_ char *cgroup = NULL;
         int r;
 
         if (h->kind == HOST_MEMORY_MEMINFO || !h->cgroup)
                 return 1;
-        snprintf(path, sizeof path, "/proc/%d/cgroup", (int) pid);
-        r = read_full_file(path, &text, NULL);
+        r = pid_cgroup_path(pid, h->kind == HOST_MEMORY_CGROUP1 ? "memory" : NULL, &cgroup);
+        if (r == -EIDRM)
+                return 0;   /* exiting, its cgroup removed: in no budget's any more */
         if (r < 0)
                 return r;
-        return proc_cgroup_within(text, h->kind == HOST_MEMORY_CGROUP1, h->cgroup);
+        return cgroup_path_is_under(cgroup, h->cgroup);
 }

@@ -51,10 +51,9 @@ int memory_limit_parse(const char *text, uint64_t *ret);
 /* Whether the source holds the process's memory: 1 for /proc/meminfo, else whether it is in the
  * source's cgroup or below (its memory cgroup on v1); < 0 when that cannot be read. */
 int host_memory_holds_pid(const HostMemory *h, pid_t pid);
-/* Pure parsers behind it: dir's path in its cgroup hierarchy from mountinfo text, and whether a
- * /proc/PID/cgroup text places the process in cgroup or below. */
+/* Pure parser behind it: dir's path in its cgroup hierarchy from mountinfo text (the process's
+ * own is cgroup_path_from_proc(), util.h). */
 int mountinfo_cgroup_path(const char *mountinfo, const char *dir, bool v1, char **ret);
-int proc_cgroup_within(const char *text, bool v1, const char *cgroup);
 
 /* What the host holds for a process: VmRSS and VmSwap from /proc/PID/status. */
 int process_footprint(pid_t pid, uint64_t *ret_rss, uint64_t *ret_swap);

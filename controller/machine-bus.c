@@ -13,16 +13,16 @@
 
 int machine_bus_set_knobs(sd_bus_message *message, Machine *machine, const PolicyKnobs *knobs, uint64_t mask,
                              bool runtime, sd_bus_error *error) {
-        Manager *m = machine->manager;
+        const Config *c = machine->context.config;
         _cleanup_free_ char *path = NULL, *runtime_path = NULL, *what = NULL;
         int r;
 
         r = bus_check_bounds(knobs, mask, machine->ram_bytes, error);
         if (r < 0 || mask == 0)
                 return r;
-        r = config_machine_dropin_path(&m->config, machine->name, false, &path);
+        r = config_machine_dropin_path(c, machine->name, false, &path);
         if (r >= 0)
-                r = config_machine_dropin_path(&m->config, machine->name, true, &runtime_path);
+                r = config_machine_dropin_path(c, machine->name, true, &runtime_path);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "No drop-in path for machine %s: %m", machine->name);
         r = bus_save_knobs(path, runtime_path, "Machine", knobs, mask, runtime, error);
@@ -33,7 +33,7 @@ int machine_bus_set_knobs(sd_bus_message *message, Machine *machine, const Polic
         log_info("Machine %s: %s set by %s%s.", machine->name, strempty(what),
                  strempty(sd_bus_message_get_sender(message)), runtime ? " (runtime)" : "");
         machine_apply_knobs(machine, knobs, machine->config.knobs_set | mask);
-        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        machine->ops->run_policy(machine->owner, NULL, PRESSURE_NONE);
         return 0;
 }
 
@@ -52,7 +52,7 @@ static int property_set_machine_knob(sd_bus *bus, const char *path, const char *
         PolicyKnobs knobs;
         int r;
 
-        r = bus_read_knob_write(bus, machine->manager, property, value, &machine->config.knobs, &knobs, &k, error);
+        r = bus_read_knob_write(bus, *machine->context.auth, property, value, &machine->config.knobs, &knobs, &k, error);
         if (r < 0)
                 return r;
         return machine_bus_set_knobs(sd_bus_get_current_message(bus), machine, &knobs, knob_bit(k), true, error);
@@ -176,9 +176,9 @@ int machine_bus_setup(Manager *m) {
 }
 
 int machine_bus_emit_changed(Machine *machine, char **props) {
-        Manager *m = machine->manager;
+        sd_bus *bus = machine->context.bus;
 
-        if (!m->bus || !props[0])
+        if (!bus || !props[0])
                 return 0;
-        return sd_bus_emit_properties_changed_strv(m->bus, machine->object_path, BUS_MACHINE_IFACE, props);
+        return sd_bus_emit_properties_changed_strv(bus, machine->object_path, BUS_MACHINE_IFACE, props);
 }

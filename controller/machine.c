@@ -45,7 +45,7 @@ static void machine_emit(Machine *machine, const char *prop, ...) {
                 machine->pending_props |= 1u << i;
         }
         va_end(ap);
-        manager_schedule_emit(machine->manager);
+        machine->ops->changed(machine->owner, machine);
 }
 
 void machine_flush_changes(Machine *machine) {
@@ -74,7 +74,7 @@ static void machine_set_state(Machine *machine, MachineState state, const char *
         free(machine->state_reason);
         machine->state_reason = reason ? strdup(reason) : NULL;
         machine_emit(machine, "State", "StateReason", NULL);
-        manager_update_stats_polling(machine->manager);
+        machine->ops->stats_polling(machine->owner);
 }
 
 bool machine_controllable(const Machine *machine) {
@@ -161,7 +161,7 @@ static void on_move_done(Balloon *b, int error, const char *desc, void *userdata
                 log_warning_errno(error, "Machine %s: balloon command failed: %s", machine->name, desc ?: "%m");
         if (machine->exit_move) {
                 machine->exit_move = false;
-                manager_exit_progress(machine->manager);
+                machine->ops->exit_progress(machine->owner);
         }
 }
 
@@ -184,7 +184,7 @@ int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, P
         machine->last_move.before_bytes = before;
         machine->last_move.after_bytes = target_bytes;
         machine->target_bytes = target_bytes;
-        machine->manager->n_moves++;
+        machine->ops->moved(machine->owner, machine);
         machine_emit(machine, "TargetMemory", "LastMove", NULL);
         return 0;
 }
@@ -197,7 +197,7 @@ int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, P
  * clock is the same across a restart, but not across the suspend/resume it may include).
  * Files in /run end at reboot, with the VMs. */
 static int manual_hold_path(Machine *machine, char **ret) {
-        const char *dir = machine->manager->config.runtime_machines_directory;
+        const char *dir = machine->context.config->runtime_machines_directory;
 
         if (!dir)
                 return -ENOENT;
@@ -268,7 +268,7 @@ int machine_resize(Machine *machine, uint64_t target_bytes) {
         /* ... whatever need the guest showed before the resize: the operator has decided */
         machine->policy_state.guest_pressure_usec = 0;
         save_manual_hold(machine);
-        manager_run_policy(machine->manager, PRESSURE_NONE, NULL, PRESSURE_NONE);
+        machine->ops->run_policy(machine->owner, NULL, PRESSURE_NONE);
         return 0;
 }
 
@@ -336,7 +336,7 @@ static void on_balloon_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_byt
         machine_set_state(machine, machine->config.knobs.enabled ? MACHINE_MANAGED : MACHINE_UNMANAGED,
                           machine->config.knobs.enabled ? NULL : "Enabled=no");
         machine_emit(machine, "ActualMemory", "TargetMemory", "MemorySize", NULL);
-        manager_schedule_policy(machine->manager);
+        machine->ops->schedule_policy(machine->owner);
 }
 
 static void on_balloon_actual(Balloon *b, uint64_t actual_bytes, void *userdata) {
@@ -346,7 +346,7 @@ static void on_balloon_actual(Balloon *b, uint64_t actual_bytes, void *userdata)
                 return;
         machine->actual_bytes = actual_bytes;
         machine_emit(machine, "ActualMemory", NULL);
-        manager_schedule_policy(machine->manager);
+        machine->ops->schedule_policy(machine->owner);
 }
 
 static void on_balloon_stats(Balloon *b, const GuestStats *stats, void *userdata) {
@@ -354,7 +354,7 @@ static void on_balloon_stats(Balloon *b, const GuestStats *stats, void *userdata
 
         machine->stats = *stats;
         machine_emit(machine, "GuestAvailableMemory", NULL);
-        manager_schedule_policy(machine->manager);
+        machine->ops->schedule_policy(machine->owner);
 }
 
 static void on_balloon_free_page_reporting(Balloon *b, int enabled, void *userdata) {
@@ -388,7 +388,7 @@ static int on_attach_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Machine *machine = userdata;
 
         if (qmp_client_state(machine->qmp) == QMP_READY &&
-            balloon_attach(machine->balloon, machine->manager->config.stats_interval_sec) < 0) {
+            balloon_attach(machine->balloon, machine->context.config->stats_interval_sec) < 0) {
                 machine_set_state(machine, MACHINE_FAILED, "Failed to query the balloon device; trying again.");
                 schedule_attach_retry(machine);
         }
@@ -399,7 +399,7 @@ static void schedule_attach_retry(Machine *machine) {
         machine->attach_retry_usec = machine->attach_retry_usec ?
                 MIN(machine->attach_retry_usec * 2, ATTACH_RETRY_MAX_USEC) : ATTACH_RETRY_MIN_USEC;
         if (!machine->attach_timer) {
-                if (sd_event_add_time_relative(machine->manager->event, &machine->attach_timer, CLOCK_MONOTONIC,
+                if (sd_event_add_time_relative(machine->context.event, &machine->attach_timer, CLOCK_MONOTONIC,
                                                machine->attach_retry_usec, 0, on_attach_timer, machine) < 0)
                         return;
                 sd_event_source_set_description(machine->attach_timer, "balloon-attach-retry");
@@ -458,7 +458,7 @@ static void on_qmp_state(QmpClient *c, QmpState state, int error, const char *de
 
         switch (state) {
         case QMP_READY: {
-                int r = balloon_attach(machine->balloon, machine->manager->config.stats_interval_sec);
+                int r = balloon_attach(machine->balloon, machine->context.config->stats_interval_sec);
                 if (r < 0)
                         machine_set_state(machine, MACHINE_FAILED, "Failed to query the balloon device.");
                 break;
@@ -500,7 +500,7 @@ static int on_qmp_verify_peer(QmpClient *c, const struct ucred *peer, char **ret
         if (peer->pid <= 0)
                 why = "outside this PID namespace";
         else {
-                r = pid_cgroup_path(peer->pid, &cgroup);
+                r = pid_cgroup_path(peer->pid, NULL, &cgroup);
                 if (r >= 0 && cgroup_path_is_under(cgroup, machine->control_group))
                         return 0;
                 why = r < 0 ? "of unknown cgroup" : "in another cgroup";
@@ -542,19 +542,22 @@ static void on_scope_pressure(PsiWatch *w, PressureLevel event, PressureLevel le
                 machine->scope_level = level;
                 machine_emit(machine, "ScopePressure", NULL);
         }
-        manager_run_policy(machine->manager, PRESSURE_NONE, machine, event);
+        machine->ops->run_policy(machine->owner, machine, event);
 }
 
 /* --- lifecycle ---------------------------------------------------------------------------- */
 
-int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm) {
+int machine_new(Machine **ret, const MachineContext *context, const MachineOwnerOps *ops, void *owner,
+                const DiscoveredMachine *dm) {
         Machine *machine;
         int r;
 
         machine = calloc(1, sizeof *machine);
         if (!machine)
                 return -ENOMEM;
-        machine->manager = m;
+        machine->context = *context;
+        machine->ops = ops;
+        machine->owner = owner;
         machine->leader = dm->leader;
         machine->state = MACHINE_CONNECTING;
         guest_stats_init(&machine->stats);
@@ -572,10 +575,10 @@ int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm) {
         if (r < 0)
                 goto fail;
 
-        r = machine_config_load(&m->config, dm->name, &machine->config);
+        r = machine_config_load(context->config, dm->name, &machine->config);
         if (r < 0) {
                 log_warning_errno(r, "Machine %s: failed to load its drop-ins, using defaults: %m", dm->name);
-                machine->config = (MachineConfig) { .knobs = m->config.defaults };
+                machine->config = (MachineConfig) { .knobs = context->config->defaults };
         }
         *ret = machine;
         return 0;
@@ -587,17 +590,17 @@ fail:
 /* Scope pressure: that VM first. Missing PSI is not fatal: host pressure still works. Called
  * again when the machine's trigger knobs change: the kernel cannot re-arm a trigger fd. */
 static int machine_watch_scope(Machine *machine) {
-        Manager *m = machine->manager;
+        const MachineContext *ctx = &machine->context;
         _cleanup_free_ char *p = NULL;
         int r;
 
         machine->psi = psi_watch_free(machine->psi);
         machine->scope_level = PRESSURE_NONE;
-        if (!m->cgroup2_mount)
+        if (!ctx->cgroup2_mount)
                 return 0;
-        if (asprintf(&p, "%s%s/memory.pressure", m->cgroup2_mount, machine->control_group) < 0)
+        if (asprintf(&p, "%s%s/memory.pressure", ctx->cgroup2_mount, machine->control_group) < 0)
                 return -ENOMEM;
-        r = psi_watch_new(&machine->psi, m->event, p, machine->config.knobs.trigger, on_scope_pressure, machine);
+        r = psi_watch_new(&machine->psi, ctx->event, p, machine->config.knobs.trigger, on_scope_pressure, machine);
         if (r < 0 && psi_error_is_transient(r)) {
                 /* EMFILE, or the scope not (yet, again) there: logged once per outage */
                 if (machine->psi_retry_usec == 0)
@@ -617,7 +620,8 @@ static int machine_watch_scope(Machine *machine) {
 /* A libvirt domain: its only QMP monitor is libvirt's (passed by fd), so go through libvirt. */
 static int machine_start_libvirt(Machine *machine) {
 #if HAVE_LIBVIRT
-        Manager *m = machine->manager;
+        const Config *c = machine->context.config;
+        LibvirtConnection *conn;
         int r;
 
         if (sd_id128_is_null(machine->id)) {
@@ -625,19 +629,17 @@ static int machine_start_libvirt(Machine *machine) {
                                   "for this machine.");
                 return 0;
         }
-        if (!m->libvirt) {
-                r = libvirt_connection_new(&m->libvirt, m->event, m->config.libvirt_uri);
-                if (r < 0) {
-                        log_error_errno(r, "Failed to set up libvirt %s: %m", m->config.libvirt_uri);
-                        machine_set_state(machine, MACHINE_FAILED, "Failed to set up the libvirt connection.");
-                        return 0;
-                }
+        r = machine->ops->libvirt_connection(machine->owner, &conn);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up libvirt %s: %m", c->libvirt_uri);
+                machine_set_state(machine, MACHINE_FAILED, "Failed to set up the libvirt connection.");
+                return 0;
         }
         r = machine_watch_scope(machine);
         if (r < 0)
                 return r;
-        r = balloon_new_libvirt(&machine->balloon, m->libvirt, machine->id, machine->name,
-                                m->config.stats_interval_sec, &balloon_callbacks, machine);
+        r = balloon_new_libvirt(&machine->balloon, conn, machine->id, machine->name,
+                                c->stats_interval_sec, &balloon_callbacks, machine);
         if (r < 0)
                 return r;
         machine->backend = balloon_backend_name(machine->balloon);
@@ -662,7 +664,7 @@ static void schedule_scope_rearm(Machine *machine) {
         if (machine->psi_retry)
                 r = sd_event_source_set_time_relative(machine->psi_retry, machine->psi_retry_usec);
         else
-                r = sd_event_add_time_relative(machine->manager->event, &machine->psi_retry, CLOCK_MONOTONIC,
+                r = sd_event_add_time_relative(machine->context.event, &machine->psi_retry, CLOCK_MONOTONIC,
                                                machine->psi_retry_usec, 0, on_scope_rearm, machine);
         if (r >= 0)
                 r = sd_event_source_set_enabled(machine->psi_retry, SD_EVENT_ONESHOT);
@@ -672,7 +674,7 @@ static void schedule_scope_rearm(Machine *machine) {
 
 /* Say in StateReason why the machine cannot be managed and what to do about it. */
 static void machine_start_failed(Machine *machine, int error) {
-        const Config *c = &machine->manager->config;
+        const Config *c = machine->context.config;
         _cleanup_free_ char *why = NULL;
         int r;
 
@@ -692,7 +694,7 @@ static void machine_start_failed(Machine *machine, int error) {
 }
 
 int machine_start(Machine *machine) {
-        Manager *m = machine->manager;
+        const MachineContext *ctx = &machine->context;
         int r;
 
         /* A QMP socket of our own wins (named in a drop-in, or on QEMU's command line); else a
@@ -713,7 +715,7 @@ int machine_start(Machine *machine) {
                         if (asprintf(&why, "No QMP unix socket found on the command line of PID %d (%s); "
                                      "set QMPSocket= in %s/%s.conf and reload.", (int) machine->leader,
                                      r == -ENOENT ? "none, or only fd-passed monitors" : strerror(-r),
-                                     m->config.machines_directory, machine->name) < 0)
+                                     ctx->config->machines_directory, machine->name) < 0)
                                 return -ENOMEM;
                         machine_set_state(machine, MACHINE_UNMANAGED, why);
                         return 0;
@@ -727,7 +729,7 @@ int machine_start(Machine *machine) {
                                      "and its working directory cannot be read (that needs CAP_SYS_PTRACE); "
                                      "give QEMU an absolute path, or set QMPSocket= in %s/%s.conf.",
                                      machine->qmp_socket, (int) machine->leader,
-                                     m->config.machines_directory, machine->name) < 0)
+                                     ctx->config->machines_directory, machine->name) < 0)
                                 return -ENOMEM;
                         machine_set_state(machine, MACHINE_UNMANAGED, why);
                         return 0;
@@ -738,7 +740,7 @@ int machine_start(Machine *machine) {
         if (r < 0)
                 return r;
 
-        r = qmp_client_new(&machine->qmp, m->event, machine->qmp_socket, &qmp_callbacks, machine);
+        r = qmp_client_new(&machine->qmp, ctx->event, machine->qmp_socket, &qmp_callbacks, machine);
         if (r >= 0)
                 r = balloon_new(&machine->balloon, machine->qmp, &balloon_callbacks, machine);
         if (r >= 0) {

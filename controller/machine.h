@@ -1,13 +1,53 @@
 /* One VM: its identity (machined, systemd1), its QMP connection, balloon, scope pressure. */
 #pragma once
 
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "auth.h"
 #include "balloon-libvirt.h"
 #include "balloon.h"
 #include "config.h"
-#include "manager.h"
+#include "discovery.h"
 #include "policy.h"
 #include "psi.h"
 #include "qmp.h"
+
+typedef struct Machine Machine;
+
+/* What a machine reads of the world around it, given by its owner at creation and valid for the
+ * machine's whole life. The machine never reaches past these into its owner. */
+typedef struct MachineContext {
+        sd_event *event;
+        sd_bus *bus;                  /* machine-bus.c: PropertiesChanged (NULL: none sent) */
+        AuthRegistry *const *auth;    /* machine-bus.c: polkit's answers for knob writes (the owner's
+                                       * registry, created with its first query) */
+        const Config *config;         /* the daemon's: StatsIntervalSec=, the drop-in directories, LibvirtURI= */
+        const char *cgroup2_mount;    /* where ControlGroup paths are rooted; NULL: no scope pressure */
+} MachineContext;
+
+/* How a machine tells its owner what happened, as an sd-event source calls back: the owner
+ * decides what that means for all its machines (a policy run, one batch of signals, polling).
+ * Every call gets the owner pointer given to machine_new(). */
+typedef struct MachineOwnerOps {
+        /* Decide now: a scope pressure event (scope_event, machine), a manual resize or new
+         * knobs (PRESSURE_NONE, NULL). */
+        void (*run_policy)(void *owner, Machine *machine, PressureLevel scope_event);
+        /* Decide once the updates already queued are read: guest stats, BALLOON_CHANGE and
+         * balloon-ready come from all VMs at once. */
+        void (*schedule_policy)(void *owner);
+        /* machine_flush_changes() is wanted once the sources already pending have run. */
+        void (*changed)(void *owner, Machine *machine);
+        /* State changed: guest-stats polling may be needed, or no longer. */
+        void (*stats_polling)(void *owner);
+        /* A balloon command went out (for the counters). */
+        void (*moved)(void *owner, Machine *machine);
+        /* A DeflateOnExit move is done (acknowledged or failed). */
+        void (*exit_progress)(void *owner);
+        /* The libvirt connection the owner's libvirt machines share, opened on the first call;
+         * a negative errno when it cannot be set up. */
+        int (*libvirt_connection)(void *owner, LibvirtConnection **ret);
+} MachineOwnerOps;
 
 typedef enum MachineState {
         MACHINE_CONNECTING,   /* QMP connecting or balloon being set up */
@@ -20,7 +60,9 @@ typedef enum MachineState {
 const char *machine_state_to_string(MachineState s);
 
 struct Machine {
-        Manager *manager;
+        MachineContext context;
+        const MachineOwnerOps *ops;
+        void *owner;
         char *name;
         char *unit;
         char *control_group;          /* as systemd1 reports it (relative to the cgroup2 mount) */
@@ -69,7 +111,8 @@ struct Machine {
         } last_move;
 };
 
-int machine_new(Machine **ret, Manager *m, const DiscoveredMachine *dm);
+int machine_new(Machine **ret, const MachineContext *context, const MachineOwnerOps *ops, void *owner,
+                const DiscoveredMachine *dm);
 Machine *machine_free(Machine *machine);
 /* Connect QMP, arm the scope's PSI triggers. */
 int machine_start(Machine *machine);
@@ -101,9 +144,7 @@ void machine_forget_runtime_state(Machine *machine);
 
 /* machine-bus.c: PropertiesChanged for the NULL-terminated property names. */
 int machine_bus_emit_changed(Machine *machine, char **props);
-/* machine-bus.c: the Machine objects on the bus (called by manager_bus_setup()), and a knob
- * write to one machine (a property Set, or the Manager's SetMachineProperties): checked,
- * saved as a drop-in, then applied. */
-int machine_bus_setup(Manager *m);
+/* machine-bus.c: a knob write to one machine (a property Set, or the Manager's
+ * SetMachineProperties): checked, saved as a drop-in, then applied. */
 int machine_bus_set_knobs(sd_bus_message *message, Machine *machine, const PolicyKnobs *knobs, uint64_t mask,
                           bool runtime, sd_bus_error *error);

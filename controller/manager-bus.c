@@ -58,7 +58,7 @@ static int property_set_default_knob(sd_bus *bus, const char *path, const char *
         PolicyKnobs knobs;
         int r;
 
-        r = bus_read_knob_write(bus, m, property, value, &m->config.defaults, &knobs, &k, error);
+        r = bus_read_knob_write(bus, m->auth, property, value, &m->config.defaults, &knobs, &k, error);
         if (r < 0)
                 return r;
         return manager_set_default_knobs(sd_bus_get_current_message(bus), m, &knobs, knob_bit(k), true, error);

@@ -342,6 +342,60 @@ void manager_read_budget(Manager *m, HostBudget *b) {
         (void) host_memory_set_threshold(m->host_memory, b->capacity_bytes > margin ? b->capacity_bytes - margin : 0);
 }
 
+/* --- what machines report -------------------------------------------------------------------- */
+
+static void machine_run_policy(void *owner, Machine *machine, PressureLevel scope_event) {
+        manager_run_policy(owner, PRESSURE_NONE, machine, scope_event);
+}
+
+static void machine_schedule_policy(void *owner) {
+        manager_schedule_policy(owner);
+}
+
+static void machine_changed(void *owner, Machine *machine) {
+        manager_schedule_emit(owner);
+}
+
+static void machine_stats_polling(void *owner) {
+        manager_update_stats_polling(owner);
+}
+
+static void machine_moved(void *owner, Machine *machine) {
+        Manager *m = owner;
+        m->n_moves++;
+}
+
+static void machine_exit_progress(void *owner) {
+        manager_exit_progress(owner);
+}
+
+static int machine_libvirt_connection(void *owner, LibvirtConnection **ret) {
+#if HAVE_LIBVIRT
+        Manager *m = owner;
+        int r;
+
+        if (!m->libvirt) {
+                r = libvirt_connection_new(&m->libvirt, m->event, m->config.libvirt_uri);
+                if (r < 0)
+                        return r;
+        }
+        *ret = m->libvirt;
+        return 0;
+#else
+        return -EOPNOTSUPP;
+#endif
+}
+
+static const MachineOwnerOps machine_owner_ops = {
+        .run_policy = machine_run_policy,
+        .schedule_policy = machine_schedule_policy,
+        .changed = machine_changed,
+        .stats_polling = machine_stats_polling,
+        .moved = machine_moved,
+        .exit_progress = machine_exit_progress,
+        .libvirt_connection = machine_libvirt_connection,
+};
+
 /* --- discovery callbacks -------------------------------------------------------------------- */
 
 static void on_machine_new(const DiscoveredMachine *dm, void *userdata) {
@@ -359,7 +413,15 @@ static void on_machine_new(const DiscoveredMachine *dm, void *userdata) {
                                 remove_machine_at(m, i);
         }
 
-        r = machine_new(&machine, m, dm);
+        /* m->bus, m->auth and the rest are set before discovery starts and outlive every machine */
+        const MachineContext context = {
+                .event = m->event,
+                .bus = m->bus,
+                .auth = &m->auth,
+                .config = &m->config,
+                .cgroup2_mount = m->cgroup2_mount,
+        };
+        r = machine_new(&machine, &context, &machine_owner_ops, m, dm);
         if (r < 0) {
                 log_error_errno(r, "Failed to set up machine %s: %m", dm->name);
                 return;

@@ -8,10 +8,8 @@
 #include "config.h"
 #include "discovery.h"
 #include "hostmem.h"
+#include "machine.h"
 #include "psi.h"
-
-typedef struct Machine Machine;
-typedef struct LibvirtConnection LibvirtConnection;
 
 typedef struct Manager {
         sd_event *event;
@@ -107,6 +105,9 @@ int manager_reload(Manager *m);
 
 /* manager-bus.c */
 int manager_bus_setup(Manager *m);
+/* machine-bus.c: the Machine objects on the bus, looked up among m's machines (called by
+ * manager_bus_setup()). */
+int machine_bus_setup(Manager *m);
 void manager_bus_emit_machine_added(Manager *m, Machine *machine);
 void manager_bus_emit_machine_removed(Manager *m, Machine *machine);
 void manager_bus_emit_host_changed(Manager *m);

@@ -351,12 +351,10 @@ static void disconnect(QmpClient *c, int error, const char *desc) {
 
 static void disconnectf(QmpClient *c, int error, const char *fmt, ...) _printf_(3, 4);
 static void disconnectf(QmpClient *c, int error, const char *fmt, ...) {
-        _cleanup_free_ char *desc = NULL;
         va_list ap;
 
         va_start(ap, fmt);
-        if (vasprintf(&desc, fmt, ap) < 0)
-                desc = NULL;
+        _cleanup_free_ char *desc = vasprintf_or_null(fmt, ap);
         va_end(ap);
         disconnect(c, error, desc ?: "connection dropped");
 }

@@ -54,6 +54,13 @@ int read_full_file(const char *path, char **ret, size_t *ret_size) {
         return 0;
 }
 
+int read_proc_file(pid_t pid, const char *name, char **ret, size_t *ret_size) {
+        char p[64];
+
+        snprintf(p, sizeof p, "/proc/%d/%s", (int) pid, name);
+        return read_full_file(p, ret, ret_size);
+}
+
 int parse_size(const char *s, uint64_t *ret) {
         static const struct { char suffix; uint64_t factor; } table[] = {
                 { 'K', KIB }, { 'M', MIB }, { 'G', GIB }, { 'T', GIB * 1024 },
@@ -142,6 +149,77 @@ char *format_size(char *buf, size_t len, uint64_t bytes) {
         else
                 snprintf(buf, len, "%.1f%c", v, suffixes[i]);
         return buf;
+}
+
+char *vasprintf_or_null(const char *fmt, va_list ap) {
+        char *s;
+
+        return vasprintf(&s, fmt, ap) < 0 ? NULL : s;
+}
+
+/* What the kernel appends to a cgroup2 path whose cgroup is gone (proc_cgroup_show()). */
+#define CGROUP_DELETED_SUFFIX " (deleted)"
+
+int cgroup_path_from_proc(const char *text, const char *controller, char **ret) {
+        const char *next;
+
+        for (const char *l = text; l && *l; l = next) {
+                const char *eol = strchrnul(l, '\n');
+                const char *c1 = memchr(l, ':', (size_t) (eol - l));
+                const char *c2 = c1 ? memchr(c1 + 1, ':', (size_t) (eol - c1 - 1)) : NULL;
+                bool match = false;
+
+                next = *eol ? eol + 1 : NULL;
+                if (!c2)
+                        continue;
+                if (!controller)   /* "0::PATH" */
+                        match = c1 - l == 1 && l[0] == '0' && c2 == c1 + 1;
+                else               /* "N:ctrl,ctrl,...:PATH" */
+                        for (const char *p = c1 + 1; p < c2 && !match;) {
+                                const char *q = memchr(p, ',', (size_t) (c2 - p));
+                                if (!q)
+                                        q = c2;
+                                match = (size_t) (q - p) == strlen(controller) &&
+                                        strncmp(p, controller, (size_t) (q - p)) == 0;
+                                p = q + 1;
+                        }
+                if (!match)
+                        continue;
+
+                const char *path = c2 + 1;
+                size_t n = (size_t) (eol - path), sn = strlen(CGROUP_DELETED_SUFFIX);
+                if (n > sn && memcmp(eol - sn, CGROUP_DELETED_SUFFIX, sn) == 0)
+                        return -EIDRM;
+                if (n == 0 || path[0] != '/')
+                        return -EBADMSG;
+                char *s = strndup(path, n);
+                if (!s)
+                        return -ENOMEM;
+                *ret = s;
+                return 0;
+        }
+        return -ENOENT;
+}
+
+int pid_cgroup_path(pid_t pid, const char *controller, char **ret) {
+        _cleanup_free_ char *text = NULL;
+        int r;
+
+        r = read_proc_file(pid, "cgroup", &text, NULL);
+        if (r < 0)
+                return r;
+        return cgroup_path_from_proc(text, controller, ret);
+}
+
+bool cgroup_path_is_under(const char *path, const char *control_group) {
+        size_t n = strlen(control_group);
+
+        /* "/" holds everything; otherwise a prefix must end at a path component. */
+        while (n > 0 && control_group[n - 1] == '/')
+                n--;
+        if (n == 0)
+                return path[0] == '/';
+        return strncmp(path, control_group, n) == 0 && (path[n] == 0 || path[n] == '/');
 }
 
 int mount_point_of(const char *fstype, const char *super_option, char **ret) {

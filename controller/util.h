@@ -2,6 +2,7 @@
 #pragma once
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -81,9 +82,27 @@ usec_t now_usec(void);  /* CLOCK_MONOTONIC */
 
 /* Reads a whole (small) file, NUL-terminated. Returns 0 or negative errno. */
 int read_full_file(const char *path, char **ret, size_t *ret_size);
+/* The same for /proc/PID/name. */
+int read_proc_file(pid_t pid, const char *name, char **ret, size_t *ret_size);
 /* The first mount point of fstype in /proc/self/mountinfo whose super options include
  * super_option (NULL: any); -ENOENT if none. */
 int mount_point_of(const char *fstype, const char *super_option, char **ret);
+
+/* vasprintf(3) as a value: the formatted string, or NULL when out of memory. For messages that
+ * have a fallback text (desc ?: "..."), where an allocation failure must not lose the error. */
+char *vasprintf_or_null(const char *fmt, va_list ap) _printf_(1, 0);
+
+/* Pure: a process's path in one cgroup hierarchy, from the text of /proc/PID/cgroup: the cgroup2
+ * line ("0::PATH") when controller is NULL, else the v1 line whose controller list names it
+ * ("4:cpu,memory:PATH"; a hybrid host has both kinds). -ENOENT: no such line (a v1-only host, a
+ * controller not mounted); -EBADMSG: the path is not absolute; -EIDRM: the kernel marks the
+ * cgroup " (deleted)" (cgroup2 only: the process is exiting and its cgroup was removed). */
+int cgroup_path_from_proc(const char *text, const char *controller, char **ret);
+/* Reads /proc/PID/cgroup and calls the above. */
+int pid_cgroup_path(pid_t pid, const char *controller, char **ret);
+/* Pure: whether cgroup path is control_group itself or below it ("/a/b" is under "/a",
+ * "/ab" is not; everything is under "/"). */
+bool cgroup_path_is_under(const char *path, const char *control_group);
 
 /* "512M", "2G", "1048576" (bytes), base 1024; K/M/G/T suffixes, optional "iB"/"B". */
 int parse_size(const char *s, uint64_t *ret);

@@ -21,6 +21,7 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../lib"))
 import abtest  # noqa: E402
 import realguest  # noqa: E402
+import lvguest  # noqa: E402  the domain's XML
 from lvguest import UNITS  # noqa: E402  libvirtd and virtlogd as units of the env
 from abtest import Fail, Skip, check, log  # noqa: E402
 
@@ -34,30 +35,8 @@ DOMAIN_LOG = "/var/log/libvirt/qemu/%s.log" % DOMAIN
 
 def domain_xml(dom_uuid, outdir, rundir, name=DOMAIN,
                memballoon="<memballoon model='virtio'><stats period='2'/></memballoon>"):
-    return """<domain type='qemu'>
-  <name>%(name)s</name>
-  <uuid>%(uuid)s</uuid>
-  <memory unit='MiB'>%(mem)d</memory>
-  <currentMemory unit='MiB'>%(mem)d</currentMemory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>%(out)s/vmlinuz</kernel>
-    <initrd>%(out)s/initramfs.cpio.gz</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet loglevel=4 autoballoon.balloon=patched</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <serial type='file'><source path='%(run)s/console.log'/><target port='0'/></serial>
-    <serial type='unix'><source mode='bind' path='%(run)s/cmd.sock'/><target port='1'/></serial>
-    <video><model type='none'/></video>
-    %(memballoon)s
-  </devices>
-</domain>
-""" % {"name": name, "memballoon": memballoon, "uuid": dom_uuid, "mem": MEMORY_MIB, "out": outdir, "run": rundir}
+    return lvguest.domain_xml(name, dom_uuid, MEMORY_MIB, outdir, rundir, balloon="patched",
+                              memballoon=memballoon, as_run_guest=False)
 
 
 def test(env):

@@ -46,11 +46,29 @@ SCRATCH_BYTES = 2 << 30   # run-guest.sh --disk-size 2G
 
 
 def domain_xml(name, dom_uuid, mem_mib, imgdir, rundir, balloon="stock", deflate_on_oom="off",
-               free_page_reporting="off"):
+               free_page_reporting="off", memballoon=None, as_run_guest=True):
     """The domain of one guest. The scratch disk is a sparse file opened with O_DIRECT
     (cache='none'): reads of its holes are zeroes and leave no page cache on the host, as
     run-guest.sh's null-co block device, without a <qemu:commandline> (which would taint the
-    domain). No USB controller, no video: run-guest.sh has neither (-nodefaults)."""
+    domain). No USB controller, no video: run-guest.sh has neither (-nodefaults).
+
+    as_run_guest=False leaves out what only the benchmark needs (ACPI and the TCG cache size,
+    the scratch disk, the USB controller left out): the plain domain the libvirt e2e test
+    defines. memballoon: the whole <memballoon> element, instead of a virtio one with
+    deflate_on_oom and free_page_reporting."""
+    if memballoon is None:
+        memballoon = """<memballoon model='virtio' autodeflate='%s' freePageReporting='%s'>
+      <stats period='2'/>
+    </memballoon>""" % (deflate_on_oom, free_page_reporting)
+    features = """
+  <features><acpi/><tcg><tb-cache unit='MiB'>64</tb-cache></tcg></features>""" if as_run_guest else ""
+    disk = """
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file='%s/scratch.img'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <controller type='usb' model='none'/>""" % rundir if as_run_guest else ""
     return """<domain type='qemu'>
   <name>%(name)s</name>
   <uuid>%(uuid)s</uuid>
@@ -62,29 +80,20 @@ def domain_xml(name, dom_uuid, mem_mib, imgdir, rundir, balloon="stock", deflate
     <kernel>%(img)s/vmlinuz</kernel>
     <initrd>%(img)s/initramfs.cpio.gz</initrd>
     <cmdline>console=ttyS0 panic=-1 quiet loglevel=4 autoballoon.balloon=%(balloon)s</cmdline>
-  </os>
-  <features><acpi/><tcg><tb-cache unit='MiB'>64</tb-cache></tcg></features>
+  </os>%(features)s
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source file='%(run)s/scratch.img'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <controller type='usb' model='none'/>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>%(disk)s
     <serial type='file'><source path='%(run)s/console.log'/><target port='0'/></serial>
     <serial type='unix'><source mode='bind' path='%(run)s/cmd.sock'/><target port='1'/></serial>
     <video><model type='none'/></video>
-    <memballoon model='virtio' autodeflate='%(deflate)s' freePageReporting='%(fpr)s'>
-      <stats period='2'/>
-    </memballoon>
+    %(memballoon)s
   </devices>
 </domain>
 """ % dict(name=name, uuid=dom_uuid, mem=mem_mib, img=imgdir, run=rundir, balloon=balloon,
-           deflate=deflate_on_oom, fpr=free_page_reporting)
+           features=features, disk=disk, memballoon=memballoon)
 
 
 def _v1_memory_mount():

@@ -109,39 +109,6 @@ static void test_cgroup2_mount(void **state) {
         free(p);
 }
 
-/* The QMP peer check's cgroup helpers: /proc/PID/cgroup of a hybrid host, and prefixes that end
- * at a path component only. */
-static void test_peer_cgroup(void **state) {
-        char *p = NULL;
-
-        assert_int_equal(cgroup_path_from_proc("12:memory:/machine.slice\n1:name=systemd:/x\n"
-                                               "0::/machine.slice/machine-vm1.scope\n", &p), 0);
-        assert_string_equal(p, "/machine.slice/machine-vm1.scope");
-        free(p);
-        assert_int_equal(cgroup_path_from_proc("0::/\n", &p), 0);
-        assert_string_equal(p, "/");
-        free(p);
-        assert_int_equal(cgroup_path_from_proc("4:memory:/a\n", &p), -ENOENT);
-        assert_int_equal(cgroup_path_from_proc("0::\n", &p), -EBADMSG);
-        assert_int_equal(cgroup_path_from_proc("0::relative\n", &p), -EBADMSG);
-        assert_int_equal(cgroup_path_from_proc("", &p), -ENOENT);
-
-        assert_true(cgroup_path_is_under("/m.slice/machine-vm1.scope", "/m.slice/machine-vm1.scope"));
-        assert_true(cgroup_path_is_under("/m.slice/machine-vm1.scope/vcpu0", "/m.slice/machine-vm1.scope"));
-        assert_true(cgroup_path_is_under("/m.slice/machine-vm1.scope/x", "/m.slice/machine-vm1.scope/"));
-        assert_false(cgroup_path_is_under("/m.slice/machine-vm1.scope2", "/m.slice/machine-vm1.scope"));
-        assert_false(cgroup_path_is_under("/m.slice/machine-vm2.scope", "/m.slice/machine-vm1.scope"));
-        assert_false(cgroup_path_is_under("/m.slice", "/m.slice/machine-vm1.scope"));
-        assert_true(cgroup_path_is_under("/anything", "/"));
-
-        /* our own cgroup, read the real way */
-        if (pid_cgroup_path(getpid(), &p) == 0) {
-                assert_true(p[0] == '/');
-                assert_true(cgroup_path_is_under(p, p));
-                free(p);
-        }
-}
-
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_qmp_option),
@@ -149,7 +116,6 @@ int main(void) {
                 cmocka_unit_test(test_prefer_own_monitor),
                 cmocka_unit_test(test_malformed),
                 cmocka_unit_test(test_cgroup2_mount),
-                cmocka_unit_test(test_peer_cgroup),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

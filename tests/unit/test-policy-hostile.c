@@ -11,30 +11,14 @@
 #include <cmocka.h>
 
 #include "policy.h"
+#include "policy-test-util.h"
 
 #define TRAJECTORIES 3000
 #define ROUNDS 60
 #define VMS_MAX 6
 /* The largest RAM the daemon believes from QEMU (balloon.h's BALLOON_RAM_MAX_BYTES, 16 PiB). */
 #define RAM_MAX_BYTES (UINT64_MAX / 1024)
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void) {
-        /* xorshift64*: a failure replays with the same POLICY_TEST_SEED */
-        rng_state ^= rng_state >> 12;
-        rng_state ^= rng_state << 25;
-        rng_state ^= rng_state >> 27;
-        return rng_state * 2685821657736338717ULL;
-}
-
-static uint64_t rnd_range(uint64_t lo, uint64_t hi) {  /* inclusive */
-        return hi <= lo ? lo : lo + rnd() % (hi - lo + 1);
-}
-
-static bool rnd_chance(unsigned percent) {
-        return rnd() % 100 < percent;
-}
+#define POLICY_TEST_SEED_DEFAULT 0x51ed270b27a9c3f5ULL
 
 /* What a lying guest (or the QEMU it took over) may send for a size or a counter: the edges,
  * its RAM and just past it, or any 64-bit value. */
@@ -288,15 +272,8 @@ static void run_trajectory(bool with_budget) {
         }
 }
 
-static void seed_rng(void) {
-        const char *e = getenv("POLICY_TEST_SEED");
-        rng_state = e ? strtoull(e, NULL, 0) : 0x51ed270b27a9c3f5ULL;
-        if (rng_state == 0)
-                rng_state = 1;
-}
-
 static void test_hostile_guests(void **state) {
-        seed_rng();
+        seed_rng(POLICY_TEST_SEED_DEFAULT);
         for (unsigned t = 0; t < TRAJECTORIES; t++)
                 run_trajectory(t % 2 == 1);
         print_message("hostile guests: %" PRIu64 " VM decisions in bounds (%" PRIu64 " of liars, %" PRIu64

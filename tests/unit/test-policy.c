@@ -7,36 +7,14 @@
 #include <cmocka.h>
 
 #include "policy.h"
+#include "policy-test-util.h"
+
+#define POLICY_TEST_SEED_DEFAULT 0x9e3779b97f4a7c15ULL
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static uint64_t rng_state;
-
-static uint64_t rnd(void) {
-        /* xorshift64*: deterministic, so a failure replays with the same POLICY_TEST_SEED. */
-        rng_state ^= rng_state >> 12;
-        rng_state ^= rng_state << 25;
-        rng_state ^= rng_state >> 27;
-        return rng_state * 2685821657736338717ULL;
-}
-
-static uint64_t rnd_range(uint64_t lo, uint64_t hi) {  /* inclusive */
-        return hi <= lo ? lo : lo + rnd() % (hi - lo + 1);
-}
-
-static bool rnd_chance(unsigned percent) {
-        return rnd() % 100 < percent;
-}
-
 static usec_t sub_now(usec_t now, usec_t d) {
         return now > d ? now - d : 1;
-}
-
-static void seed_rng(void) {
-        const char *e = getenv("POLICY_TEST_SEED");
-        rng_state = e ? strtoull(e, NULL, 0) : 0x9e3779b97f4a7c15ULL;
-        if (rng_state == 0)
-                rng_state = 1;
 }
 
 static void vm_init(PolicyVM *vm, const PolicyKnobs *k, uint64_t ram_bytes) {
@@ -849,7 +827,7 @@ static void test_random_properties(void **state) {
         static PolicyKnobs sets[N_KNOB_SETS];
         PolicyVM vm[VMS_MAX], pre[VMS_MAX];
 
-        seed_rng();
+        seed_rng(POLICY_TEST_SEED_DEFAULT);
         for (unsigned tr = 0; tr < TRAJECTORIES; tr++) {
                 PolicyHost host = {};
                 usec_t now = rnd_range(1, 1000000) * USEC_PER_SEC;
@@ -1260,7 +1238,7 @@ static void test_budget_idle_no_timer(void **state) {
 static void test_budget_random(void **state) {
         unsigned checked = 0, takes = 0, recoveries = 0;
 
-        seed_rng();
+        seed_rng(POLICY_TEST_SEED_DEFAULT);
         for (int t = 0; t < 20000; t++) {
                 PolicyKnobs knobs[2];
                 PolicyVM vms[VMS_MAX], pre[VMS_MAX];
@@ -1340,7 +1318,7 @@ static void test_idle_no_timer(void **state) {
         PolicyVM vm[VMS_MAX];
         unsigned cases = 0, tempting = 0;
 
-        seed_rng();
+        seed_rng(POLICY_TEST_SEED_DEFAULT);
         for (unsigned c = 0; c < IDLE_CASES / 4; c++) {
                 PolicyHost host = {};
                 usec_t now = rnd_range(1, 1000000) * USEC_PER_SEC;

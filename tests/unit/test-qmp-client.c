@@ -235,7 +235,12 @@ static void on_reply_text(QmpClient *c, int error, json_object *reply, const cha
                  qmp_error_class(reply));
 }
 
-static bool ready(Seen *s) {
+/* Runs e until the client is ready (the greeting and qmp_capabilities done). */
+static bool run_until_ready(sd_event *e, const Seen *s, usec_t timeout) {
+        usec_t end = now_usec() + timeout;
+
+        while (s->state != QMP_READY && now_usec() < end)
+                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
         return s->state == QMP_READY;
 }
 
@@ -254,12 +259,7 @@ static void test_balloon_roundtrip(void **state) {
         s.balloon = b;
         assert_int_equal(qmp_client_start(c), 0);
 
-        bool is_ready = false;
-        for (usec_t end = now_usec() + 5 * USEC_PER_SEC; !is_ready && now_usec() < end;) {
-                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
-                is_ready = ready(&s);
-        }
-        assert_true(is_ready);
+        assert_true(run_until_ready(e, &s, 5 * USEC_PER_SEC));
         assert_true(record_has(&f, "\"execute\":\"qmp_capabilities\""));
 
         assert_int_equal(balloon_attach(b, 1), 0);
@@ -473,12 +473,7 @@ static void test_not_there_yet(void **state) {
 
         fake_start(&f, "late", NULL);
         usec_t t = now_usec();
-        bool is_ready = false;
-        for (usec_t end = t + 5 * USEC_PER_SEC; !is_ready && now_usec() < end;) {
-                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
-                is_ready = ready(&s);
-        }
-        assert_true(is_ready);
+        assert_true(run_until_ready(e, &s, 5 * USEC_PER_SEC));
         assert_true(now_usec() - t < 1 * USEC_PER_SEC);
         fake_kill(&f, SIGTERM);
 }
@@ -554,12 +549,7 @@ static void test_killed_mid_command(void **state) {
         qmp_client_set_backoff_max(c, 200 * USEC_PER_MSEC);
         assert_int_equal(qmp_client_start(c), 0);
         assert_int_equal(balloon_attach(b, 0), -ENOTCONN);
-        bool is_ready = false;
-        for (usec_t end = now_usec() + 5 * USEC_PER_SEC; !is_ready && now_usec() < end;) {
-                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
-                is_ready = ready(&s);
-        }
-        assert_true(is_ready);
+        assert_true(run_until_ready(e, &s, 5 * USEC_PER_SEC));
         assert_int_equal(balloon_attach(b, 0), 0);
         assert_true(run_until(e, &s.balloon_ready, 5 * USEC_PER_SEC));
 
@@ -619,12 +609,7 @@ static void test_garbage(void **state) {
         s.balloon = b;
         qmp_client_set_backoff_max(c, 200 * USEC_PER_MSEC);
         assert_int_equal(qmp_client_start(c), 0);
-        bool is_ready = false;
-        for (usec_t end = now_usec() + 5 * USEC_PER_SEC; !is_ready && now_usec() < end;) {
-                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
-                is_ready = ready(&s);
-        }
-        assert_true(is_ready);
+        assert_true(run_until_ready(e, &s, 5 * USEC_PER_SEC));
         assert_int_equal(balloon_attach(b, 0), 0);
 
         for (usec_t end = now_usec() + 5 * USEC_PER_SEC; s.n_waiting_retry == 0 && now_usec() < end;)
@@ -664,12 +649,7 @@ static void test_timeout_and_busy(void **state) {
         qmp_client_set_command_timeout(c, 200 * USEC_PER_MSEC);
         qmp_client_set_backoff_max(c, 200 * USEC_PER_MSEC);
         assert_int_equal(qmp_client_start(c), 0);
-        bool is_ready = false;
-        for (usec_t end = now_usec() + 5 * USEC_PER_SEC; !is_ready && now_usec() < end;) {
-                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
-                is_ready = ready(&s);
-        }
-        assert_true(is_ready);
+        assert_true(run_until_ready(e, &s, 5 * USEC_PER_SEC));
 
         /* A stuck QEMU: the command times out, the connection stays. */
         fake_control(&f, "hang");
@@ -751,12 +731,7 @@ static void test_no_balloon_and_free_in_callback(void **state) {
         assert_int_equal(balloon_new(&b, c, &balloon_cb, &s), 0);
         s.balloon = b;
         assert_int_equal(qmp_client_start(c), 0);
-        bool is_ready = false;
-        for (usec_t end = now_usec() + 5 * USEC_PER_SEC; !is_ready && now_usec() < end;) {
-                assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);
-                is_ready = ready(&s);
-        }
-        assert_true(is_ready);
+        assert_true(run_until_ready(e, &s, 5 * USEC_PER_SEC));
         assert_int_equal(balloon_attach(b, 2), 0);
         for (usec_t end = now_usec() + 5 * USEC_PER_SEC; s.balloon_error == 0 && now_usec() < end;)
                 assert_true(sd_event_run(e, 10 * USEC_PER_MSEC) >= 0);

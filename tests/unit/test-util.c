@@ -1,4 +1,4 @@
-/* Size, duration and boolean parsing shared by config, CLI and D-Bus. */
+/* Size, duration and boolean parsing shared by config, CLI and D-Bus; /proc/PID/cgroup. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -54,12 +54,80 @@ static void test_format_size(void **state) {
         assert_string_equal(format_size(buf, sizeof buf, 100), "100B");
 }
 
+/* /proc/PID/cgroup, for the QMP peer check (cgroup2) and the budget's membership (v2, or v1's
+ * memory hierarchy). */
+static void test_proc_cgroup(void **state) {
+        const char *hybrid = "12:cpu,cpuacct:/other\n11:memory:/host/vms/vm1\n1:name=systemd:/x\n"
+                             "0::/machine.slice/machine-vm1.scope\n";
+        char *p = NULL;
+
+        assert_int_equal(cgroup_path_from_proc("0::/machine.slice/machine-vm1.scope\n", NULL, &p), 0);
+        assert_string_equal(p, "/machine.slice/machine-vm1.scope");
+        free(p);
+        assert_int_equal(cgroup_path_from_proc("0::/\n", NULL, &p), 0);
+        assert_string_equal(p, "/");
+        free(p);
+
+        /* a hybrid host: each hierarchy its own line */
+        assert_int_equal(cgroup_path_from_proc(hybrid, NULL, &p), 0);
+        assert_string_equal(p, "/machine.slice/machine-vm1.scope");
+        free(p);
+        assert_int_equal(cgroup_path_from_proc(hybrid, "memory", &p), 0);
+        assert_string_equal(p, "/host/vms/vm1");
+        free(p);
+        assert_int_equal(cgroup_path_from_proc(hybrid, "cpuacct", &p), 0);
+        assert_string_equal(p, "/other");
+        free(p);
+        assert_int_equal(cgroup_path_from_proc("3:memory,foo:/a/b", "memory", &p), 0);   /* no newline */
+        assert_string_equal(p, "/a/b");
+        free(p);
+        assert_int_equal(cgroup_path_from_proc("garbage\n0::/a\n", NULL, &p), 0);
+        assert_string_equal(p, "/a");
+        free(p);
+        /* controllers match whole, and v2 and v1 lines are not confused */
+        assert_int_equal(cgroup_path_from_proc(hybrid, "mem", &p), -ENOENT);
+        assert_int_equal(cgroup_path_from_proc(hybrid, "blkio", &p), -ENOENT);
+        assert_int_equal(cgroup_path_from_proc("0::/a\n", "memory", &p), -ENOENT);
+        assert_int_equal(cgroup_path_from_proc("4:memory:/a\n", NULL, &p), -ENOENT);
+        assert_int_equal(cgroup_path_from_proc("", NULL, &p), -ENOENT);
+
+        assert_int_equal(cgroup_path_from_proc("0::\n", NULL, &p), -EBADMSG);
+        assert_int_equal(cgroup_path_from_proc("0::relative\n", NULL, &p), -EBADMSG);
+        /* an exiting process whose cgroup was removed: no path that could match a live one */
+        p = NULL;
+        assert_int_equal(cgroup_path_from_proc("0::/machine.slice/machine-vm1.scope (deleted)\n", NULL, &p),
+                         -EIDRM);
+        assert_null(p);
+
+        /* the file read the real way: no such process, and our own */
+        assert_int_equal(pid_cgroup_path(INT32_MAX, NULL, &p), -ENOENT);
+        if (pid_cgroup_path(getpid(), NULL, &p) == 0) {
+                assert_true(p[0] == '/');
+                assert_true(cgroup_path_is_under(p, p));
+                free(p);
+        }
+}
+
+static void test_cgroup_path_is_under(void **state) {
+        assert_true(cgroup_path_is_under("/m.slice/machine-vm1.scope", "/m.slice/machine-vm1.scope"));
+        assert_true(cgroup_path_is_under("/m.slice/machine-vm1.scope/vcpu0", "/m.slice/machine-vm1.scope"));
+        assert_true(cgroup_path_is_under("/m.slice/machine-vm1.scope/x", "/m.slice/machine-vm1.scope/"));
+        assert_false(cgroup_path_is_under("/m.slice/machine-vm1.scope2", "/m.slice/machine-vm1.scope"));
+        assert_false(cgroup_path_is_under("/m.slice/machine-vm2.scope", "/m.slice/machine-vm1.scope"));
+        assert_false(cgroup_path_is_under("/m.slice", "/m.slice/machine-vm1.scope"));
+        assert_true(cgroup_path_is_under("/host/vms/vm1", "/host"));
+        assert_false(cgroup_path_is_under("/host/vms/vm1", "/hos"));
+        assert_true(cgroup_path_is_under("/anything", "/"));
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_parse_size),
                 cmocka_unit_test(test_parse_duration),
                 cmocka_unit_test(test_parse_boolean),
                 cmocka_unit_test(test_format_size),
+                cmocka_unit_test(test_proc_cgroup),
+                cmocka_unit_test(test_cgroup_path_is_under),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
