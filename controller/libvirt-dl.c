@@ -1,9 +1,30 @@
 /* libvirt's client library, loaded at run time (see libvirt-dl.h). */
 #include <dlfcn.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "libvirt-dl.h"
 #include "log.h"
+
+/* ldd no longer shows libvirt, so say it where packaging tools look: an ELF note of the "dlopen()
+ * metadata for ELF files" convention (owner "FDO", type 0x407c0c0a, a JSON array in a 4-byte
+ * aligned .note.dlopen section), read by package-notes' dlopen-notes and systemd-analyze
+ * dlopen-metadata to add the package as a recommended dependency. */
+#define LIBVIRT_DL_NOTE_JSON                                                                    \
+        "[{\"feature\":\"libvirt\",\"description\":\"the balloon of the VMs libvirt runs\","  \
+        "\"priority\":\"recommended\",\"soname\":[\"" LIBVIRT_SONAME "\"]}]"
+__attribute__((used, section(".note.dlopen"), aligned(4)))
+static const struct {
+        uint32_t n_namesz, n_descsz, n_type;
+        char name[4];
+        char desc[sizeof(LIBVIRT_DL_NOTE_JSON)];   /* padded to 4 bytes by the struct's alignment */
+} libvirt_dl_note = {
+        .n_namesz = sizeof("FDO"),
+        .n_descsz = sizeof(LIBVIRT_DL_NOTE_JSON),
+        .n_type = UINT32_C(0x407c0c0a),
+        .name = "FDO",
+        .desc = LIBVIRT_DL_NOTE_JSON,
+};
 
 #define LIBVIRT_DL_DEFINE(f) typeof(f) *sym_##f = NULL;
 LIBVIRT_DL_FUNCTIONS(LIBVIRT_DL_DEFINE)
