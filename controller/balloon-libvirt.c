@@ -8,10 +8,8 @@
 #include <sys/epoll.h>
 #include <time.h>
 
-#include <libvirt/libvirt.h>
-#include <libvirt/virterror.h>
-
 #include "balloon-libvirt.h"
+#include "libvirt-dl.h"
 #include "log.h"
 
 /* libvirtd restarting (a package upgrade, virtqemud's idle exit) is back within a second or
@@ -229,20 +227,28 @@ static void vir_on_error(void *userdata, virErrorPtr error) {
         /* Every failure is reported where it happens, with what was being done. */
 }
 
+/* libvirt is loaded here, as the first connection opens (the first libvirt machine), not at
+ * start-up: a daemon with QMP machines only never maps it. Until it loads, no sym_ function is
+ * called: every path to one goes through an open connection or an attached domain. */
 static int vir_setup(sd_event *e) {
+        int r;
+
         if (vir_loop)
                 return vir_loop == e ? 0 : -EBUSY;
-        if (virInitialize() < 0)
+        r = dlopen_libvirt();
+        if (r < 0)
+                return r;
+        if (sym_virInitialize() < 0)
                 return -EIO;
-        virSetErrorFunc(NULL, vir_on_error);
+        sym_virSetErrorFunc(NULL, vir_on_error);
         vir_loop = sd_event_ref(e);
-        virEventRegisterImpl(vir_add_handle, vir_update_handle, vir_remove_handle,
-                             vir_add_timeout, vir_update_timeout, vir_remove_timeout);
+        sym_virEventRegisterImpl(vir_add_handle, vir_update_handle, vir_remove_handle,
+                                 vir_add_timeout, vir_update_timeout, vir_remove_timeout);
         return 0;
 }
 
 static const char *vir_error(void) {
-        return virGetLastErrorMessage();
+        return sym_virGetLastErrorMessage();
 }
 
 /* --- connection ----------------------------------------------------------------------------- */
@@ -294,7 +300,7 @@ static void domain_schedule(LibvirtDomain *d);
 static LibvirtDomain *connection_find(LibvirtConnection *c, virDomainPtr dom) {
         unsigned char uuid[VIR_UUID_BUFLEN];
 
-        if (virDomainGetUUID(dom, uuid) < 0)
+        if (sym_virDomainGetUUID(dom, uuid) < 0)
                 return NULL;
         for (LibvirtDomain *d = c->domains; d; d = d->next)
                 if (memcmp(d->uuid.bytes, uuid, sizeof uuid) == 0)
@@ -305,7 +311,7 @@ static LibvirtDomain *connection_find(LibvirtConnection *c, virDomainPtr dom) {
 /* After a failed call: was it the connection? Then the close callback or the keepalive will
  * say so too, but act at once. */
 static bool connection_check(LibvirtConnection *c) {
-        if (c->conn && virConnectIsAlive(c->conn) == 1)
+        if (c->conn && sym_virConnectIsAlive(c->conn) == 1)
                 return true;
         if (c->conn)
                 connection_down(c, "connection to libvirtd lost");
@@ -316,7 +322,7 @@ static void domain_detach(LibvirtDomain *d) {
         d->ready = false;
         d->stats_last_update = 0;
         if (d->dom) {
-                virDomainFree(d->dom);
+                sym_virDomainFree(d->dom);
                 d->dom = NULL;
         }
 }
@@ -389,14 +395,14 @@ static void connection_close(LibvirtConnection *c) {
                 domain_detach(d);
         /* On a dead connection these fail locally; they still drop libvirt's references. */
         if (c->lifecycle_cb_id >= 0)
-                (void) virConnectDomainEventDeregisterAny(c->conn, c->lifecycle_cb_id);
+                (void) sym_virConnectDomainEventDeregisterAny(c->conn, c->lifecycle_cb_id);
         if (c->balloon_cb_id >= 0)
-                (void) virConnectDomainEventDeregisterAny(c->conn, c->balloon_cb_id);
+                (void) sym_virConnectDomainEventDeregisterAny(c->conn, c->balloon_cb_id);
         if (c->close_registered)
-                (void) virConnectUnregisterCloseCallback(c->conn, on_close);
+                (void) sym_virConnectUnregisterCloseCallback(c->conn, on_close);
         c->lifecycle_cb_id = c->balloon_cb_id = -1;
         c->close_registered = false;
-        (void) virConnectClose(c->conn);
+        (void) sym_virConnectClose(c->conn);
         c->conn = NULL;
 }
 
@@ -429,10 +435,20 @@ static void connection_down(LibvirtConnection *c, const char *why) {
 
 static int connection_open(LibvirtConnection *c) {
         virConnectPtr conn;
+        int r;
 
         assert(!c->conn);
 
-        conn = virConnectOpen(c->uri);
+        /* Loading the library is retried with the connection: a libvirt installed while the
+         * daemon runs is used at the next try. */
+        r = vir_setup(c->event);
+        if (r < 0) {
+                connection_down(c, r == -ELIBACC ? LIBVIRT_SONAME " cannot be loaded; " LIBVIRT_PACKAGE_HINT :
+                                   r == -ELIBBAD ? LIBVIRT_SONAME " is older than autoballoond needs" :
+                                   "cannot initialize libvirt");
+                return -ENOTCONN;
+        }
+        conn = sym_virConnectOpen(c->uri);
         if (!conn) {
                 _cleanup_free_ char *why = NULL;
                 if (asprintf(&why, "cannot connect (%s)", vir_error()) < 0)
@@ -441,13 +457,13 @@ static int connection_open(LibvirtConnection *c) {
                 return -ENOTCONN;
         }
         c->conn = conn;
-        if (virConnectSetKeepAlive(conn, KEEPALIVE_INTERVAL_SEC, KEEPALIVE_COUNT) < 0)
+        if (sym_virConnectSetKeepAlive(conn, KEEPALIVE_INTERVAL_SEC, KEEPALIVE_COUNT) < 0)
                 log_debug("libvirt %s: no keepalive (%s); relying on the socket closing.", c->uri, vir_error());
-        c->close_registered = virConnectRegisterCloseCallback(conn, on_close, c, NULL) >= 0;
-        c->lifecycle_cb_id = virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                              VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), c, NULL);
-        c->balloon_cb_id = virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
-                                                            VIR_DOMAIN_EVENT_CALLBACK(on_balloon_change), c, NULL);
+        c->close_registered = sym_virConnectRegisterCloseCallback(conn, on_close, c, NULL) >= 0;
+        c->lifecycle_cb_id = sym_virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                                  VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), c, NULL);
+        c->balloon_cb_id = sym_virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
+                                                                VIR_DOMAIN_EVENT_CALLBACK(on_balloon_change), c, NULL);
         if (c->lifecycle_cb_id < 0 || c->balloon_cb_id < 0) {
                 _cleanup_free_ char *why = NULL;
                 if (asprintf(&why, "cannot subscribe to domain events (%s)", vir_error()) < 0)
@@ -478,11 +494,9 @@ static int on_reconnect_timer(sd_event_source *s, uint64_t usec, void *userdata)
 
 int libvirt_connection_new(LibvirtConnection **ret, sd_event *e, const char *uri) {
         LibvirtConnection *c;
-        int r;
 
-        r = vir_setup(e);
-        if (r < 0)
-                return r;
+        if (vir_loop && vir_loop != e)
+                return -EBUSY;   /* libvirt's event implementation is process-wide */
         c = calloc(1, sizeof *c);
         if (!c)
                 return -ENOMEM;
@@ -498,7 +512,7 @@ int libvirt_connection_new(LibvirtConnection **ret, sd_event *e, const char *uri
         (void) sd_event_source_set_enabled(c->reconnect_timer, SD_EVENT_OFF);
         (void) sd_event_source_set_enabled(c->drop_defer, SD_EVENT_OFF);
         (void) sd_event_source_set_description(c->reconnect_timer, "libvirt-reconnect");
-        (void) connection_open(c);   /* a failure is retried: libvirtd may start after us */
+        (void) connection_open(c);   /* a failure is retried: libvirtd, or libvirt itself, may come after us */
         *ret = c;
         return 0;
 }
@@ -622,9 +636,9 @@ static int domain_attach(LibvirtDomain *d) {
                 return 0;
         }
 
-        d->dom = virDomainLookupByUUID(c->conn, d->uuid.bytes);
+        d->dom = sym_virDomainLookupByUUID(c->conn, d->uuid.bytes);
         if (!d->dom) {
-                if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN)
+                if (sym_virGetLastErrorCode() == VIR_ERR_NO_DOMAIN)
                         return domain_fail(d, -ENODEV, "No libvirt domain with UUID %s on %s (the machine's Id).",
                                            d->uuid_string, c->uri);
                 if (!connection_check(c))
@@ -633,12 +647,12 @@ static int domain_attach(LibvirtDomain *d) {
                                    d->uuid_string, c->uri, vir_error());
         }
         free(d->description);
-        if (asprintf(&d->description, "libvirt domain %s on %s", strempty(virDomainGetName(d->dom)), c->uri) < 0)
+        if (asprintf(&d->description, "libvirt domain %s on %s", strempty(sym_virDomainGetName(d->dom)), c->uri) < 0)
                 d->description = NULL;
 
         /* <memballoon model='none'/> or none at all: nothing to drive, and libvirt would refuse
          * the live size change only once we tried. */
-        xml = virDomainGetXMLDesc(d->dom, 0);
+        xml = sym_virDomainGetXMLDesc(d->dom, 0);
         if (!xml) {
                 if (!connection_check(c))
                         return 0;
@@ -661,7 +675,7 @@ static int domain_attach(LibvirtDomain *d) {
         /* While libvirt starts the domain (paused, starting up) it holds the domain's job, and
          * the calls below would wait for it with the loop: come back on the STARTED event.
          * virDomainGetState() needs no job. */
-        if (virDomainGetState(d->dom, &state, &reason, 0) < 0) {
+        if (sym_virDomainGetState(d->dom, &state, &reason, 0) < 0) {
                 if (!connection_check(c))
                         return 0;
                 return domain_fail(d, -EIO, "Failed to read the state of %s: %s", d->description, vir_error());
@@ -672,7 +686,7 @@ static int domain_attach(LibvirtDomain *d) {
 
         /* The balloon's ceiling is the boot RAM (<memory>, as QEMU's base-memory); above it
          * libvirt refuses a live change. */
-        max_kib = virDomainGetMaxMemory(d->dom);
+        max_kib = sym_virDomainGetMaxMemory(d->dom);
         if (max_kib == 0) {
                 if (!connection_check(c))
                         return 0;
@@ -683,18 +697,18 @@ static int domain_attach(LibvirtDomain *d) {
                                    max_kib, d->description);
 
         if (d->stats_interval_sec > 0 &&
-            virDomainSetMemoryStatsPeriod(d->dom, (int) d->stats_interval_sec, VIR_DOMAIN_AFFECT_LIVE) < 0) {
+            sym_virDomainSetMemoryStatsPeriod(d->dom, (int) d->stats_interval_sec, VIR_DOMAIN_AFFECT_LIVE) < 0) {
                 if (!connection_check(c))
                         return 0;
                 log_warning("Machine %s: failed to enable guest statistics of %s, continuing without: %s",
                             d->machine_name, d->description, vir_error());
         }
 
-        n = virDomainMemoryStats(d->dom, vs, VIR_DOMAIN_MEMORY_STAT_NR, 0);
+        n = sym_virDomainMemoryStats(d->dom, vs, VIR_DOMAIN_MEMORY_STAT_NR, 0);
         if (n < 0) {
                 if (!connection_check(c))
                         return 0;
-                if (virGetLastErrorCode() == VIR_ERR_OPERATION_INVALID)   /* "domain is not running" */
+                if (sym_virGetLastErrorCode() == VIR_ERR_OPERATION_INVALID)   /* "domain is not running" */
                         return domain_retry_attach(d, "Waiting for libvirt to start the domain.");
                 return domain_fail(d, -EIO, "Failed to read the balloon of %s: %s", d->description, vir_error());
         }
@@ -723,7 +737,7 @@ static void domain_set_target(LibvirtDomain *d) {
         d->target_cb = NULL;
         if (!d->ready)
                 error = -ENOTCONN;
-        else if (virDomainSetMemoryFlags(d->dom, (unsigned long) (target / KIB), VIR_DOMAIN_AFFECT_LIVE) < 0)
+        else if (sym_virDomainSetMemoryFlags(d->dom, (unsigned long) (target / KIB), VIR_DOMAIN_AFFECT_LIVE) < 0)
                 error = -EIO;
         if (error < 0 && asprintf(&desc, "Failed to set the balloon of %s to %" PRIu64 " bytes: %s",
                                   strempty(d->description), target,
@@ -746,7 +760,7 @@ static void domain_poll_stats(LibvirtDomain *d) {
         d->want_stats = false;
         if (!d->ready)
                 return;
-        n = virDomainMemoryStats(d->dom, vs, VIR_DOMAIN_MEMORY_STAT_NR, 0);
+        n = sym_virDomainMemoryStats(d->dom, vs, VIR_DOMAIN_MEMORY_STAT_NR, 0);
         if (n < 0) {
                 log_full(d->stats_failing ? LOG_DEBUG : LOG_WARNING,
                          "Failed to read guest statistics of %s: %s", d->description, vir_error());
@@ -840,7 +854,7 @@ static int lv_set_stats_interval(void *impl, unsigned interval_sec) {
                 return -ENOTCONN;
         if (interval_sec == d->stats_interval_sec)
                 return 0;
-        if (virDomainSetMemoryStatsPeriod(d->dom, (int) interval_sec, VIR_DOMAIN_AFFECT_LIVE) < 0) {
+        if (sym_virDomainSetMemoryStatsPeriod(d->dom, (int) interval_sec, VIR_DOMAIN_AFFECT_LIVE) < 0) {
                 log_warning("Failed to set the guest statistics period of %s: %s", d->description, vir_error());
                 (void) connection_check(d->c);
                 return -EIO;

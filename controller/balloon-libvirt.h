@@ -15,7 +15,9 @@
 typedef struct LibvirtConnection LibvirtConnection;
 
 /* One connection to uri for all libvirt machines, opened at once and reopened with back-off
- * whenever libvirtd goes away. Wires libvirt's event API to e (process-wide in libvirt: one
+ * whenever libvirtd goes away. The first open loads libvirt (dlopen_libvirt()); a library that
+ * cannot be loaded is reported and retried as an unreachable libvirtd is, its reason naming
+ * the package to install. Wires libvirt's event API to e (process-wide in libvirt: one
  * sd_event per process). -EOPNOTSUPP when built without libvirt. */
 int libvirt_connection_new(LibvirtConnection **ret, sd_event *e, const char *uri);
 LibvirtConnection *libvirt_connection_free(LibvirtConnection *c);

@@ -3,7 +3,8 @@
 environment's real systemd: Type=notify start; the sandbox in force (capabilities, no new
 privileges, seccomp, OOM score, the host's /tmp read-only); fake VMs whose QMP sockets are in
 /tmp and in /run managed and their balloons moved; PSI triggers, drop-ins and a reload working
-inside the sandbox; a relative socket path unmanaged with a StateReason that says why; the
+inside the sandbox; a relative socket path unmanaged with a StateReason that says why; libvirt
+loaded (dlopen) inside the sandbox by a libvirt machine (built with libvirt); the
 watchdog on (WatchdogUSec), fed over an idle spell, and enforced: a loop that stops turning is
 killed and the unit restarted, the VMs managed again.
 
@@ -90,6 +91,13 @@ def mount_options(pid, path):
     return opts.split(",")
 
 
+def have_libvirt():
+    for line in open(os.path.join(abtest.BUILDDIR, "build-config.h")):
+        if line.split()[:2] == ["#define", "HAVE_LIBVIRT"]:
+            return line.split()[2] == "1"
+    return False
+
+
 def fake_vm(env, name, sock, cwd=None, wait_path=None):
     """A fake VM whose leader's command line names sock (relative to cwd if given)."""
     rec = env.file("%s.qmp-record.log" % name)
@@ -120,7 +128,14 @@ def run(env, tmpdir):
                      wait_path="/proc/%d/root/run/abt-vm-run.qmp" % env.pid1)
     vm_rel = fake_vm(env, "vm-rel", "vm-rel.qmp", cwd=tmpdir, wait_path=os.path.join(tmpdir, "vm-rel.qmp"))
 
-    install_unit(env, env.write_config())
+    config = env.write_config()
+    # libvirt's machine below: a socket nobody listens on, as with libvirtd stopped
+    with open(config) as f:
+        text = f.read().replace("[Manager]\n", "[Manager]\nLibvirtURI=qemu+unix:///system?socket=%s\n"
+                                % env.file("no-libvirt-sock"), 1)
+    with open(config, "w") as f:
+        f.write(text)
+    install_unit(env, config)
     t = time.monotonic()
     systemctl(env, "start", UNIT)   # Type=notify: returns after READY=1
     p = unit_props(env, "ActiveState", "SubState", "MainPID", "WatchdogUSec", "NRestarts")
@@ -184,6 +199,20 @@ def run(env, tmpdir):
     check('"vm-rel.qmp"' in reason and "relative" in reason and "CAP_SYS_PTRACE" in reason and
           "QMPSocket=" in reason, "StateReason does not say why: %r" % reason)
     check(vm_rel.records() == "", "the daemon talked to the relative socket: %s" % vm_rel.records())
+
+    # libvirt is dlopen()ed by the first libvirt machine: under MemoryDenyWriteExecute= and the
+    # seccomp filter too. It loads, and the machine fails only for want of a libvirtd.
+    if have_libvirt():
+        check(not any("libvirt.so" in l for l in open("/proc/%d/maps" % pid)), "libvirt mapped before a libvirt machine")
+        lv = env.spawn(["sleep", "600"], name="vm-lv", stderr=env.file("vm-lv.leader.log"))
+        env.create_machine("vm-lv", lv.ns_pid, service="libvirt-qemu")
+        path = env.machine_path("vm-lv")
+        env.wait_property(path, "State", "failed", timeout=5)
+        reason = env.ab_get(path, "StateReason")
+        log("vm-lv: %s" % reason)
+        check(env.ab_get(path, "Backend") == "libvirt" and "cannot connect" in reason,
+              "vm-lv: Backend %r, StateReason %r" % (env.ab_get(path, "Backend"), reason))
+        check(any("libvirt.so" in l for l in open("/proc/%d/maps" % pid)), "libvirt not loaded in the sandbox")
 
     # the watchdog: on, and fed by the loop while nothing happens
     usec = int(env.get(abtest.S1, unit_path(env), abtest.S1 + ".Service", "WatchdogUSec"))

@@ -556,16 +556,17 @@ class Env:
         with open(self.file("machines.d/%s.conf" % name), "w") as f:
             f.write(text)
 
-    def start_daemon(self, config=None, wait=True, timeout=5.0, args=("--log-level=debug",)):
+    def start_daemon(self, config=None, wait=True, timeout=5.0, args=("--log-level=debug",), prefix=()):
         """autoballoond --config=FILE inside the namespace (stderr to autoballoond.log), with
-        the default system bus address as on a real host. Waits until it owns its name."""
+        the default system bus address as on a real host. Waits until it owns its name.
+        prefix: a command that execs the daemon (its arguments follow), e.g. unshare."""
         exe = os.path.join(BUILDDIR, "controller/autoballoond")
         if not os.access(exe, os.X_OK):
             raise Skip("no daemon at %s" % exe)
         config = config or self.write_config()
         env = {k: v for k, v in os.environ.items() if k != "DBUS_SYSTEM_BUS_ADDRESS"}
         self.daemon_log = self.file("autoballoond.log")
-        self.daemon = self.spawn([exe, "--config=" + config, *args], name="autoballoond",
+        self.daemon = self.spawn([*prefix, exe, "--config=" + config, *args], name="autoballoond",
                                  stdout=self.daemon_log, stderr=self.daemon_log, env=env)
         if wait:
             self.wait_for(lambda: self.daemon_check() and self.call(
