@@ -48,12 +48,12 @@ static void machine_emit(Machine *machine, const char *prop, ...) {
         machine->ops->changed(machine->owner, machine);
 }
 
-void machine_flush_changes(Machine *machine) {
+bool machine_flush_changes(Machine *machine) {
         char *props[ELEMENTSOF(coalesced_props) + 1];
         size_t n = 0;
 
         if (!machine->pending_props)
-                return;
+                return false;
         for (size_t i = 0; i < ELEMENTSOF(coalesced_props); i++)
                 if (machine->pending_props & (1u << i))
                         props[n++] = (char *) coalesced_props[i];
@@ -61,6 +61,7 @@ void machine_flush_changes(Machine *machine) {
         machine->pending_props = 0;
         /* the bus may be gone during shutdown */
         (void) machine_bus_emit_changed(machine, props);
+        return true;
 }
 
 static void machine_set_state(Machine *machine, MachineState state, const char *reason) {
@@ -82,9 +83,24 @@ bool machine_controllable(const Machine *machine) {
                 machine->balloon && balloon_is_ready(machine->balloon) && machine->ram_bytes > 0;
 }
 
+/* Most machines run on the daemon's defaults: the policy then reads one copy of them, hot in
+ * the cache, instead of 1,000 copies that are cold when a PSI event comes. The test is on the
+ * bytes, so anything else (a drop-in, a runtime setting) keeps the machine's own. The owner
+ * changes its defaults and then applies the knobs of every machine (machine_apply_knobs()),
+ * which decides again. */
+static void machine_share_default_knobs(Machine *machine) {
+        const Config *c = machine->context.config;
+
+        machine->knobs_are_defaults = c && memcmp(&machine->config.knobs, &c->defaults, sizeof c->defaults) == 0;
+}
+
+static const PolicyKnobs *machine_knobs(const Machine *machine) {
+        return machine->knobs_are_defaults ? &machine->context.config->defaults : &machine->config.knobs;
+}
+
 PolicyVM machine_policy_vm(const Machine *machine) {
         return (PolicyVM) {
-                .knobs = &machine->config.knobs,
+                .knobs = machine_knobs(machine),
                 .ram_bytes = machine->ram_bytes,
                 .actual_bytes = machine->actual_bytes,
                 .target_bytes = machine->target_bytes,
@@ -290,6 +306,7 @@ void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t kn
         }
         machine->config.knobs = *knobs;
         machine->config.knobs_set = knobs_set;
+        machine_share_default_knobs(machine);
         if (n == 0)
                 return;
         if (bounds) {
@@ -580,6 +597,7 @@ int machine_new(Machine **ret, const MachineContext *context, const MachineOwner
                 log_warning_errno(r, "Machine %s: failed to load its drop-ins, using defaults: %m", dm->name);
                 machine->config = (MachineConfig) { .knobs = context->config->defaults };
         }
+        machine_share_default_knobs(machine);
         *ret = machine;
         return 0;
 fail:

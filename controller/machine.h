@@ -78,6 +78,7 @@ struct Machine {
         char *state_reason;
 
         MachineConfig config;         /* effective knobs and QMPSocket= */
+        bool knobs_are_defaults;      /* config.knobs are the owner's defaults, byte for byte */
 
         QmpClient *qmp;
         Balloon *balloon;
@@ -137,8 +138,9 @@ void machine_apply_knobs(Machine *machine, const PolicyKnobs *knobs, uint64_t kn
 /* ResizeMachine(): move the balloon to target_bytes by hand. The policy carries on from there
  * as after a move of its own, recovery waiting RecoveryDelaySec. -ENOTCONN: no balloon. */
 int machine_resize(Machine *machine, uint64_t target_bytes);
-/* Sends the PropertiesChanged that machine_emit() collected since the last flush. */
-void machine_flush_changes(Machine *machine);
+/* Sends the PropertiesChanged that machine_emit() collected since the last flush; false:
+ * there was none. */
+bool machine_flush_changes(Machine *machine);
 /* The VM went away: drop what was kept in /run for a restart of the daemon (a manual hold). */
 void machine_forget_runtime_state(Machine *machine);
 

@@ -270,15 +270,37 @@ void manager_schedule_policy(Manager *m) {
         sd_event_source_set_enabled(m->policy_defer, SD_EVENT_ONESHOT);
 }
 
+/* A round of guest stats changes every machine's GuestAvailableMemory: at 1,000 VMs the
+ * signals in one dispatch held the loop for ~10 ms, and a PSI event that came meanwhile
+ * waited. A sweep sends at most EMIT_SLICE per dispatch and goes on where it stopped; a
+ * machine that changed behind the sweep is picked up by another sweep. s == NULL: all now. */
+#define EMIT_SLICE 64
+
 static int on_emit_defer(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
+        unsigned sent = 0;
 
-        for (size_t i = 0; i < m->n_machines; i++)
-                machine_flush_changes(m->machines[i]);
+        for (; m->emit_next < m->n_machines && (!s || sent < EMIT_SLICE); m->emit_next++)
+                sent += machine_flush_changes(m->machines[m->emit_next]);
+        if (m->emit_next < m->n_machines || m->emit_again) {
+                if (m->emit_next >= m->n_machines)
+                        m->emit_next = 0;
+                m->emit_again = false;
+                if (s)
+                        sd_event_source_set_enabled(s, SD_EVENT_ON);
+                else
+                        return on_emit_defer(NULL, m);
+                return 0;
+        }
+        m->emit_next = 0;
+        if (s)
+                sd_event_source_set_enabled(s, SD_EVENT_OFF);
         return 0;
 }
 
 void manager_schedule_emit(Manager *m) {
+        if (m->emit_next > 0)
+                m->emit_again = true;   /* a sweep is under way and may be past this machine */
         if (!m->emit_defer) {
                 if (sd_event_add_defer(m->event, &m->emit_defer, on_emit_defer, m) < 0) {
                         (void) on_emit_defer(NULL, m);   /* cannot wait: send what is collected now */
@@ -288,7 +310,10 @@ void manager_schedule_emit(Manager *m) {
                 /* after the policy's batch (NORMAL + 2), before anything idle */
                 sd_event_source_set_priority(m->emit_defer, SD_EVENT_PRIORITY_NORMAL + 3);
         }
-        sd_event_source_set_enabled(m->emit_defer, SD_EVENT_ONESHOT);
+        int enabled = SD_EVENT_OFF;
+        sd_event_source_get_enabled(m->emit_defer, &enabled);
+        if (enabled == SD_EVENT_OFF)
+                sd_event_source_set_enabled(m->emit_defer, SD_EVENT_ONESHOT);
 }
 
 /* --- guest stats ----------------------------------------------------------------------------- */

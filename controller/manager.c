@@ -59,6 +59,8 @@ static void remove_machine_at(Manager *m, size_t i) {
         manager_bus_emit_machine_removed(m, machine);
         tdelete(machine, &m->machines_by_name, machine_compare_name);
         m->machines[i] = m->machines[--m->n_machines];
+        if (i < m->emit_next)
+                m->emit_again = true;   /* the last machine moved behind a PropertiesChanged sweep */
         machine_forget_runtime_state(machine);   /* the VM is gone, not the daemon */
         machine_free(machine);
 }
