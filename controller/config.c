@@ -434,7 +434,7 @@ int config_dropin_rewrite(const char *text, const char *section, char *const *ke
         return 0;
 }
 
-static int mkdir_parents(const char *path) {
+int mkdir_parents(const char *path) {
         _cleanup_free_ char *dir = strdup(path);
 
         if (!dir)

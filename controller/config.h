@@ -89,6 +89,8 @@ int config_dropin_rewrite(const char *text, const char *section, char *const *ke
 /* Writes text to path so that a crash leaves the old file or the new one: a temp file in the
  * same directory (created if missing), fsync, rename, fsync of the directory. */
 int config_write_file_atomic(const char *path, const char *text);
+/* Creates the directories above path (0755), as far as they are missing. */
+int mkdir_parents(const char *path);
 int config_dropin_update(const char *path, const char *section, char *const *keys, char *const *values);
 /* The knobs whose bit is set in mask (bit i: policy_knobs[i]), written as a config file
  * would say them; knobs NULL removes those keys instead. */

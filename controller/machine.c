@@ -205,67 +205,8 @@ int machine_move(Machine *machine, uint64_t target_bytes, PolicyReason reason, P
         return 0;
 }
 
-/* How long an operator's size below the guest's reserve is left alone at least. */
-#define MANUAL_HOLD_USEC (60 * USEC_PER_SEC)
-
-/* A manual resize holds for a while (below); a crash-restart of the daemon must not end the
- * hold early, so its end is kept beside the runtime drop-ins, in CLOCK_REALTIME (the monotonic
- * clock is the same across a restart, but not across the suspend/resume it may include).
- * Files in /run end at reboot, with the VMs. */
-static int manual_hold_path(Machine *machine, char **ret) {
-        const char *dir = machine->context.config->runtime_machines_directory;
-
-        if (!dir)
-                return -ENOENT;
-        return asprintf(ret, "%s/%s.hold", dir, machine->name) < 0 ? -ENOMEM : 0;
-}
-
-static usec_t realtime_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (usec_t) ts.tv_sec * USEC_PER_SEC + (usec_t) ts.tv_nsec / 1000;
-}
-
-static void save_manual_hold(Machine *machine) {
-        _cleanup_free_ char *path = NULL;
-        char text[64];
-        usec_t now = now_usec(), left = machine->policy_state.manual_until_usec > now ?
-                machine->policy_state.manual_until_usec - now : 0;
-        int r;
-
-        snprintf(text, sizeof text, "%llu\n", (unsigned long long) (realtime_usec() + left));
-        r = manual_hold_path(machine, &path);
-        if (r >= 0)
-                r = config_write_file_atomic(path, text);
-        if (r < 0)
-                log_warning_errno(r, "Machine %s: failed to save its manual hold (a restart would end it early): %m",
-                                  machine->name);
-}
-
-/* On the first attach after a start: a hold a previous instance left, still running, goes on. */
-static void restore_manual_hold(Machine *machine) {
-        _cleanup_free_ char *path = NULL, *text = NULL;
-        unsigned long long until;
-        usec_t now = realtime_usec();
-
-        if (manual_hold_path(machine, &path) < 0 || read_full_file(path, &text, NULL) < 0)
-                return;
-        if (sscanf(text, "%llu", &until) != 1 || until <= now) {
-                (void) unlink(path);
-                return;
-        }
-        machine->policy_state.manual_until_usec = now_usec() + (until - now);
-        machine->policy_state.last_move_usec = machine->policy_state.last_event_usec = now_usec();
-        log_info("Machine %s: a manual resize of an earlier instance holds for %llu s more.", machine->name,
-                 (until - now) / USEC_PER_SEC);
-}
-
 void machine_forget_runtime_state(Machine *machine) {
-        _cleanup_free_ char *path = NULL;
-
-        if (manual_hold_path(machine, &path) >= 0 && unlink(path) < 0 && errno != ENOENT)
-                log_debug_errno(errno, "Machine %s: failed to remove %s: %m", machine->name, path);
+        machine_state_forget(machine);
 }
 
 int machine_resize(Machine *machine, uint64_t target_bytes) {
@@ -283,7 +224,7 @@ int machine_resize(Machine *machine, uint64_t target_bytes) {
         machine->policy_state.manual_until_usec = now_usec() + MAX(MANUAL_HOLD_USEC, policy_vm_recovery_delay(&vm));
         /* ... whatever need the guest showed before the resize: the operator has decided */
         machine->policy_state.guest_pressure_usec = 0;
-        save_manual_hold(machine);
+        machine_state_save(machine);
         machine->ops->run_policy(machine->owner, NULL, PRESSURE_NONE);
         return 0;
 }
@@ -341,7 +282,7 @@ static void on_balloon_ready(Balloon *b, uint64_t actual_bytes, uint64_t ram_byt
         machine->target_bytes = actual_bytes;
         if (!machine->attached_once) {
                 machine->attached_once = true;
-                restore_manual_hold(machine);
+                machine_state_restore(machine);
         }
         if (machine->qmp)
                 log_info("Machine %s: balloon %s ready at %s of %s RAM, QMP %s (from %s).", machine->name,

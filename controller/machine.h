@@ -9,6 +9,7 @@
 #include "balloon.h"
 #include "config.h"
 #include "discovery.h"
+#include "machine-state.h"
 #include "policy.h"
 #include "psi.h"
 #include "qmp.h"
@@ -103,6 +104,7 @@ struct Machine {
         bool free_page_reporting_hinted; /* the hint that it is off was logged (once per machine) */
         usec_t stats_requested_usec;  /* last qom-get guest-stats asked before a decision */
         PolicyVMState policy_state;
+        KeptState kept_saved;         /* what its file in /run says (machine-state.c) */
 
         struct {
                 usec_t realtime_usec;  /* 0: never moved */
@@ -141,7 +143,7 @@ int machine_resize(Machine *machine, uint64_t target_bytes);
 /* Sends the PropertiesChanged that machine_emit() collected since the last flush; false:
  * there was none. */
 bool machine_flush_changes(Machine *machine);
-/* The VM went away: drop what was kept in /run for a restart of the daemon (a manual hold). */
+/* The VM went away: drop what was kept in /run for a restart of the daemon (machine-state.h). */
 void machine_forget_runtime_state(Machine *machine);
 
 /* machine-bus.c: PropertiesChanged for the NULL-terminated property names. */

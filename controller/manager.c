@@ -827,6 +827,8 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
         tdestroy(m->machines_by_name, noop_free);
+        /* a clean exit keeps what a crash keeps (autoballoond(8), RESTARTS) */
+        manager_flush_state(m);
 
         for (size_t i = 0; i < m->n_machines; i++)
                 machine_free(m->machines[i]);
@@ -847,6 +849,7 @@ Manager *manager_free(Manager *m) {
         sd_event_source_disable_unref(m->deferred_timer);
         sd_event_source_disable_unref(m->policy_defer);
         sd_event_source_disable_unref(m->emit_defer);
+        sd_event_source_disable_unref(m->state_flush);
         sd_event_source_disable_unref(m->startup_timer);
         sd_bus_slot_unref(m->name_slot);
         sd_event_source_disable_unref(m->stats_timer);

@@ -50,6 +50,7 @@ typedef struct Manager {
         sd_event_source *emit_defer;        /* one PropertiesChanged per machine after a batch */
         size_t emit_next;                   /* ... sent in slices: the sweep's next machine */
         bool emit_again;                    /* ... a machine changed while the sweep was under way */
+        sd_event_source *state_flush;       /* writes the machines' kept state (machine-state.c) */
         sd_event_source *startup_timer;     /* takes the bus name if the first enumeration lags */
         sd_bus_slot *name_slot;             /* RequestName in flight */
         bool discovery_synced;              /* the first enumeration is done */
