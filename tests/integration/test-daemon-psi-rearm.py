@@ -3,7 +3,9 @@
 removed, the daemon's triggers see POLLERR) and started again. A real stall in the restarted
 slice must still reach the daemon (the idle VM is inflated): the watch was re-armed, not left
 dead. Then a new VM's scope triggers fail to open with EMFILE (the daemon's fd limit lowered
-while it comes); once fds are there again, a real stall in its scope reaches the daemon."""
+while it comes); once fds are there again, a real stall in its scope reaches the daemon. Last, that VM is
+restarted under the same name (a new scope at the same cgroup path): a real stall in the new
+scope reaches the daemon."""
 import os
 import subprocess
 import sys
@@ -87,6 +89,32 @@ def test(env):
     log("starved's moves: %s" % [l.split("[", 1)[-1] for l in moves[:3]])
     # (the host's level may still be up from the slice's stall: a host-pressure move can come first)
     check(any("reason=scope-pressure" in l for l in moves), "starved was never moved for its scope's pressure")
+
+    # The VM restarted under the same name: its QEMU ends, machined drops the machine with its
+    # scope, and a new QEMU registers again at once, in a new scope of the same name and cgroup
+    # path (machine-starved.scope). This is how a VM's scope "comes back": machined ties a machine
+    # to its scope, so a scope cannot vanish under a machine it still lists; what returns is a new
+    # machine, maybe before the old scope's triggers have seen POLLERR. Its watch must be the new
+    # scope's, and alive.
+    old_cg = env.ab_get(spath, "ControlGroup")
+    env.terminate_machine("starved")
+    env.wait_for(lambda: "starved" not in [str(m[0]) for m in env.list_machines()], 5, "machined dropping starved")
+    os.unlink(env.file("starved.qmp"))
+    since = len(env.daemon_log_text())
+    env.start_vm("starved", memory="512M")
+    env.wait_for(lambda: env.daemon_log_text()[since:].count("Machine starved appeared") == 1, 5,
+                 "the daemon seeing starved again")
+    env.wait_property(spath, "State", "managed", timeout=10)
+    new_cg = env.ab_get(spath, "ControlGroup")
+    log("starved re-registered: %s (was %s)" % (new_cg, old_cg))
+    t = time.monotonic()
+    stall = env.stall(new_cg, seconds=STALL_SECONDS)
+    env.wait_for(lambda: "machine=starved reason=scope-pressure" in env.daemon_log_text()[since:], STALL_SECONDS + 4,
+                 "a move of the re-registered starved for its new scope's pressure")
+    log("re-registered starved moved for its scope's pressure after %.2f s of stall" % (time.monotonic() - t))
+    stall.wait()
+    check(env.daemon_log_text()[since:].count("cannot watch") == 0, "the new scope's watch failed: %s" %
+          [l for l in env.daemon_log_text()[since:].splitlines() if "cannot watch" in l])
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
     env.call(S1, "/org/freedesktop/systemd1", S1 + ".Manager", "StopUnit", SLICE, "replace")
 
