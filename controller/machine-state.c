@@ -529,9 +529,14 @@ static size_t flush_some(Manager *m, size_t limit, bool *ret_more) {
 
 static int on_state_flush(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
+        usec_t t = now_usec();
+        size_t n;
         bool more;
 
-        (void) flush_some(m, STATE_FLUSH_BATCH, &more);
+        n = flush_some(m, STATE_FLUSH_BATCH, &more);
+        if (n > 0)
+                log_debug("Saved the kept state of %zu machine(s) in %" PRIu64 " us%s.", n, now_usec() - t,
+                          more ? "; more at the next turn of the loop" : "");
         if (more) {
                 /* the rest at the next turn of the loop, after whatever came in meanwhile */
                 (void) sd_event_source_set_time(s, 0);
@@ -565,5 +570,6 @@ void manager_flush_state(Manager *m) {
         bool more;
 
         (void) flush_some(m, SIZE_MAX, &more);
-        (void) sd_event_source_set_enabled(m->state_flush, SD_EVENT_OFF);
+        if (m->state_flush)
+                (void) sd_event_source_set_enabled(m->state_flush, SD_EVENT_OFF);
 }
