@@ -86,8 +86,8 @@ void machine_state_restore(Machine *machine);
 void machine_state_save(Machine *machine);
 /* The VM went away: its file with it. */
 void machine_state_forget(Machine *machine);
-/* After a policy run: a write of every machine whose kept state changed, within
- * STATE_FLUSH_DELAY_USEC, from a low-priority source; O(1) here. */
+/* After a policy run: a write of every machine whose kept state changed, within a second, from
+ * a low-priority source. Here only a scan for a change (none: no timer). */
 void manager_schedule_state_flush(Manager *m);
 /* Every pending write at once (a clean exit). */
 void manager_flush_state(Manager *m);

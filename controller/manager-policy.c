@@ -236,7 +236,7 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
         }
         log_batch_end();
         m->in_policy = false;
-        manager_schedule_state_flush(m);   /* O(1): the writes come later, off this path */
+        manager_schedule_state_flush(m);   /* the writes come later, off this path */
 
         arm_policy_timer(m, when);
         manager_update_stats_polling(m);
