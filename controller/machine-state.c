@@ -13,9 +13,10 @@
 /* A crash loses at most this much of the kept state; under pressure the policy changes it on every
  * event, so a write per change would be a file per VM per event on the event's own path. */
 #define STATE_FLUSH_DELAY_USEC (1 * USEC_PER_SEC)
-/* Files written per dispatch of the flush: between two batches the loop looks at its fds again,
- * so a PSI event is not kept waiting behind a thousand writes. */
-#define STATE_FLUSH_BATCH 64
+/* Writing per dispatch of the flush, at most (and one file at least): between two slices the loop
+ * looks at its fds again, so a PSI event is not kept waiting behind a thousand writes. Measured
+ * here: a file takes 10-20 us on tmpfs (/run), 250-750 us on ext4 under load. */
+#define STATE_FLUSH_SLICE_USEC (2 * USEC_PER_MSEC)
 
 KeptState kept_state_get(const PolicyVMState *st) {
         return (KeptState) {
@@ -501,7 +502,9 @@ static bool machine_state_dirty(Machine *machine, KeptState *ret) {
         return !kept_state_equal(ret, &machine->kept_saved);
 }
 
-static size_t flush_some(Manager *m, size_t limit, bool *ret_more) {
+/* Writes dirty machines until slice_usec has passed (USEC_INFINITY: all of them). */
+static size_t flush_some(Manager *m, usec_t slice_usec, bool *ret_more) {
+        usec_t start = now_usec();
         size_t written = 0;
 
         *ret_more = false;
@@ -512,7 +515,7 @@ static size_t flush_some(Manager *m, size_t limit, bool *ret_more) {
 
                 if (!machine_state_dirty(machine, &k))
                         continue;
-                if (written == limit) {
+                if (written > 0 && slice_usec != USEC_INFINITY && now_usec() - start >= slice_usec) {
                         *ret_more = true;
                         break;
                 }
@@ -533,7 +536,7 @@ static int on_state_flush(sd_event_source *s, uint64_t usec, void *userdata) {
         size_t n;
         bool more;
 
-        n = flush_some(m, STATE_FLUSH_BATCH, &more);
+        n = flush_some(m, STATE_FLUSH_SLICE_USEC, &more);
         if (n > 0)
                 log_debug("Saved the kept state of %zu machine(s) in %" PRIu64 " us%s.", n, now_usec() - t,
                           more ? "; more at the next turn of the loop" : "");
@@ -580,7 +583,7 @@ void manager_schedule_state_flush(Manager *m) {
 void manager_flush_state(Manager *m) {
         bool more;
 
-        (void) flush_some(m, SIZE_MAX, &more);
+        (void) flush_some(m, USEC_INFINITY, &more);
         if (m->state_flush)
                 (void) sd_event_source_set_enabled(m->state_flush, SD_EVENT_OFF);
 }
