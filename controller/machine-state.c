@@ -60,6 +60,35 @@ bool kept_state_equal(const KeptState *a, const KeptState *b) {
                 a->used_peak_usec == b->used_peak_usec;
 }
 
+/* A kept time that moved on by less than this share of the window it counts in is not worth a
+ * write: under pressure every event moves every VM's last event, and a file per VM per event is
+ * most of the daemon's CPU at 1,000 VMs on a disk-backed /run. A crash then costs at most this
+ * share of the cool-down (or of the working-set window), on top of the last flush. */
+#define KEPT_TIME_SLACK_DIVISOR 8
+
+static bool time_moved(usec_t saved, usec_t now, usec_t window) {
+        if (saved == now)
+                return false;
+        if (saved == 0 || now == 0 || now < saved)
+                return true;
+        return now - saved >= MAX(window / KEPT_TIME_SLACK_DIVISOR, 1);
+}
+
+bool kept_state_worth_writing(const KeptState *saved, const KeptState *now, const PolicyKnobs *k) {
+        usec_t delay = k->recovery_delay_usec;
+
+        return saved->hold_off_until_usec != now->hold_off_until_usec ||
+                saved->manual_until_usec != now->manual_until_usec ||
+                saved->recovery_delay_usec != now->recovery_delay_usec ||
+                saved->last_grow_usec != now->last_grow_usec ||
+                saved->last_grow_target_bytes != now->last_grow_target_bytes ||
+                saved->used_peak_bytes != now->used_peak_bytes ||
+                time_moved(saved->last_event_usec, now->last_event_usec, delay) ||
+                time_moved(saved->last_recovery_usec, now->last_recovery_usec, delay) ||
+                time_moved(saved->guest_pressure_usec, now->guest_pressure_usec, delay) ||
+                time_moved(saved->used_peak_usec, now->used_peak_usec, k->working_set_window_usec);
+}
+
 bool kept_state_is_empty(const KeptState *k) {
         return kept_state_equal(k, &(KeptState) {});
 }
@@ -499,7 +528,7 @@ static bool machine_state_dirty(Machine *machine, KeptState *ret) {
         if (!machine->attached_once)
                 return false;
         *ret = kept_state_get(&machine->policy_state);
-        return !kept_state_equal(ret, &machine->kept_saved);
+        return kept_state_worth_writing(&machine->kept_saved, ret, &machine->config.knobs);
 }
 
 /* Writes dirty machines until slice_usec has passed (USEC_INFINITY: all of them). */

@@ -185,6 +185,38 @@ static void test_merge(void **state) {
         assert_int_equal(back.hold_off_until_usec, 900);
 }
 
+/* What is worth a write: any deadline, back-off or size at once; a past time once it moved on by
+ * an eighth of its window (RecoveryDelaySec= 30 s: 3.75 s; WorkingSetWindowSec= 5 min: 37.5 s). */
+static void test_worth_writing(void **state) {
+        PolicyKnobs k = knobs();
+        KeptState saved = { .last_event_usec = NOW_MONO, .used_peak_bytes = 100, .used_peak_usec = NOW_MONO }, now = saved;
+
+        assert_false(kept_state_worth_writing(&saved, &now, &k));
+        now.last_event_usec = NOW_MONO + 3 * USEC_PER_SEC;
+        now.used_peak_usec = NOW_MONO + 30 * USEC_PER_SEC;
+        assert_false(kept_state_worth_writing(&saved, &now, &k));
+        now.last_event_usec = NOW_MONO + 4 * USEC_PER_SEC;
+        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        now = saved;
+        now.used_peak_usec = NOW_MONO + 38 * USEC_PER_SEC;
+        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        now = saved;
+        now.last_recovery_usec = NOW_MONO;          /* a first recovery step: new */
+        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        now = saved;
+        now.hold_off_until_usec = NOW_MONO + 1;     /* a deadline, however small the change */
+        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        now = saved;
+        now.used_peak_bytes = 101;
+        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        now = saved;
+        now.recovery_delay_usec = 60 * USEC_PER_SEC;
+        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        now = saved;
+        now.last_event_usec = NOW_MONO - 1;         /* back: written */
+        assert_true(kept_state_worth_writing(&saved, &now, &k));
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_round_trip),
@@ -193,6 +225,7 @@ int main(void) {
                 cmocka_unit_test(test_garbage),
                 cmocka_unit_test(test_owner),
                 cmocka_unit_test(test_merge),
+                cmocka_unit_test(test_worth_writing),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
