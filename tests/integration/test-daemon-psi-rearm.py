@@ -5,7 +5,11 @@ slice must still reach the daemon (the idle VM is inflated): the watch was re-ar
 dead. Then a new VM's scope triggers fail to open with EMFILE (the daemon's fd limit lowered
 while it comes); once fds are there again, a real stall in its scope reaches the daemon. Last, that VM is
 restarted under the same name (a new scope at the same cgroup path): a real stall in the new
-scope reaches the daemon."""
+scope reaches the daemon. That is the realistic way a VM's scope "comes back": machined ties a
+machine to its scope (CreateMachine starts machine-NAME.scope, as libvirt and abtest do), so a
+scope cannot vanish under a machine machined still lists; what comes back is a new QEMU
+registered again under the same name, whose scope has the old one's cgroup path, maybe before
+the daemon's triggers on the old scope have seen POLLERR."""
 import os
 import subprocess
 import sys
