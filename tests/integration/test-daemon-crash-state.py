@@ -11,7 +11,8 @@ cgroup), critical pressure out of reach so that a hold-off holds:
   the daemon adopts it and holds off. After the crash, a real stall in its scope must not inflate
   it before the hold-off's end (a daemon that forgot inflates it at once), and a stall after the
   end must: its scope's watch is alive, only the hold-off kept it off.
-Both are kept in RuntimeMachinesDirectory/NAME.state, which goes when the VM goes."""
+Both are kept in RuntimeMachinesDirectory/NAME.state, which goes when the VM goes, stays after a
+clean exit, and is not handed to a VM recreated under the same name while the daemon was down."""
 import os
 import signal
 import sys
@@ -135,6 +136,25 @@ def test(env):
     env.wait_for(lambda: not os.path.exists(env.file("machines.run.d/held.state")), 3, "held.state removed")
     check(env.stop_daemon() == 0, "daemon did not exit cleanly")
     check(os.path.exists(env.file("machines.run.d/backoff.state")), "a clean exit dropped backoff's state")
+
+    # with the daemon down, backoff is recreated under its name (a new QEMU): the next instance
+    # must not hand the new VM its predecessor's back-off
+    env.terminate_machine("backoff")
+    env.wait_for(lambda: "backoff" not in [str(m[0]) for m in env.list_machines()], 5, "machined dropping backoff")
+    if os.path.exists(env.file("backoff.qmp")):
+        os.unlink(env.file("backoff.qmp"))
+    env.start_vm("backoff", memory="1G", extra=["--fake-balloon-speed=instant"])
+    since = len(env.daemon_log_text())
+    env.start_daemon(config)
+    env.wait_property(bpath, "State", "managed", timeout=5)
+    env.pump(0.5)
+    text = env.daemon_log_text()[since:]
+    check("Machine backoff: kept from the previous instance" not in text,
+          "the recreated backoff got its predecessor's state: %s" %
+          [l for l in text.splitlines() if "kept from the previous" in l])
+    check("another VM's or another boot's" in text, "the predecessor's file was not refused as another VM's")
+    log("the recreated backoff started from nothing")
+    check(env.stop_daemon() == 0, "daemon did not exit cleanly")
 
 
 abtest.main(test, "daemon-crash-state")
