@@ -508,10 +508,9 @@ void machine_state_restore(Machine *machine) {
         restore_legacy_hold(machine, &k, now, now_real);
 
         kept_state_merge(&machine->policy_state, &k);
-        /* the file says this; the next flush writes the merge if it says more */
+        /* what the file says: a merge that says more is written after the first decision */
         machine->kept_saved = k;
         log_restored(machine, &k, now);
-        /* a merge that says more is written after the first decision (machine_state_dirty()) */
         if (kept_state_is_empty(&k) && path)
                 (void) unlink(path);   /* another VM's, or nothing left in it */
 }
