@@ -61,10 +61,10 @@ KeptState kept_state_get(const PolicyVMState *st);
 void kept_state_merge(PolicyVMState *st, const KeptState *k);
 bool kept_state_equal(const KeptState *a, const KeptState *b);
 bool kept_state_is_empty(const KeptState *k);
-/* Whether now differs from what was saved by enough to write: any deadline, the back-off, a size,
- * a grow; a past time only once it moved on by an eighth of its window (RecoveryDelaySec=,
- * WorkingSetWindowSec=). */
-bool kept_state_worth_writing(const KeptState *saved, const KeptState *now, const PolicyKnobs *knobs);
+/* Whether now differs from what was saved by enough to write: any deadline, the back-off, a grow;
+ * a past time only once it moved on by an eighth of its window (RecoveryDelaySec=,
+ * WorkingSetWindowSec=), the working-set peak once it rose by 1/64 of RAM. */
+bool kept_state_worth_writing(const KeptState *saved, const KeptState *now, const PolicyKnobs *knobs, uint64_t ram_bytes);
 
 /* The file's text: times as CLOCK_REALTIME stamps (the monotonic clock stops in a suspend the
  * restart may include; both are passed in, so that this is pure). */

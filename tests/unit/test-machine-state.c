@@ -191,30 +191,34 @@ static void test_worth_writing(void **state) {
         PolicyKnobs k = knobs();
         KeptState saved = { .last_event_usec = NOW_MONO, .used_peak_bytes = 100, .used_peak_usec = NOW_MONO }, now = saved;
 
-        assert_false(kept_state_worth_writing(&saved, &now, &k));
+        assert_false(kept_state_worth_writing(&saved, &now, &k, RAM));
         now.last_event_usec = NOW_MONO + 3 * USEC_PER_SEC;
         now.used_peak_usec = NOW_MONO + 30 * USEC_PER_SEC;
-        assert_false(kept_state_worth_writing(&saved, &now, &k));
+        assert_false(kept_state_worth_writing(&saved, &now, &k, RAM));
         now.last_event_usec = NOW_MONO + 4 * USEC_PER_SEC;
-        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
         now = saved;
         now.used_peak_usec = NOW_MONO + 38 * USEC_PER_SEC;
-        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
         now = saved;
         now.last_recovery_usec = NOW_MONO;          /* a first recovery step: new */
-        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
         now = saved;
         now.hold_off_until_usec = NOW_MONO + 1;     /* a deadline, however small the change */
-        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
         now = saved;
-        now.used_peak_bytes = 101;
-        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        now.used_peak_bytes = 100 + RAM / 64 - 1;   /* a peak a few pages higher: not yet */
+        assert_false(kept_state_worth_writing(&saved, &now, &k, RAM));
+        now.used_peak_bytes = 100 + RAM / 64;
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
+        now.used_peak_bytes = 99;                   /* lower (a new window): at once */
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
         now = saved;
         now.recovery_delay_usec = 60 * USEC_PER_SEC;
-        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
         now = saved;
         now.last_event_usec = NOW_MONO - 1;         /* back: written */
-        assert_true(kept_state_worth_writing(&saved, &now, &k));
+        assert_true(kept_state_worth_writing(&saved, &now, &k, RAM));
 }
 
 int main(void) {
