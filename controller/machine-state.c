@@ -15,8 +15,10 @@
 #define STATE_FLUSH_DELAY_USEC (1 * USEC_PER_SEC)
 /* Writing per dispatch of the flush, at most (and one file at least): between two slices the loop
  * looks at its fds again, so a PSI event is not kept waiting behind a thousand writes. Measured
- * here: a file takes 10-20 us on tmpfs (/run), 250-750 us on ext4 under load. */
-#define STATE_FLUSH_SLICE_USEC (2 * USEC_PER_MSEC)
+ * here: a file takes 10-20 us on tmpfs (/run), 250-750 us on ext4 under load. A PSI event that
+ * comes during a slice waits for it: a quarter of the millisecond the event's whole path may take
+ * at 1,000 VMs (docs/benchmarks.md), a dozen files on tmpfs. */
+#define STATE_FLUSH_SLICE_USEC ((usec_t) 250)
 
 KeptState kept_state_get(const PolicyVMState *st) {
         return (KeptState) {
