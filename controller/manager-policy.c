@@ -284,9 +284,12 @@ static int on_emit_defer(sd_event_source *s, void *userdata) {
         for (; m->emit_next < m->n_machines && (!s || sent < EMIT_SLICE); m->emit_next++)
                 sent += machine_flush_changes(m->machines[m->emit_next]);
         if (m->emit_next < m->n_machines || m->emit_again) {
-                if (m->emit_next >= m->n_machines)
+                /* emit_again stands until the sweep wraps: cleared on a slice that goes on, a
+                 * machine that changed behind the sweep would wait for the next change anywhere */
+                if (m->emit_next >= m->n_machines) {
                         m->emit_next = 0;
-                m->emit_again = false;
+                        m->emit_again = false;
+                }
                 if (s)
                         sd_event_source_set_enabled(s, SD_EVENT_ON);
                 else
