@@ -63,21 +63,6 @@ Medium=some 1900ms 2s
 Critical=full 2s 2s
 """
 
-LEADERS = r"""
-import os, signal, sys
-pids = []
-for _ in range(int(sys.argv[1])):
-    pid = os.fork()
-    if pid == 0:
-        os.execv("/bin/sleep", ["sleep", "infinity"])
-    pids.append(pid)
-sys.stdout.write("".join("%d\n" % p for p in pids))
-sys.stdout.flush()
-while True:
-    signal.pause()
-"""
-
-
 def psi_stamp(path, trigger, seconds):
     """--stamp mode: print the CLOCK_REALTIME of every POLLPRI of a trigger, for `seconds`."""
     # Real-time priority: the stamp must not wait for a CPU behind the daemon, the fake and the
@@ -253,15 +238,14 @@ class Bench:
         if k <= 0:
             return
         t = time.monotonic()
-        helper = env.spawn(["/usr/bin/python3", "-c", LEADERS, str(k)], name="leaders",
-                           stdout=subprocess.PIPE, stderr=env.file("leaders.log"))
-        pids = [int(helper.popen.stdout.readline()) for _ in range(k)]
+        helper, pids = env.spawn_leaders(k)
         self.leaders.append(helper)
         for j, pid in enumerate(pids):
             name = self.vm_name(self.n_registered + j)
             with open(env.file("machines.d/%s.conf" % name), "w") as f:
                 f.write("[Machine]\nQMPSocket=%s/%s.qmp\n" % (self.vm_dir, name))
-        self.create_machines([(self.vm_name(self.n_registered + j), pid) for j, pid in enumerate(pids)])
+        env.create_machines([(self.vm_name(self.n_registered + j), pid) for j, pid in enumerate(pids)],
+                            service="autoballoon-bench")
         self.n_registered = n
         log("registered %d machines with machined in %.2f s (%d in total)" % (k, time.monotonic() - t, n))
         self.settle()
@@ -290,32 +274,6 @@ class Bench:
                 break
             last = now
         log("systemd, dbus-daemon and machined idle after %.1f s" % (time.monotonic() - t))
-
-    def create_machines(self, machines, in_flight=16):
-        """CreateMachineWithNetwork for each (name, leader ns pid), a few calls in flight."""
-        import dbus
-        import uuid
-        mgr = self.env.bus.get_object(abtest.M1, abtest.M1_PATH, introspect=False)
-        create = mgr.get_dbus_method("CreateMachineWithNetwork", abtest.M1 + ".Manager")
-        todo = list(machines)
-        state = {"pending": 0, "errors": []}
-
-        def done(*_):
-            state["pending"] -= 1
-
-        def fail(e):
-            state["pending"] -= 1
-            state["errors"].append(str(e))
-        while todo or state["pending"]:
-            while todo and state["pending"] < in_flight:
-                name, pid = todo.pop(0)
-                state["pending"] += 1
-                create(name, dbus.Array(uuid.uuid4().bytes, signature="y"), "autoballoon-bench", "vm",
-                       dbus.UInt32(pid), "", dbus.Array([], signature="i"), dbus.Array([], signature="(sv)"),
-                       signature="sayssusaia(sv)", reply_handler=done, error_handler=fail, timeout=60)
-            self.env.pump(0.001)
-        if state["errors"]:
-            raise Fail("CreateMachine failed %d times: %s" % (len(state["errors"]), state["errors"][:3]))
 
     # ---- the daemon -----------------------------------------------------------------------------
     def start_daemon(self, n):

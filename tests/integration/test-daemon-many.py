@@ -15,10 +15,8 @@ changes behind a running sweep happen at every host event, and the burst's later
 every one of them)."""
 import json
 import os
-import subprocess
 import sys
 import time
-import uuid
 
 import dbus
 
@@ -59,48 +57,8 @@ RecoveryDelaySec=10min
 RecoveryDelayMaxSec=10min
 """
 
-LEADERS = r"""
-import os, signal, sys
-pids = []
-for _ in range(int(sys.argv[1])):
-    pid = os.fork()
-    if pid == 0:
-        os.execv("/bin/sleep", ["sleep", "infinity"])
-    pids.append(pid)
-sys.stdout.write("".join("%d\n" % p for p in pids))
-sys.stdout.flush()
-while True:
-    signal.pause()
-"""
-
-
 def vm_name(i):
     return "vm-%04d" % (i + 1)   # fake-qmp --fake-many's names
-
-
-def create_machines(env, machines, in_flight=16):
-    """CreateMachineWithNetwork for each (name, leader ns pid), a few calls in flight."""
-    mgr = env.bus.get_object(abtest.M1, abtest.M1_PATH, introspect=False)
-    create = mgr.get_dbus_method("CreateMachineWithNetwork", abtest.M1 + ".Manager")
-    todo = list(machines)
-    state = {"pending": 0, "errors": []}
-
-    def done(*_):
-        state["pending"] -= 1
-
-    def fail(e):
-        state["pending"] -= 1
-        state["errors"].append(str(e))
-    while todo or state["pending"]:
-        while todo and state["pending"] < in_flight:
-            name, pid = todo.pop(0)
-            state["pending"] += 1
-            create(name, dbus.Array(uuid.uuid4().bytes, signature="y"), "autoballoon-test", "vm",
-                   dbus.UInt32(pid), "", dbus.Array([], signature="i"), dbus.Array([], signature="(sv)"),
-                   signature="sayssusaia(sv)", reply_handler=done, error_handler=fail, timeout=60)
-        env.pump(0.001)
-    if state["errors"]:
-        raise Fail("CreateMachine failed %d times: %s" % (len(state["errors"]), state["errors"][:3]))
 
 
 class Announced:
@@ -227,14 +185,12 @@ def test(env):
         f.write(CONFIG.format(host=host_cg, machines=env.file("machines.d"), runtime=env.file("machines.run.d"),
                               interval=STATS_INTERVAL_SEC))
 
-    leaders = env.spawn(["/usr/bin/python3", "-c", LEADERS, str(N)], name="leaders",
-                        stdout=subprocess.PIPE, stderr=env.file("leaders.log"))
-    pids = [int(leaders.popen.stdout.readline()) for _ in range(N)]
+    leaders, pids = env.spawn_leaders(N)
     names = [vm_name(i) for i in range(N)]
     for name in names:
         env.machine_dropin(name, "[Machine]\nQMPSocket=%s/%s.qmp\n" % (vm_dir, name))
     t = time.monotonic()
-    create_machines(env, list(zip(names, pids)))
+    env.create_machines(list(zip(names, pids)))
     log("%d machines registered with machined in %.2f s" % (N, time.monotonic() - t))
 
     ann = Announced(env)
