@@ -8,17 +8,7 @@
 #include "log.h"
 #include "machine-state.h"
 #include "machine.h"
-#include "manager.h"
 
-/* A crash loses at most this much of the kept state; under pressure the policy changes it on every
- * event, so a write per change would be a file per VM per event on the event's own path. */
-#define STATE_FLUSH_DELAY_USEC (1 * USEC_PER_SEC)
-/* Writing per dispatch of the flush, at most (and one file at least): between two slices the loop
- * looks at its fds again, so a PSI event is not kept waiting behind a thousand writes. Measured
- * here: a file takes 10-20 us on tmpfs (/run), 250-750 us on ext4 under load. A PSI event that
- * comes during a slice waits for it: a quarter of the millisecond the event's whole path may take
- * at 1,000 VMs (docs/benchmarks.md), a dozen files on tmpfs. */
-#define STATE_FLUSH_SLICE_USEC ((usec_t) 250)
 
 KeptState kept_state_get(const PolicyVMState *st) {
         return (KeptState) {
@@ -547,88 +537,25 @@ static bool machine_state_dirty(Machine *machine, KeptState *ret) {
         return kept_state_worth_writing(&machine->kept_saved, &cmp, &machine->config.knobs, machine->ram_bytes);
 }
 
-/* Writes dirty machines until slice_usec has passed (USEC_INFINITY: all of them). */
-static size_t flush_some(Manager *m, usec_t slice_usec, bool *ret_more) {
-        usec_t start = now_usec();
-        size_t written = 0;
+/* Writes this machine's kept state if it changed: 1 written, 0 nothing new, < 0 a failed write
+ * (logged; the next change tries again). */
+int machine_state_flush(Machine *machine) {
+        KeptState k;
+        int r;
 
-        *ret_more = false;
-        for (size_t i = 0; i < m->n_machines; i++) {
-                Machine *machine = m->machines[i];
-                KeptState k;
-                int r;
-
-                if (!machine_state_dirty(machine, &k))
-                        continue;
-                if (written > 0 && slice_usec != USEC_INFINITY && now_usec() - start >= slice_usec) {
-                        *ret_more = true;
-                        break;
-                }
-                r = machine_state_write(machine, &k);
-                if (r < 0)
-                        /* once per change: the next one tries again */
-                        log_warning_errno(r, "Machine %s: failed to save what a restart of the daemon must keep: %m",
-                                          machine->name);
-                machine->kept_saved = k;
-                written++;
-        }
-        return written;
+        if (!machine_state_dirty(machine, &k))
+                return 0;
+        r = machine_state_write(machine, &k);
+        if (r < 0)
+                /* once per change: the next one tries again */
+                log_warning_errno(r, "Machine %s: failed to save what a restart of the daemon must keep: %m",
+                                  machine->name);
+        machine->kept_saved = k;
+        return r < 0 ? r : 1;
 }
 
-static int on_state_flush(sd_event_source *s, uint64_t usec, void *userdata) {
-        Manager *m = userdata;
-        usec_t t = now_usec();
-        size_t n;
-        bool more;
-
-        n = flush_some(m, STATE_FLUSH_SLICE_USEC, &more);
-        if (n > 0)
-                log_debug("Saved the kept state of %zu machine(s) in %" PRIu64 " us%s.", n, now_usec() - t,
-                          more ? "; more at the next turn of the loop" : "");
-        if (more) {
-                /* the rest at the next turn of the loop, after whatever came in meanwhile */
-                (void) sd_event_source_set_time(s, 0);
-                (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
-        }
-        return 0;
-}
-
-void manager_schedule_state_flush(Manager *m) {
-        int enabled = SD_EVENT_OFF, r;
-        bool dirty = false;
+bool machine_state_changed(Machine *machine) {
         KeptState k;
 
-        if (m->state_flush) {
-                (void) sd_event_source_get_enabled(m->state_flush, &enabled);
-                if (enabled != SD_EVENT_OFF)
-                        return;   /* a flush is due already: it takes this change too */
-        }
-        /* Nothing new to keep, no timer: a decision that changed nothing (a VM attaching, guest
-         * statistics on an idle host) must not wake the daemon a second later. The scan is a few
-         * compares per VM (about 10 us at 1,000), after the decision's balloon commands. */
-        for (size_t i = 0; i < m->n_machines && !dirty; i++)
-                dirty = machine_state_dirty(m->machines[i], &k);
-        if (!dirty)
-                return;
-        if (!m->state_flush) {
-                r = sd_event_add_time_relative(m->event, &m->state_flush, CLOCK_MONOTONIC, STATE_FLUSH_DELAY_USEC,
-                                               STATE_FLUSH_DELAY_USEC / 4, on_state_flush, m);
-                if (r < 0) {
-                        log_warning_errno(r, "Failed to schedule saving the machines' state: %m");
-                        return;
-                }
-                (void) sd_event_source_set_description(m->state_flush, "state-flush");
-                (void) sd_event_source_set_priority(m->state_flush, SD_EVENT_PRIORITY_IDLE);
-                return;
-        }
-        (void) sd_event_source_set_time_relative(m->state_flush, STATE_FLUSH_DELAY_USEC);
-        (void) sd_event_source_set_enabled(m->state_flush, SD_EVENT_ONESHOT);
-}
-
-void manager_flush_state(Manager *m) {
-        bool more;
-
-        (void) flush_some(m, USEC_INFINITY, &more);
-        if (m->state_flush)
-                (void) sd_event_source_set_enabled(m->state_flush, SD_EVENT_OFF);
+        return machine_state_dirty(machine, &k);
 }

@@ -8,7 +8,6 @@
 #include "policy.h"
 
 typedef struct Machine Machine;
-typedef struct Manager Manager;
 
 /* How long an operator's size below the guest's reserve is left alone at least (ResizeMachine). */
 #define MANUAL_HOLD_USEC (60 * USEC_PER_SEC)
@@ -90,8 +89,8 @@ void machine_state_restore(Machine *machine);
 void machine_state_save(Machine *machine);
 /* The VM went away: its file with it. */
 void machine_state_forget(Machine *machine);
-/* After a policy run: a write of every machine whose kept state changed, within a second, from
- * a low-priority source. Here only a scan for a change (none: no timer). */
-void manager_schedule_state_flush(Manager *m);
-/* Every pending write at once (a clean exit). */
-void manager_flush_state(Manager *m);
+/* Whether its kept state changed enough to be worth a write (a few compares), and the write
+ * itself: 1 written, 0 nothing new, < 0 failed (logged). The owner decides when: after a policy
+ * run, a second later, a slice at a time, from a low-priority source (manager-policy.c). */
+bool machine_state_changed(Machine *machine);
+int machine_state_flush(Machine *machine);

@@ -117,6 +117,12 @@ void manager_bus_emit_host_changed(Manager *m);
 void manager_bus_emit_reserve_changed(Manager *m);
 void manager_bus_emit_defaults_changed(Manager *m, char **props);
 
+/* After a policy run: a write of every machine whose kept state changed (machine-state.c),
+ * within a second, from a low-priority source. Here only a scan for a change (none: no timer). */
+void manager_schedule_state_flush(Manager *m);
+/* Every pending write at once (a clean exit). */
+void manager_flush_state(Manager *m);
+
 /* Between manager.c and manager-policy.c only. */
 void manager_defer_host_event(Manager *m, PressureLevel event, usec_t now);
 bool manager_request_missing_stats(Manager *m, usec_t now);
