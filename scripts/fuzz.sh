@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${FUZZ_BUILD:-build-fuzz}
 RUNS=${FUZZ_RUNS:-10000000}
-TARGETS=${FUZZ_TARGETS:-fuzz-qmp fuzz-config fuzz-knob fuzz-bus-property}
+TARGETS=${FUZZ_TARGETS:-fuzz-qmp fuzz-config fuzz-knob fuzz-bus-property fuzz-state}
 
 scripts/install-deps.sh
 
