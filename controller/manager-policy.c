@@ -35,11 +35,12 @@ static void arm_policy_timer(Manager *m, usec_t when) {
         sd_event_source_set_enabled(m->policy_timer, SD_EVENT_ONESHOT);
 }
 
-/* A host event decided on missing or stale guest stats would squeeze blindly (docs/policy.md).
- * QEMU keeps the statistics the guest last pushed (every StatsIntervalSec), so asking for
- * them costs one QMP round trip, not a wait for the guest: the event waits for those
- * replies, at most STATS_WAIT_MAX_USEC. A VM that was asked within STATS_RETRY_USEC and still
- * has none (no stats queue, an old driver) is not waited for again. */
+/* A guest without fresh stats gives a host event a blind low step at once and the informed rest
+ * when its stats come (policy.c, blind_rest()); a budget event, sized by the guests' stats
+ * alone, waits for them. QEMU keeps the statistics the guest last pushed (every
+ * StatsIntervalSec), so asking for them costs one QMP round trip, not a wait for the guest: a
+ * budget event waits for those replies, at most STATS_WAIT_MAX_USEC. A VM that was asked within
+ * STATS_RETRY_USEC and still has none (no stats queue, an old driver) is not asked again. */
 #define STATS_WAIT_MAX_USEC (250 * USEC_PER_MSEC)
 #define STATS_RETRY_USEC (10 * USEC_PER_SEC)
 
@@ -75,7 +76,7 @@ bool manager_request_missing_stats(Manager *m, usec_t now) {
         return waiting;
 }
 
-/* The same on the snapshot just taken (the event's hot path: the stats are in the array). */
+/* The same on the snapshot of the run (the event's path: the stats are in the array). */
 static bool snapshot_missing_stats(Manager *m, const PolicyVM *vms, usec_t now) {
         bool waiting = false;
 
@@ -94,25 +95,23 @@ static bool stats_awaited(Manager *m, usec_t now) {
 
 static int on_deferred_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
-        PressureLevel event = m->deferred_host_event;
 
-        m->deferred_host_event = PRESSURE_NONE;
-        if (event != PRESSURE_NONE || m->deferred_budget) {
+        if (m->deferred_budget) {
                 m->deferred_budget = false;
                 log_debug("Guest statistics did not all arrive within %llu ms; deciding without them.",
                           (unsigned long long) (STATS_WAIT_MAX_USEC / USEC_PER_MSEC));
-                manager_run_policy(m, event, NULL, PRESSURE_NONE);
+                manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
         }
         return 0;
 }
 
-void manager_defer_host_event(Manager *m, PressureLevel event, usec_t now) {
-        m->deferred_host_event = MAX(m->deferred_host_event, event);
+void manager_defer_budget(Manager *m, usec_t now) {
+        m->deferred_budget = true;
         if (!m->deferred_timer) {
                 if (sd_event_add_time(m->event, &m->deferred_timer, CLOCK_MONOTONIC, now + STATS_WAIT_MAX_USEC, 0,
                                       on_deferred_timer, m) < 0) {
-                        m->deferred_host_event = PRESSURE_NONE;
-                        manager_run_policy(m, event, NULL, PRESSURE_NONE);
+                        m->deferred_budget = false;
+                        manager_run_policy(m, PRESSURE_NONE, NULL, PRESSURE_NONE);
                         return;
                 }
                 sd_event_source_set_description(m->deferred_timer, "stats-wait");
@@ -147,10 +146,8 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
 
         if (m->exiting)
                 return;
-        /* The stats a deferred host or budget event waited for are in: decide it now. */
-        if ((m->deferred_host_event != PRESSURE_NONE || m->deferred_budget) && !stats_awaited(m, now)) {
-                host_event = MAX(host_event, m->deferred_host_event);
-                m->deferred_host_event = PRESSURE_NONE;
+        /* The stats a deferred budget event waited for are in: decide it now. */
+        if (m->deferred_budget && !stats_awaited(m, now)) {
                 m->deferred_budget = false;
                 sd_event_source_set_enabled(m->deferred_timer, SD_EVENT_OFF);
         } else if (m->deferred_budget && host_event == PRESSURE_NONE && scope_event == PRESSURE_NONE)
@@ -184,15 +181,6 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                         manager_read_footprint(m, machine);
                 vms[i] = machine_policy_vm(machine);
                 vms[i].scope_event = machine == scope_machine ? scope_event : PRESSURE_NONE;
-        }
-        /* A host event decided on missing guest stats would squeeze blindly: ask for them and
-         * decide when they are in (one pass over the snapshot: this is the event's hot path). */
-        if (host_event != PRESSURE_NONE && snapshot_missing_stats(m, vms, now)) {
-                log_info("Host %s pressure event: asking the guests without fresh statistics for them "
-                         "first (at most %llu ms).", pressure_level_to_string(host_event),
-                         (unsigned long long) (STATS_WAIT_MAX_USEC / USEC_PER_MSEC));
-                manager_defer_host_event(m, host_event, now);
-                return;
         }
         PolicyHost host = {
                 .event = host_event,
@@ -235,6 +223,12 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                         (void) machine_move(machine, vms[i].new_target_bytes, vms[i].reason,
                                             vms[i].reason_level);
         }
+        /* The guests a host event found without fresh stats gave a blind low step: asked for
+         * them now, after the balloon commands, they give the event's rest when they answer. */
+        if (host_event != PRESSURE_NONE && snapshot_missing_stats(m, vms, now))
+                log_info("Host %s pressure event: the guests without fresh statistics gave a blind first step; "
+                         "asked for their statistics, they give the rest of the event's share when they answer.",
+                         pressure_level_to_string(host_event));
         log_batch_end();
         m->in_policy = false;
         manager_schedule_state_flush(m);   /* the writes come later, off this path */

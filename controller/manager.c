@@ -98,10 +98,7 @@ static void on_host_pressure(PsiWatch *w, PressureLevel event, PressureLevel lev
         if (level != old_level)
                 log_info("Host memory pressure: %s → %s.", pressure_level_to_string(old_level),
                          pressure_level_to_string(level));
-        if (event != PRESSURE_NONE && m->deferred_host_event != PRESSURE_NONE)
-                manager_defer_host_event(m, event, now_usec());   /* joins the one waiting for stats */
-        else
-                manager_run_policy(m, event, NULL, PRESSURE_NONE);   /* defers it if stats are missing */
+        manager_run_policy(m, event, NULL, PRESSURE_NONE);
         log_batch_end();
         if (level != old_level)
                 manager_bus_emit_host_changed(m);
@@ -216,10 +213,10 @@ static void on_host_memory(HostMemory *h, void *userdata) {
         log_debug("Host memory source %s: use crossed the watch threshold.", host_memory_path(h));
         m->budget_event_usec = now_usec();
         manager_refresh_footprints(m);
-        /* As a host PSI event: wait one QMP round trip for missing guest stats, not longer. */
-        if (m->deferred_budget || m->deferred_host_event != PRESSURE_NONE || manager_request_missing_stats(m, now_usec())) {
-                m->deferred_budget = true;
-                manager_defer_host_event(m, PRESSURE_NONE, now_usec());
+        /* A budget take is sized by the guests' stats alone: wait one QMP round trip for the
+         * missing ones, not longer. */
+        if (m->deferred_budget || manager_request_missing_stats(m, now_usec())) {
+                manager_defer_budget(m, now_usec());
                 return;
         }
         manager_schedule_policy(m);

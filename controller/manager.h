@@ -43,8 +43,8 @@ typedef struct Manager {
         usec_t budget_event_usec;           /* last wake-up from the budget's source */
 
         sd_event_source *policy_timer;      /* armed only when the policy asks for a wake-up */
-        PressureLevel deferred_host_event;  /* a host event waiting for guest stats (no blind squeeze) */
-        bool deferred_budget;               /* a budget event (threshold, memory.events) waiting too */
+        bool deferred_budget;               /* a budget event (threshold, memory.events) waiting for
+                                             * missing guest stats (no blind budget take) ... */
         sd_event_source *deferred_timer;    /* ... but not longer than STATS_WAIT_MAX_USEC */
         sd_event_source *policy_defer;      /* one policy run after a burst of guest updates */
         sd_event_source *emit_defer;        /* one PropertiesChanged per machine after a batch */
@@ -124,7 +124,7 @@ void manager_schedule_state_flush(Manager *m);
 void manager_flush_state(Manager *m);
 
 /* Between manager.c and manager-policy.c only. */
-void manager_defer_host_event(Manager *m, PressureLevel event, usec_t now);
+void manager_defer_budget(Manager *m, usec_t now);
 bool manager_request_missing_stats(Manager *m, usec_t now);
 void manager_read_footprint(Manager *m, Machine *machine);
 void manager_refresh_footprints(Manager *m);

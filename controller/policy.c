@@ -493,6 +493,9 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
                         st->consecutive_events++;
                 st->relieved = false;
                 st->last_event_usec = now;
+                /* a new event is decided afresh: the rest of an earlier blind one is no longer due */
+                st->blind_level = PRESSURE_NONE;
+                st->blind_taken_bytes = 0;
         } else if (host->level == PRESSURE_NONE && vm->scope_level == PRESSURE_NONE)
                 st->relieved = true;
 
@@ -590,10 +593,18 @@ static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms
 
                         if (!share_eligible(vm, host, level, last_pass, now))
                                 continue;
-                        if (!stats_fresh(vm, now))
-                                /* Lighter for heavier weights, never heavier than a low step. */
-                                take = vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight);
-                        else if (score_max > 0)
+                        if (!stats_fresh(vm, now)) {
+                                /* Lighter for heavier weights, never heavier than a low step; the
+                                 * informed rest when its stats come (blind_rest()). */
+                                take = vm_take(vm, vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight),
+                                               POLICY_REASON_HOST_PRESSURE, level, now);
+                                vm->state.blind_level = level;
+                                vm->state.blind_usec = now;
+                                vm->state.blind_taken_bytes = take;
+                                taken += take;
+                                continue;
+                        }
+                        if (score_max > 0)
                                 take = (uint64_t) ((double) (escalate ? vm_step(vm, level, true)
                                                                       : permille_of(vm->ram_bytes, vm->knobs->step_permille[level])) *
                                                    (share_score(vm) / score_max));
@@ -604,6 +615,57 @@ static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms
 
                 if (taken > 0 || level < PRESSURE_CRITICAL)
                         break;
+        }
+}
+
+/* The rest of a host event for the guests it found without fresh stats. They gave a blind low
+ * step at once, so that the host's relief does not wait for a QMP round trip to every guest (at
+ * 1,000 VMs, tens of milliseconds); when a guest's stats come, it gives what the event's informed
+ * share asks beyond that step, above its floor, as it would have if they had been there: the
+ * level's step, escalated as the event counted it, by its score against the best donor among
+ * the guests with stats now. Those that gave at the event show it in their score; guests whose
+ * stats come early are scored against the ones in so far: nobody gives more than a full step.
+ * A guest that turned out to be under pressure of its own gives nothing more (relief may give
+ * the blind step back); so does one whose stats come after POLICY_BLIND_REST_MAX_USEC. */
+static void blind_rest(const PolicyHost *host, PolicyVM *vms, size_t n_vms, bool share, bool escalate, usec_t now) {
+        double score_max[_PRESSURE_LEVEL_MAX] = {};
+        unsigned due = 0;   /* levels with a rest due, as bits */
+
+        for (size_t i = 0; i < n_vms; i++) {
+                PolicyVMState *st = &vms[i].state;
+
+                if (!level_valid_event(st->blind_level))
+                        continue;
+                if (now > st->blind_usec + POLICY_BLIND_REST_MAX_USEC) {
+                        st->blind_level = PRESSURE_NONE;
+                        st->blind_taken_bytes = 0;
+                } else if (stats_fresh(vms + i, now))
+                        due |= 1U << st->blind_level;
+        }
+        if (due == 0)
+                return;
+
+        for (size_t i = 0; i < n_vms; i++)
+                if (stats_fresh(vms + i, now))
+                        for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
+                                if ((due & (1U << l)) && share_eligible(vms + i, host, l, false, now))
+                                        score_max[l] = MAX(score_max[l], share_score(vms + i));
+
+        for (size_t i = 0; i < n_vms; i++) {
+                PolicyVM *vm = vms + i;
+                PolicyVMState *st = &vm->state;
+                PressureLevel level = st->blind_level;
+
+                if (!level_valid_event(level) || !stats_fresh(vm, now))
+                        continue;
+                if (share && score_max[level] > 0 && share_eligible(vm, host, level, false, now)) {
+                        uint64_t step = escalate ? vm_step(vm, level, true)
+                                                 : permille_of(vm->ram_bytes, vm->knobs->step_permille[level]);
+                        uint64_t take = (uint64_t) ((double) step * (share_score(vm) / score_max[level]));
+                        (void) vm_take(vm, sub_sat(take, st->blind_taken_bytes), POLICY_REASON_HOST_PRESSURE, level, now);
+                }
+                st->blind_level = PRESSURE_NONE;
+                st->blind_taken_bytes = 0;
         }
 }
 
@@ -908,6 +970,8 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                         vm->state.scope_take_stats_usec = vm->state.last_stats_usec;
         }
 
+        bool psi_share = !budget->valid ||
+                balance < (int64_t) MAX(MOVE_GRANULE_BYTES, budget->capacity_bytes / BUDGET_SLACK_DIVISOR);
         if (host_event) {
                 for (size_t i = 0; i < n_vms; i++)
                         if (vms[i].knobs->preset == POLICY_PRESET_SEED && vm_managed(vms + i) && !scope_handled(vms + i, host))
@@ -918,9 +982,11 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                  * MemAvailable counts as free): then the PSI share, as without a budget, above
                  * each guest's working-set peak, but one level step per event: with room in the
                  * budget, events in a row are no sign that the last step was too small. */
-                if (!budget->valid || balance < (int64_t) MAX(MOVE_GRANULE_BYTES, budget->capacity_bytes / BUDGET_SLACK_DIVISOR))
+                if (psi_share)
                         host_event_share(host, vms, n_vms, host->event, !budget->valid, now);
-        }
+        } else
+                /* the rest of an earlier event, for the guests whose stats came since */
+                blind_rest(host, vms, n_vms, psi_share, !budget->valid, now);
 
         /* Giving back. Recovery: a guest is quiet when neither the host nor its scope is under
          * pressure; it grows after the cool-down, one step per interval. A guest under pressure of

@@ -103,6 +103,11 @@ void guest_stats_init(GuestStats *s);
  * are cumulative and may pass the RAM size; the policy only ever compares them. */
 void guest_stats_clamp(GuestStats *s, uint64_t ram_bytes);
 
+/* A host event that finds a guest without fresh statistics takes a blind low step from it at
+ * once and the rest of the event's informed share when its statistics come (the caller asks for
+ * them): within this long of the event, after which the next event decides. */
+#define POLICY_BLIND_REST_MAX_USEC (1 * USEC_PER_SEC)
+
 /* Policy-private memory of one VM, kept by the caller between calls, zero-initialised. */
 typedef struct PolicyVMState {
         unsigned consecutive_events;      /* pressure events in a row without relief */
@@ -146,6 +151,11 @@ typedef struct PolicyVMState {
                                            * what the guest touched at boot), never taken; 0 = none
                                            * seen yet */
         usec_t budget_take_stats_usec;    /* last_stats_usec when the budget last took from it */
+        PressureLevel blind_level;        /* a host event found it without fresh stats and took a
+                                           * blind step: the event's informed rest is due when they
+                                           * come, PRESSURE_NONE = nothing due ... */
+        usec_t blind_usec;                /* ... within POLICY_BLIND_REST_MAX_USEC of the event */
+        uint64_t blind_taken_bytes;       /* what the blind step took */
 } PolicyVMState;
 
 typedef enum PolicyReason {

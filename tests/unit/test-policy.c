@@ -408,6 +408,94 @@ static void test_relief_after_take(void **state) {
         assert_int_equal(t, now + k.recovery_interval_usec);
 }
 
+/* A host event that finds guests without fresh stats takes a blind low step from them at once;
+ * each gives the rest of the event's informed share when its stats come, and the two together
+ * are what the event would have taken with the stats at hand. */
+static void test_blind_then_rest(void **state) {
+        PolicyKnobs k;
+        PolicyVM informed, blind, vm[2];
+        PolicyHost host = { .event = PRESSURE_CRITICAL, .level = PRESSURE_CRITICAL }, quiet = { .level = PRESSURE_CRITICAL };
+        usec_t now = 1000 * USEC_PER_SEC;
+        uint64_t low;
+
+        policy_knobs_init_default(&k);
+        low = 4 * GIB / 1000 * k.step_permille[PRESSURE_LOW];
+
+        /* One guest, 3 GiB free: with its stats at the event, one critical step. */
+        vm_init(&informed, &k, 4 * GIB);
+        vm_stats(&informed, now, 3 * GIB);
+        policy_decide(&host, &informed, 1, now);
+        assert_true(informed.target_bytes - informed.new_target_bytes > low);
+
+        /* The same guest without them: the blind low step at once ... */
+        vm_init(&blind, &k, 4 * GIB);
+        policy_decide(&host, &blind, 1, now);
+        assert_int_equal(blind.reason, POLICY_REASON_HOST_PRESSURE);
+        assert_int_equal(blind.target_bytes - blind.new_target_bytes, low - low % MIB);
+        assert_int_equal(blind.state.blind_level, PRESSURE_CRITICAL);
+        blind.target_bytes = blind.new_target_bytes;   /* the guest has not followed yet */
+        /* ... nothing more while they are missing ... */
+        policy_decide(&quiet, &blind, 1, now + 5 * USEC_PER_MSEC);
+        assert_int_equal(blind.new_target_bytes, blind.target_bytes);
+        /* ... and the rest when they come: the same target as with the stats at hand, and no
+         * more after that. */
+        vm_stats(&blind, now + 10 * USEC_PER_MSEC, 3 * GIB);
+        policy_decide(&quiet, &blind, 1, now + 30 * USEC_PER_MSEC);
+        assert_int_equal(blind.reason, POLICY_REASON_HOST_PRESSURE);
+        assert_int_equal(blind.reason_level, PRESSURE_CRITICAL);
+        assert_int_equal(blind.new_target_bytes, informed.new_target_bytes);
+        assert_int_equal(blind.state.blind_level, PRESSURE_NONE);
+        vm_apply(&blind);
+        policy_decide(&quiet, &blind, 1, now + 60 * USEC_PER_MSEC);
+        assert_int_equal(blind.new_target_bytes, blind.target_bytes);
+        /* The event counted once: the next one escalates as after an informed event. */
+        assert_int_equal(blind.state.consecutive_events, informed.state.consecutive_events);
+
+        /* Two guests: the one whose stats come first is shared against those in so far (a full
+         * step); the other, with less to spare, against the best donor. Stats a second late:
+         * nothing more, the next event decides. */
+        for (int i = 0; i < 2; i++)
+                vm_init(&vm[i], &k, 4 * GIB);
+        policy_decide(&host, vm, 2, now += 100 * USEC_PER_SEC);
+        for (int i = 0; i < 2; i++) {
+                assert_int_equal(vm[i].target_bytes - vm[i].new_target_bytes, low - low % MIB);
+                vm_apply(&vm[i]);
+        }
+        vm_stats(&vm[0], now + 10 * USEC_PER_MSEC, 3 * GIB);
+        policy_decide(&quiet, vm, 2, now + 10 * USEC_PER_MSEC);
+        assert_int_equal(vm[0].reason, POLICY_REASON_HOST_PRESSURE);
+        assert_int_equal(vm[1].reason, POLICY_REASON_NONE);
+        uint64_t full = 4 * GIB - vm[0].new_target_bytes;
+        assert_true(full > low);
+        vm_apply(&vm[0]);
+        vm_stats(&vm[1], now + 20 * USEC_PER_MSEC, 1 * GIB);
+        policy_decide(&quiet, vm, 2, now + 20 * USEC_PER_MSEC);
+        assert_true(4 * GIB - vm[1].new_target_bytes < full);
+        assert_true(vm[1].new_target_bytes >= policy_vm_floor(&vm[1], now + 20 * USEC_PER_MSEC));
+
+        for (int i = 0; i < 2; i++)
+                vm_init(&vm[i], &k, 4 * GIB);
+        policy_decide(&host, vm, 2, now += 100 * USEC_PER_SEC);
+        for (int i = 0; i < 2; i++)
+                vm_apply(&vm[i]);
+        vm_stats(&vm[0], now + 1100 * USEC_PER_MSEC, 3 * GIB);
+        policy_decide(&quiet, vm, 2, now + 1100 * USEC_PER_MSEC);
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
+        assert_int_equal(vm[0].state.blind_level, PRESSURE_NONE);
+
+        /* A guest that turns out to be under pressure of its own gives no more. */
+        vm_init(&blind, &k, 4 * GIB);
+        vm_stats(&blind, now, 3 * GIB);
+        now += 100 * USEC_PER_SEC;   /* stale by the event */
+        policy_decide(&host, &blind, 1, now);
+        vm_apply(&blind);
+        vm_stats(&blind, now + 10 * USEC_PER_MSEC, 256 * MIB);   /* 2.75 GiB more used */
+        policy_decide(&quiet, &blind, 1, now + 10 * USEC_PER_MSEC);
+        assert_true(blind.guest_pressure);
+        assert_true(blind.new_target_bytes >= blind.target_bytes);
+        assert_int_equal(blind.state.blind_level, PRESSURE_NONE);
+}
+
 /* Several events between two guest-stats samples: the old sample's "available" predates our
  * own inflation, and must not make the guest look smaller by what we just took. */
 static void test_stale_sample_after_inflate(void **state) {
@@ -575,7 +663,7 @@ static void test_recovery(void **state) {
 #define CALLS_PER_TRAJECTORY 4
 #define IDLE_CASES 100000
 
-static unsigned cases_checked, inflations_checked, seed_moves_checked, floor_checked, recoveries_checked;
+static unsigned cases_checked, inflations_checked, seed_moves_checked, floor_checked, recoveries_checked, rests_checked;
 
 static void random_knobs(PolicyKnobs *k) {
         policy_knobs_init_default(k);
@@ -666,6 +754,10 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
         bool managed = pre->controllable && k->enabled && pre->ram_bytes > 0;
         PressureLevel level = MAX(pre->scope_event, host->event);
         bool fresh = stats_fresh_independent(pre, now);
+        /* The rest of an earlier host event that found it without stats, due when they come. */
+        PressureLevel rest = host->event == PRESSURE_NONE && pre->scope_event == PRESSURE_NONE && fresh &&
+                        pre->state.blind_level > PRESSURE_NONE && pre->state.blind_level < _PRESSURE_LEVEL_MAX &&
+                        now <= pre->state.blind_usec + POLICY_BLIND_REST_MAX_USEC ? pre->state.blind_level : PRESSURE_NONE;
 
         cases_checked++;
         if (!managed) {
@@ -695,8 +787,11 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
         if (vm->new_target_bytes < base) {
                 uint64_t drop = base - vm->new_target_bytes;
 
-                /* No inflation without an event. */
-                assert_true(level > PRESSURE_NONE);
+                /* No inflation without an event (or the rest of one). */
+                assert_true(level > PRESSURE_NONE || rest > PRESSURE_NONE);
+                if (level == PRESSURE_NONE)
+                        rests_checked++;
+                level = MAX(level, rest);
 
                 inflations_checked++;
                 if (k->preset == POLICY_PRESET_SEED) {
@@ -710,7 +805,8 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
                  * host's or the scope's event, whichever allows more (knobs need not grow with the
                  * level, and either event may be the one that moved it). */
                 uint64_t ram = pre->ram_bytes;
-                uint32_t permille = MAX(k->step_permille[host->event], k->step_permille[pre->scope_event]);
+                uint32_t permille = MAX(MAX(k->step_permille[host->event], k->step_permille[pre->scope_event]),
+                                        k->step_permille[rest]);
                 uint64_t level_step = ram / 1000 * permille + ram % 1000 * permille / 1000;
                 if (drop > level_step * k->step_escalation_max)
                         fail_msg("drop %" PRIu64 " above step %" PRIu64 " x %u", drop, level_step, k->step_escalation_max);
@@ -873,11 +969,12 @@ static void test_random_properties(void **state) {
                 }
         }
         print_message("policy properties: %u decisions checked: %u inflations (%u seed, %u against the "
-                      "working set), %u recovery steps\n",
-                      cases_checked, inflations_checked, seed_moves_checked, floor_checked, recoveries_checked);
+                      "working set, %u rests of a blind event), %u recovery steps\n",
+                      cases_checked, inflations_checked, seed_moves_checked, floor_checked, rests_checked,
+                      recoveries_checked);
         /* The generator reached every kind of move the checks are about, not only quiet calls. */
         assert_true(inflations_checked > 10000 && seed_moves_checked > 1000 && floor_checked > 5000);
-        assert_true(recoveries_checked > 10000);
+        assert_true(recoveries_checked > 10000 && rests_checked > 100);
 }
 
 /* No pressure and every VM at its maximum: no timer, no move, whatever else the snapshot says. */
@@ -1390,6 +1487,7 @@ int main(void) {
                 cmocka_unit_test(test_budget_free_near_line),
                 cmocka_unit_test(test_budget_random),
                 cmocka_unit_test(test_relief_after_take),
+                cmocka_unit_test(test_blind_then_rest),
                 cmocka_unit_test(test_scope_once_per_sample),
                 cmocka_unit_test(test_stale_sample_after_inflate),
                 cmocka_unit_test(test_sample_skew_not_growth),
