@@ -79,7 +79,7 @@ static void machine_set_state(Machine *machine, MachineState state, const char *
 }
 
 bool machine_controllable(const Machine *machine) {
-        return machine->state == MACHINE_MANAGED && machine->config.knobs.enabled &&
+        return machine->state == MACHINE_MANAGED && machine->knobs->enabled &&
                 machine->balloon && balloon_is_ready(machine->balloon) && machine->ram_bytes > 0;
 }
 
@@ -91,16 +91,13 @@ bool machine_controllable(const Machine *machine) {
 static void machine_share_default_knobs(Machine *machine) {
         const Config *c = machine->context.config;
 
-        machine->knobs_are_defaults = c && memcmp(&machine->config.knobs, &c->defaults, sizeof c->defaults) == 0;
-}
-
-static const PolicyKnobs *machine_knobs(const Machine *machine) {
-        return machine->knobs_are_defaults ? &machine->context.config->defaults : &machine->config.knobs;
+        machine->knobs = c && memcmp(&machine->config.knobs, &c->defaults, sizeof c->defaults) == 0
+                ? &c->defaults : &machine->config.knobs;
 }
 
 PolicyVM machine_policy_vm(const Machine *machine) {
         return (PolicyVM) {
-                .knobs = machine_knobs(machine),
+                .knobs = machine->knobs,
                 .ram_bytes = machine->ram_bytes,
                 .actual_bytes = machine->actual_bytes,
                 .target_bytes = machine->target_bytes,
@@ -117,7 +114,7 @@ PolicyVM machine_policy_vm(const Machine *machine) {
 
 void machine_prefetch(const Machine *machine, unsigned stage) {
         if (stage == 0)
-                for (size_t o = 0; o < sizeof *machine; o += 64)
+                for (size_t o = 0; o < offsetof(Machine, context); o += 64)
                         __builtin_prefetch((const char *) machine + o);
         else if (stage == 1)
                 __builtin_prefetch(machine->balloon);
@@ -515,6 +512,7 @@ int machine_new(Machine **ret, const MachineContext *context, const MachineOwner
         if (!machine)
                 return -ENOMEM;
         machine->context = *context;
+        machine->knobs = &machine->config.knobs;
         machine->ops = ops;
         machine->owner = owner;
         machine->leader = dm->leader;

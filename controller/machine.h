@@ -61,6 +61,24 @@ typedef enum MachineState {
 const char *machine_state_to_string(MachineState s);
 
 struct Machine {
+        /* What the policy's snapshot reads of every machine at every event (machine_policy_vm()),
+         * together at the start: a walk over 1,000 cold machines then touches the few lines of
+         * this block (machine_prefetch()), not the whole struct. */
+        MachineState state;
+        PressureLevel scope_level;
+        bool outside_budget;          /* its leader is not in HostMemorySource='s cgroup */
+        bool free_page_reporting;     /* the balloon has free-page-reporting on (false until known) */
+        const PolicyKnobs *knobs;     /* the owner's defaults when config.knobs are the same bytes
+                                       * (one copy, hot in the cache), else &config.knobs */
+        Balloon *balloon;
+        uint64_t ram_bytes;           /* configured RAM; 0 until the balloon is ready */
+        uint64_t actual_bytes;        /* as the guest reports it */
+        uint64_t target_bytes;        /* what we last asked for (or actual, until we move it) */
+        uint64_t host_rss_bytes;      /* what the host holds for it: its leader's VmRSS ... */
+        uint64_t host_swap_bytes;     /* ... and VmSwap (UINT64_MAX: not read) */
+        GuestStats stats;
+        PolicyVMState policy_state;
+
         MachineContext context;
         const MachineOwnerOps *ops;
         void *owner;
@@ -75,35 +93,22 @@ struct Machine {
         sd_id128_t id;                /* machined's Id: the domain UUID for libvirt */
         const char *backend;          /* "qmp", "libvirt", or NULL: none (unmanaged) */
 
-        MachineState state;
         char *state_reason;
 
         MachineConfig config;         /* effective knobs and QMPSocket= */
-        bool knobs_are_defaults;      /* config.knobs are the owner's defaults, byte for byte */
 
         QmpClient *qmp;
-        Balloon *balloon;
         PsiWatch *psi;
         sd_event_source *psi_retry;   /* re-arms psi after its scope went away or failed to open (EMFILE) */
         usec_t psi_retry_usec;        /* the current back-off */
-        PressureLevel scope_level;
         sd_event_source *attach_timer; /* retries attach while the guest driver is not bound */
         usec_t attach_retry_usec;
         bool exit_move;               /* a DeflateOnExit move is in flight */
         unsigned pending_props;       /* PropertiesChanged to send at the end of this batch (machine.c) */
         bool attached_once;           /* the balloon was ready once since this instance started */
 
-        uint64_t ram_bytes;           /* configured RAM; 0 until the balloon is ready */
-        uint64_t actual_bytes;        /* as the guest reports it */
-        uint64_t target_bytes;        /* what we last asked for (or actual, until we move it) */
-        GuestStats stats;
-        uint64_t host_rss_bytes;      /* what the host holds for it: its leader's VmRSS ... */
-        uint64_t host_swap_bytes;     /* ... and VmSwap (UINT64_MAX: not read) */
-        bool outside_budget;          /* its leader is not in HostMemorySource='s cgroup */
-        bool free_page_reporting;     /* the balloon has free-page-reporting on (false until known) */
         bool free_page_reporting_hinted; /* the hint that it is off was logged (once per machine) */
         usec_t stats_requested_usec;  /* last qom-get guest-stats asked before a decision */
-        PolicyVMState policy_state;
         KeptState kept_saved;         /* what its file in /run says (machine-state.c) */
 
         struct {

@@ -175,6 +175,10 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                 for (unsigned stage = 0; stage < 3; stage++)
                         if (i + 24 - 8 * stage < m->n_machines)
                                 machine_prefetch(m->machines[i + 24 - 8 * stage], stage);
+                /* the array is as cold, and each entry is written whole (512 bytes) */
+                if (i + 8 < m->n_machines)
+                        for (size_t o = 0; o < sizeof *vms; o += 64)
+                                __builtin_prefetch((const char *) (vms + i + 8) + o, 1);
                 /* A VM's footprint is read with the guest stats and on events; a new one once at
                  * its first decision, so that the budget knows what it holds from the start. */
                 if (m->host_memory && machine->host_rss_bytes == UINT64_MAX)

@@ -11,7 +11,7 @@ serving N sockets (fake-qmp --fake-many=N); each machine's drop-in names its soc
 
     AB_BUILDDIR=build /usr/bin/python3 tests/bench/bench-daemon.py [--vms 1,100,1000]
         [--idle-seconds 60] [--idle-at 1,1000] [--stall-seconds 20] [--json FILE]
-        [--keep DIR] [--nofile SOFT] [--perf DIR] [--perf-stat EVENTS]
+        [--keep DIR] [--nofile SOFT] [--perf DIR] [--perf-stat EVENTS] [--probes]
 
 Clocks: the kernel's event is stamped by a separate SCHED_FIFO process (--stamp) that arms the
 same trigger as the daemon's Low level on the same memory.pressure file and stamps its POLLPRI
@@ -173,6 +173,7 @@ print(json.dumps({"gets": len(lat), "max_s": lat[-1] if lat else None,
 class Bench:
     def __init__(self, env, args):
         self.env, self.args = env, args
+        self.probes_set = self.probes_ok = False
         # absolute: the commands run in the namespace, from another working directory
         build = os.path.abspath(abtest.BUILDDIR)
         self.fake_exe = os.path.join(build, "tests/fake-qmp/fake-qmp")
@@ -372,6 +373,51 @@ class Bench:
         time.sleep(0.3)
         return p
 
+    def probes_start(self, pid, what):
+        """--probes: uprobes on the daemon, its trigger fd dispatched (on_io in psi.c) and each
+        `balloon` sent (machine_move's return), stamped with CLOCK_MONOTONIC: the daemon's side
+        of an event, without the fake's own waits for a CPU."""
+        if not self.args.probes:
+            return None
+        if not shutil.which("perf"):
+            raise Fail("--probes needs perf (Debian: linux-perf)")
+        if not self.probes_set:
+            self.probes_set = True
+            subprocess.run(["perf", "probe", "-q", "-d", "abbench:*"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            ok = all(subprocess.run(["perf", "probe", "-q", "-x", self.daemon_exe, "-a", spec],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+                     for spec in ("abbench:io=on_io@psi.c", "abbench:sent=machine_move%return"))
+            if not ok:
+                log("perf probe could not set uprobes on the daemon: no daemon-side figures")
+                return None
+            atexit.register(subprocess.run, ["perf", "probe", "-q", "-d", "abbench:*"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.probes_ok = True
+        if not self.probes_ok:
+            return None
+        out = "/dev/shm/autoballoon-bench-%d-probes-%s.data" % (os.getpid(), what)   # off the stalled disk
+        p = subprocess.Popen(["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-e", "abbench:*", "-p", str(pid),
+                              "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return (p, out)
+
+    def probes_stop(self, probes):
+        """[(CLOCK_MONOTONIC, "io" or "sent")] of a probes_start()."""
+        if not probes:
+            return []
+        p, out = probes
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+        r = subprocess.run(["perf", "script", "-i", out, "-F", "time,event"], capture_output=True, text=True)
+        os.unlink(out)
+        stamps = []
+        for line in r.stdout.splitlines():
+            f = line.split()
+            if len(f) >= 2 and f[1].startswith("abbench:"):
+                stamps.append((float(f[0].rstrip(":")), "io" if f[1].startswith("abbench:io") else "sent"))
+        return stamps
+
     def stop_daemon(self, n):
         """SIGTERM: DeflateOnExit= returns every guest to its maximum, then the daemon exits."""
         t = time.monotonic()
@@ -447,11 +493,13 @@ class Bench:
         control = self.stamp(stall_seconds + 2.5)   # armed later: the skew check
         c0, f0 = proc_cpu_seconds(pid), proc_cpu_seconds(self.fake.host_pid)
         perf = self.perf(pid, "stall-%d" % n)
+        probes = self.probes_start(pid, "stall-%d" % n)
         pstat = self.perf_stat(pid, "stall-%d" % n)
         stall = self.env.stall(self.host_cg, seconds=stall_seconds)
         result = stall.wait()
         self.perf_stop(perf)
         self.perf_stop(pstat)
+        probed = self.probes_stop(probes)
         stamped = [l.split() for l in stamp.stdout if l.startswith("event")]
         events = [float(x[1]) for x in stamped]
         control_events = [float(l.split()[1]) for l in control.stdout if l.startswith("event")]
@@ -471,7 +519,7 @@ class Bench:
 
         # The daemon's log lines, stamped on arrival: the moves of a batch are logged after the
         # batch's commands are sent (one write), so their stamp is when the batch was done; an
-        # event decided only once missing guest stats were in says so first ("cold").
+        # event that found guests without fresh stats says so ("cold": they stepped blind).
         sent, asked = [], []
         with open(self.daemon_log) as f:
             for line in f:
@@ -487,6 +535,22 @@ class Bench:
             got = [st for st, vm in sent if t <= st < end]
             if got:
                 d_last.append(max(got) - t)
+
+        # The probes (CLOCK_MONOTONIC, as psi-stamp's second column): the trigger fd dispatched
+        # and the first `balloon` sent, per kernel event.
+        mono = [float(x[2]) for x in stamped]
+        p_io, p_sent = [], []
+        for k, t in enumerate(mono):
+            end = min(mono[k + 1] if k + 1 < len(mono) else t + 2.0, t + 2.0)
+            # the first dispatch at or after the kernel's stamp (the two clocks are read by two
+            # processes: allow the stamp a few microseconds late), then the first send after it
+            io = [pt for pt, what in probed if what == "io" and t - 0.0001 <= pt < end]
+            if not io:
+                continue
+            p_io.append(max(0.0, min(io) - t))
+            out = [pt for pt, what in probed if what == "sent" and min(io) <= pt < end]
+            if out:
+                p_sent.append(min(out) - t)
 
         first, last, n_vms, missed = [], [], [], 0
         warm_first, warm_last, cold_first, cold_rest_first, cold_rest_last = [], [], [], [], []
@@ -528,6 +592,7 @@ class Bench:
              "warm_first": quantiles(warm_first), "warm_last": quantiles(warm_last),
              "cold_first": quantiles(cold_first), "cold_rest_first": quantiles(cold_rest_first),
              "cold_rest_last": quantiles(cold_rest_last), "daemon_batch": quantiles(d_last),
+             "daemon_io": quantiles(p_io), "daemon_first": quantiles(p_sent),
              "vms_per_event": quantiles(n_vms), "trigger_skew": quantiles(skew),
              "daemon_cpu_s": round(c1 - c0, 3), "fake_cpu_s": round(f1 - f0, 3), "stall": result}
         log("N=%d: %d kernel events in %.0f s of stall (%s %% some), %d balloon commands, %d events "
@@ -540,6 +605,9 @@ class Bench:
         log("N=%d: events that found no fresh guest stats: first balloon (blind step) %s; first VM's rest %s; "
             "last VM's rest %s" % (n, fmt_ms(r["cold_first"]), fmt_ms(r["cold_rest_first"]), fmt_ms(r["cold_rest_last"])))
         log("N=%d: daemon side, event -> the batch's move lines written: %s" % (n, fmt_ms(r["daemon_batch"])))
+        if probed:
+            log("N=%d: daemon side (uprobes), event -> trigger fd dispatched: %s; -> first balloon sent: %s" %
+                (n, fmt_ms(r["daemon_io"]), fmt_ms(r["daemon_first"])))
         log("N=%d: trigger skew (two identical triggers): %s; CPU during the stall: daemon %.3f s, "
             "fake-qmp %.3f s" % (n, fmt_ms(r["trigger_skew"]), r["daemon_cpu_s"], r["fake_cpu_s"]))
         return r
@@ -699,6 +767,9 @@ def main():
     p.add_argument("--keep", metavar="DIR", help="copy the daemon's logs and the fake's record here")
     p.add_argument("--perf-stat", metavar="EVENTS", help="perf stat -e EVENTS of the daemon per phase")
     p.add_argument("--perf", metavar="DIR", help="perf record the daemon during each stall and stop, into DIR")
+    p.add_argument("--probes", action="store_true",
+                   help="uprobes on the daemon (perf): the daemon-side figures; perf's own CPU use "
+                        "delays the fake, so the fake-side figures of such a run are not the ones to quote")
     a = p.parse_args()
     a.vms = sorted(int(x) for x in a.vms.split(","))
     a.idle_at = {int(x) for x in a.idle_at.split(",") if x}
