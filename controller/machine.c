@@ -114,8 +114,10 @@ PolicyVM machine_policy_vm(const Machine *machine) {
 
 void machine_prefetch(const Machine *machine, unsigned stage) {
         if (stage == 0)
-                for (size_t o = 0; o < offsetof(Machine, context); o += 64)
-                        __builtin_prefetch((const char *) machine + o);
+                /* from the line the struct starts in (malloc aligns to 16, not 64) */
+                for (uintptr_t p = (uintptr_t) machine & ~(uintptr_t) 63; p < (uintptr_t) machine + offsetof(Machine, context);
+                     p += 64)
+                        __builtin_prefetch((const void *) p);
         else if (stage == 1)
                 __builtin_prefetch(machine->balloon);
         else
@@ -221,6 +223,9 @@ int machine_resize(Machine *machine, uint64_t target_bytes) {
         machine->policy_state.manual_until_usec = now_usec() + MAX(MANUAL_HOLD_USEC, policy_vm_recovery_delay(&vm));
         /* ... whatever need the guest showed before the resize: the operator has decided */
         machine->policy_state.guest_pressure_usec = 0;
+        /* ... and the rest of a host event decided on blind steps is not taken from this size */
+        machine->policy_state.rest_usec = 0;
+        machine->policy_state.blind_taken_bytes = 0;
         machine_state_save(machine);
         machine->ops->run_policy(machine->owner, NULL, PRESSURE_NONE);
         return 0;

@@ -1,6 +1,7 @@
 /* The policy's runs for the Manager: the snapshot handed to policy_decide() (one PolicyVM per
- * machine, the host's pressure and budget), host events deferred until fresh guest stats are
- * in, the policy's timer and deferred runs, and guest-stats polling. The decisions themselves
+ * machine, the host's pressure and budget), the rest of a host event decided on blind steps and
+ * budget events waiting for missing guest stats, the policy's timer and deferred runs, and
+ * guest-stats polling. The decisions themselves
  * are policy.c's; the state they act on is manager.c's and machine.c's. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -35,13 +36,14 @@ static void arm_policy_timer(Manager *m, usec_t when) {
         sd_event_source_set_enabled(m->policy_timer, SD_EVENT_ONESHOT);
 }
 
-/* A guest without fresh stats gives a host event a blind low step at once and the informed rest
- * when its stats come (policy.c, blind_rest()); a budget event, sized by the guests' stats
- * alone, waits for them. QEMU keeps the statistics the guest last pushed (every
- * StatsIntervalSec), so asking for them costs one QMP round trip, not a wait for the guest: a
- * budget event waits for those replies, at most STATS_WAIT_MAX_USEC. A VM that was asked within
- * STATS_RETRY_USEC and still has none (no stats queue, an old driver) is not asked again. */
-#define STATS_WAIT_MAX_USEC (250 * USEC_PER_MSEC)
+/* A host event that finds guests without fresh stats is decided at once on blind steps, and its
+ * rest when their stats are in (policy.c, host_event_share()); a budget event, sized by the
+ * guests' stats alone, waits for them. QEMU keeps the statistics the guest last pushed (every
+ * StatsIntervalSec), so asking for them costs one QMP round trip, not a wait for the guest: the
+ * rest and a budget event wait for those replies, at most STATS_WAIT_MAX_USEC. A VM that was
+ * asked within STATS_RETRY_USEC and still has none (no stats queue, an old driver) is not asked
+ * again. */
+#define STATS_WAIT_MAX_USEC POLICY_REST_WAIT_USEC
 #define STATS_RETRY_USEC (10 * USEC_PER_SEC)
 
 static bool machine_stats_fresh(const Machine *machine, usec_t now) {
@@ -76,13 +78,14 @@ bool manager_request_missing_stats(Manager *m, usec_t now) {
         return waiting;
 }
 
-/* The same on the snapshot of the run (the event's path: the stats are in the array). */
-static bool snapshot_missing_stats(Manager *m, const PolicyVM *vms, usec_t now) {
-        bool waiting = false;
+/* The same on the snapshot of the run (the event's path: the stats are in the array); returns
+ * how many answers are awaited. */
+static size_t snapshot_missing_stats(Manager *m, const PolicyVM *vms, usec_t now) {
+        size_t waiting = 0;
 
         for (size_t i = 0; i < m->n_machines; i++)
                 if (vms[i].controllable && !guest_stats_fresh(&vms[i].stats, vms[i].knobs, now))
-                        waiting = machine_request_stats(m->machines[i], now) || waiting;
+                        waiting += machine_request_stats(m->machines[i], now);
         return waiting;
 }
 
@@ -159,6 +162,18 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
         }
         if (host_event != PRESSURE_NONE || scope_event != PRESSURE_NONE)
                 m->last_pressure_usec = now;
+        /* Another trigger of the same stall while the stats an event decided on blind steps asked
+         * for are still awaited: it joins that event (the rest is decided at the higher level),
+         * as it would have joined it with the stats at hand, instead of stepping blind again. */
+        if (host_event != PRESSURE_NONE && m->host_rest_level != PRESSURE_NONE &&
+            now < m->host_rest_usec + STATS_WAIT_MAX_USEC && stats_awaited(m, now)) {
+                log_debug("Host %s pressure event joins the %s event whose guest statistics are awaited.",
+                          pressure_level_to_string(host_event), pressure_level_to_string(m->host_rest_level));
+                m->host_rest_level = MAX(m->host_rest_level, host_event);
+                host_event = PRESSURE_NONE;
+                if (scope_event == PRESSURE_NONE)
+                        return;
+        }
         /* This run sees every update a scheduled one was for. */
         sd_event_source_set_enabled(m->policy_defer, SD_EVENT_OFF);
 
@@ -191,10 +206,20 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                 .level = m->host_level,
                 .last_pressure_usec = m->last_pressure_usec,
                 .burst = m->host_burst,
+                .rest_level = m->host_rest_level,
+                .rest_usec = m->host_rest_usec,
+                .stats_pending = m->host_rest_level != PRESSURE_NONE && host_event == PRESSURE_NONE &&
+                                 stats_awaited(m, now),
         };
         manager_read_budget(m, &host.budget);
         when = policy_decide(&host, vms, m->n_machines, now);
         m->host_burst = host.burst;
+        bool blind = host_event != PRESSURE_NONE && host.rest_level != PRESSURE_NONE,
+             rest = host_event == PRESSURE_NONE && m->host_rest_level != PRESSURE_NONE && host.rest_level == PRESSURE_NONE;
+        PressureLevel rest_level = m->host_rest_level;
+        usec_t rest_since = m->host_rest_usec;
+        m->host_rest_level = host.rest_level;
+        m->host_rest_usec = host.rest_usec;
         m->budget = host.budget;
         m->budget_balance = host_budget_balance(&host.budget, vms, m->n_machines);
         if (host.budget.valid)
@@ -227,12 +252,24 @@ void manager_run_policy(Manager *m, PressureLevel host_event, Machine *scope_mac
                         (void) machine_move(machine, vms[i].new_target_bytes, vms[i].reason,
                                             vms[i].reason_level);
         }
-        /* The guests a host event found without fresh stats gave a blind low step: asked for
-         * them now, after the balloon commands, they give the event's rest when they answer. */
-        if (host_event != PRESSURE_NONE && snapshot_missing_stats(m, vms, now))
-                log_info("Host %s pressure event: the guests without fresh statistics gave a blind first step; "
-                         "asked for their statistics, they give the rest of the event's share when they answer.",
-                         pressure_level_to_string(host_event));
+        if (rest && now <= rest_since + POLICY_REST_MAX_USEC)
+                log_info("Host %s pressure event: its rest decided on the guest statistics in %llu ms after it.",
+                         pressure_level_to_string(rest_level),
+                         (unsigned long long) ((now - rest_since) / USEC_PER_MSEC));
+        else if (rest)
+                log_info("Host %s pressure event: its rest dropped, too late; the next event decides.",
+                         pressure_level_to_string(rest_level));
+        /* A host event asks the guests without fresh stats for them, after the balloon commands:
+         * for the rest of an event decided on blind steps, and for the next event. */
+        if (host_event != PRESSURE_NONE) {
+                size_t asked = snapshot_missing_stats(m, vms, now);
+                if (blind)
+                        log_info("Host %s pressure event: %zu guest(s) without fresh statistics, so every guest "
+                                 "gave at most a blind low step; the rest of the event when their statistics are in.",
+                                 pressure_level_to_string(host_event), asked);
+                if (blind && asked == 0)
+                        manager_schedule_policy(m);   /* none to wait for (none answer): the rest now */
+        }
         log_batch_end();
         m->in_policy = false;
         manager_schedule_state_flush(m);   /* the writes come later, off this path */

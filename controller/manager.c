@@ -617,6 +617,9 @@ int manager_reload(Manager *m) {
                 if (r < 0) {
                         log_warning_errno(r, "Machine %s: failed to reload its drop-ins, keeping its settings: %m",
                                           machine->name);
+                        /* its own settings, not the new defaults it may have shared until now */
+                        PolicyKnobs own = machine->config.knobs;
+                        machine_apply_knobs(machine, &own, machine->config.knobs_set);
                         continue;
                 }
                 if (machine->balloon && !streq_ptr(mc.qmp_socket, machine->config.qmp_socket))

@@ -37,6 +37,9 @@ typedef struct Manager {
         HostMemory *host_memory;            /* HostMemorySource=, NULL: PSI alone */
         HostBudget budget;                  /* as read for the last policy run */
         HostBurst host_burst;               /* the policy's memory of the host's last bursts */
+        PressureLevel host_rest_level;      /* the policy's host event decided on blind steps, its rest
+                                             * due (PolicyHost.rest_level) ... */
+        usec_t host_rest_usec;              /* ... and when it came */
         int64_t budget_balance;             /* bytes over (> 0) or room left (< 0) at that run */
         bool budget_watch;                  /* within one reserve of the budget: keep stats fresh */
         bool budget_read_failed;            /* logged once until it reads again */

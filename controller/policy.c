@@ -493,11 +493,13 @@ static void vm_prepare(PolicyVM *vm, const PolicyHost *host, bool host_event, us
                         st->consecutive_events++;
                 st->relieved = false;
                 st->last_event_usec = now;
-                /* a new event is decided afresh: the rest of an earlier blind one is no longer due */
-                st->blind_level = PRESSURE_NONE;
-                st->blind_taken_bytes = 0;
         } else if (host->level == PRESSURE_NONE && vm->scope_level == PRESSURE_NONE)
                 st->relieved = true;
+        if (host_event) {
+                /* a new host event is decided afresh: an earlier one's rest is no longer due */
+                st->rest_usec = 0;
+                st->blind_taken_bytes = 0;
+        }
 
         /* A deflate we asked for and then cut short by a take lands late: actual rising to the
          * target of our last grow is that, not the guest deflating itself (seen on a real guest:
@@ -571,102 +573,111 @@ static double share_score(const PolicyVM *vm) {
                (double) MAX(vm->knobs->weight, 1U);
 }
 
+/* How well a guest could spare memory before the blind step of the event whose rest this is:
+ * the rest is shared as the event would have been with the stats at hand. */
+static double rest_score(const PolicyVM *vm) {
+        PolicyVM before = *vm;
+
+        before.new_target_bytes = add_sat(vm->new_target_bytes, vm->state.blind_taken_bytes);
+        return share_score(&before);
+}
+
+typedef enum ShareMode {
+        SHARE_EVENT,    /* a host event: informed, or blind steps if a guest lacks stats */
+        SHARE_REST,     /* the rest of an event decided on blind steps */
+} ShareMode;
+
 /* Host pressure: every eligible guest is asked for its step scaled by its score, normalised so
  * that the best donor gives a full step and the others in proportion; nobody below its floor.
  * Guests showing pressure of their own are the last victims: taken from only at critical
- * level, and only when nobody else had anything to give. Guests without stats give a small
- * blind step. */
-static void host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, bool escalate,
-                             usec_t now) {
+ * level, and only when nobody else had anything to give.
+ *
+ * An event that finds a guest without fresh stats cannot share yet (that guest may be the best
+ * donor, and the last-victim pass depends on what the others give): every guest gives at most
+ * the blind low step at once (lighter for heavier weights, above its floor where its stats say
+ * where that is), so that the host's relief does not wait for a QMP round trip to every guest
+ * (at 1,000 VMs, tens of milliseconds), and the event is shared when the stats are in
+ * (SHARE_REST): the same share as with the stats at hand, less what each gave blind. A guest
+ * still without stats then gives the blind step and nothing more. Returns true if the rest is
+ * due. */
+static bool host_event_share(const PolicyHost *host, PolicyVM *vms, size_t n_vms, PressureLevel level, bool escalate,
+                             ShareMode mode, usec_t now) {
+        if (mode == SHARE_EVENT) {
+                bool blind = false;
+
+                for (size_t i = 0; i < n_vms && !blind; i++)
+                        blind = share_eligible(vms + i, host, level, false, now) && !stats_fresh(vms + i, now);
+                if (blind) {
+                        for (size_t i = 0; i < n_vms; i++) {
+                                PolicyVM *vm = vms + i;
+                                bool first = share_eligible(vm, host, level, false, now);
+
+                                if (!first && !share_eligible(vm, host, level, true, now))
+                                        continue;
+                                vm->state.rest_usec = now;
+                                vm->state.blind_taken_bytes = !first ? 0 :
+                                        vm_take(vm, vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight),
+                                                POLICY_REASON_HOST_PRESSURE, level, now);
+                        }
+                        return true;
+                }
+        }
+
         for (int pass = 0; pass < 2; pass++) {
                 bool last_pass = pass == 1;
                 double score_max = 0;
                 uint64_t taken = 0;
 
-                for (size_t i = 0; i < n_vms; i++)
-                        if (share_eligible(vms + i, host, level, last_pass, now) && stats_fresh(vms + i, now))
-                                score_max = MAX(score_max, share_score(vms + i));
+                for (size_t i = 0; i < n_vms; i++) {
+                        PolicyVM *vm = vms + i;
+                        if (mode == SHARE_REST && vm->state.rest_usec != host->rest_usec)
+                                continue;
+                        if (share_eligible(vm, host, level, last_pass, now) && stats_fresh(vm, now))
+                                score_max = MAX(score_max, mode == SHARE_REST ? rest_score(vm) : share_score(vm));
+                }
 
                 for (size_t i = 0; i < n_vms; i++) {
                         PolicyVM *vm = vms + i;
-                        uint64_t take;
+                        uint64_t blind = 0, take;
 
+                        if (mode == SHARE_REST) {
+                                if (vm->state.rest_usec != host->rest_usec)
+                                        continue;
+                                blind = vm->state.blind_taken_bytes;
+                        }
                         if (!share_eligible(vm, host, level, last_pass, now))
                                 continue;
-                        if (!stats_fresh(vm, now)) {
-                                /* Lighter for heavier weights, never heavier than a low step; the
-                                 * informed rest when its stats come (blind_rest()). */
-                                take = vm_take(vm, vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight),
-                                               POLICY_REASON_HOST_PRESSURE, level, now);
-                                vm->state.blind_level = level;
-                                vm->state.blind_usec = now;
-                                vm->state.blind_taken_bytes = take;
-                                taken += take;
-                                continue;
-                        }
-                        if (score_max > 0)
+                        if (!stats_fresh(vm, now))
+                                /* Lighter for heavier weights, never heavier than a low step. */
+                                take = vm_step(vm, level, false) * 100 / MAX(100U, vm->knobs->weight);
+                        else if (score_max > 0)
                                 take = (uint64_t) ((double) (escalate ? vm_step(vm, level, true)
                                                                       : permille_of(vm->ram_bytes, vm->knobs->step_permille[level])) *
-                                                   (share_score(vm) / score_max));
+                                                   ((mode == SHARE_REST ? rest_score(vm) : share_score(vm)) / score_max));
                         else
                                 continue;
-                        taken += vm_take(vm, take, POLICY_REASON_HOST_PRESSURE, level, now);
+                        if (blind == 0) {
+                                taken += vm_take(vm, take, POLICY_REASON_HOST_PRESSURE, level, now);
+                                continue;
+                        }
+                        /* What the event takes from it, from where it was before the blind step;
+                         * what that step took already counts. */
+                        uint64_t informed = MIN(take, sub_sat(add_sat(vm->new_target_bytes, blind), vm->floor_bytes));
+                        informed -= informed % MOVE_GRANULE_BYTES;
+                        (void) vm_take(vm, sub_sat(informed, blind), POLICY_REASON_HOST_PRESSURE, level, now);
+                        taken += informed;
                 }
 
                 if (taken > 0 || level < PRESSURE_CRITICAL)
                         break;
         }
-}
-
-/* The rest of a host event for the guests it found without fresh stats. They gave a blind low
- * step at once, so that the host's relief does not wait for a QMP round trip to every guest (at
- * 1,000 VMs, tens of milliseconds); when a guest's stats come, it gives what the event's informed
- * share asks beyond that step, above its floor, as it would have if they had been there: the
- * level's step, escalated as the event counted it, by its score against the best donor among
- * the guests with stats now. Those that gave at the event show it in their score; guests whose
- * stats come early are scored against the ones in so far: nobody gives more than a full step.
- * A guest that turned out to be under pressure of its own gives nothing more (relief may give
- * the blind step back); so does one whose stats come after POLICY_BLIND_REST_MAX_USEC. */
-static void blind_rest(const PolicyHost *host, PolicyVM *vms, size_t n_vms, bool share, bool escalate, usec_t now) {
-        double score_max[_PRESSURE_LEVEL_MAX] = {};
-        unsigned due = 0;   /* levels with a rest due, as bits */
-
-        for (size_t i = 0; i < n_vms; i++) {
-                PolicyVMState *st = &vms[i].state;
-
-                if (!level_valid_event(st->blind_level))
-                        continue;
-                if (now > st->blind_usec + POLICY_BLIND_REST_MAX_USEC) {
-                        st->blind_level = PRESSURE_NONE;
-                        st->blind_taken_bytes = 0;
-                } else if (stats_fresh(vms + i, now))
-                        due |= 1U << st->blind_level;
-        }
-        if (due == 0)
-                return;
-
-        for (size_t i = 0; i < n_vms; i++)
-                if (stats_fresh(vms + i, now))
-                        for (PressureLevel l = PRESSURE_LOW; l < _PRESSURE_LEVEL_MAX; l++)
-                                if ((due & (1U << l)) && share_eligible(vms + i, host, l, false, now))
-                                        score_max[l] = MAX(score_max[l], share_score(vms + i));
-
-        for (size_t i = 0; i < n_vms; i++) {
-                PolicyVM *vm = vms + i;
-                PolicyVMState *st = &vm->state;
-                PressureLevel level = st->blind_level;
-
-                if (!level_valid_event(level) || !stats_fresh(vm, now))
-                        continue;
-                if (share && score_max[level] > 0 && share_eligible(vm, host, level, false, now)) {
-                        uint64_t step = escalate ? vm_step(vm, level, true)
-                                                 : permille_of(vm->ram_bytes, vm->knobs->step_permille[level]);
-                        uint64_t take = (uint64_t) ((double) step * (share_score(vm) / score_max[level]));
-                        (void) vm_take(vm, sub_sat(take, st->blind_taken_bytes), POLICY_REASON_HOST_PRESSURE, level, now);
-                }
-                st->blind_level = PRESSURE_NONE;
-                st->blind_taken_bytes = 0;
-        }
+        if (mode == SHARE_REST)
+                for (size_t i = 0; i < n_vms; i++)
+                        if (vms[i].state.rest_usec == host->rest_usec) {
+                                vms[i].state.rest_usec = 0;
+                                vms[i].state.blind_taken_bytes = 0;
+                        }
+        return false;
 }
 
 /* --- the host's memory budget ---------------------------------------------------------------- */
@@ -982,11 +993,23 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                  * MemAvailable counts as free): then the PSI share, as without a budget, above
                  * each guest's working-set peak, but one level step per event: with room in the
                  * budget, events in a row are no sign that the last step was too small. */
-                if (psi_share)
-                        host_event_share(host, vms, n_vms, host->event, !budget->valid, now);
-        } else
-                /* the rest of an earlier event, for the guests whose stats came since */
-                blind_rest(host, vms, n_vms, psi_share, !budget->valid, now);
+                host->rest_level = PRESSURE_NONE;
+                if (psi_share && host_event_share(host, vms, n_vms, host->event, !budget->valid, SHARE_EVENT, now)) {
+                        host->rest_level = host->event;
+                        host->rest_usec = now;
+                }
+        } else if (level_valid_event(host->rest_level)) {
+                /* The rest of an event decided on blind steps: once the stats asked for are in,
+                 * or when the wait is over with what is in. Too late (a lost timer, a clock
+                 * stepped back), the next event decides. */
+                if (now < host->rest_usec || now > host->rest_usec + POLICY_REST_MAX_USEC)
+                        host->rest_level = PRESSURE_NONE;
+                else if (!host->stats_pending || now >= host->rest_usec + POLICY_REST_WAIT_USEC) {
+                        if (psi_share)
+                                (void) host_event_share(host, vms, n_vms, host->rest_level, !budget->valid, SHARE_REST, now);
+                        host->rest_level = PRESSURE_NONE;
+                }
+        }
 
         /* Giving back. Recovery: a guest is quiet when neither the host nor its scope is under
          * pressure; it grows after the cool-down, one step per interval. A guest under pressure of
@@ -1127,5 +1150,7 @@ usec_t policy_decide(PolicyHost *host, PolicyVM *vms, size_t n_vms, usec_t now) 
                         next = MIN(next, now + budget->interval_usec);
         }
 
+        if (level_valid_event(host->rest_level))
+                next = MIN(next, host->rest_usec + POLICY_REST_WAIT_USEC);
         return next;
 }

@@ -103,10 +103,13 @@ void guest_stats_init(GuestStats *s);
  * are cumulative and may pass the RAM size; the policy only ever compares them. */
 void guest_stats_clamp(GuestStats *s, uint64_t ram_bytes);
 
-/* A host event that finds a guest without fresh statistics takes a blind low step from it at
- * once and the rest of the event's informed share when its statistics come (the caller asks for
- * them): within this long of the event, after which the next event decides. */
-#define POLICY_BLIND_REST_MAX_USEC (1 * USEC_PER_SEC)
+/* A host event that finds a guest without fresh statistics (with the PSI share deciding) takes
+ * at most a blind low step from every guest at once; the caller asks the guests without
+ * statistics for theirs, and the rest of the event is decided when they are in
+ * (PolicyHost.stats_pending false), or POLICY_REST_WAIT_USEC after the event whatever is in; an
+ * event whose rest is not decided within POLICY_REST_MAX_USEC is dropped, the next one decides. */
+#define POLICY_REST_WAIT_USEC (250 * USEC_PER_MSEC)
+#define POLICY_REST_MAX_USEC (1 * USEC_PER_SEC)
 
 /* Policy-private memory of one VM, kept by the caller between calls, zero-initialised. */
 typedef struct PolicyVMState {
@@ -151,11 +154,9 @@ typedef struct PolicyVMState {
                                            * what the guest touched at boot), never taken; 0 = none
                                            * seen yet */
         usec_t budget_take_stats_usec;    /* last_stats_usec when the budget last took from it */
-        PressureLevel blind_level;        /* a host event found it without fresh stats and took a
-                                           * blind step: the event's informed rest is due when they
-                                           * come, PRESSURE_NONE = nothing due ... */
-        usec_t blind_usec;                /* ... within POLICY_BLIND_REST_MAX_USEC of the event */
-        uint64_t blind_taken_bytes;       /* what the blind step took */
+        usec_t rest_usec;                 /* a host event with its rest due counts this VM in
+                                           * (PolicyHost.rest_usec), 0 = none ... */
+        uint64_t blind_taken_bytes;       /* ... and took this blind step from it */
 } PolicyVMState;
 
 typedef enum PolicyReason {
@@ -252,6 +253,13 @@ typedef struct PolicyHost {
                                            * RecoveryDelaySec= after it. policy_decide() sets it on
                                            * host events; scope events also count per VM, in its
                                            * state, so the caller need not add them here */
+        PressureLevel rest_level;         /* a host event decided on blind steps, its rest due
+                                           * (PRESSURE_NONE: none); kept across calls by the
+                                           * caller, which may raise the level (another trigger
+                                           * of the same stall while the stats are awaited) ... */
+        usec_t rest_usec;                 /* ... when it came */
+        bool stats_pending;               /* guest stats the caller asked for are still awaited:
+                                           * the rest waits (at most POLICY_REST_WAIT_USEC) */
 } PolicyHost;
 
 /* Effective bounds of a VM after defaults: minimum <= maximum <= ram. */

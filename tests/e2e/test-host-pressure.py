@@ -40,7 +40,8 @@ def test(env):
         t0 = time.monotonic()
         # it keeps writing its 380 MiB (30 passes): pressure lasts until the host has room
         hog = realguest.host_hog(env, memcg, 380, 60, outdir, passes=30)
-        # One real move is enough (the first is 25 MiB, sized from the guest's stats). Whether
+        # One real event is enough (a 5 MiB blind step, then the rest to 25 MiB once the
+        # guest's stats are in: the informed critical step). Whether
         # a second event comes depends on how fast the host swaps its way to room: once the
         # guest's idle pages are in zram, the stall can end (seen: one event, then none).
         moved = env.wait_for(lambda: env.ab_get(path, "ActualMemory") <= actual0 - 20 * MIB,

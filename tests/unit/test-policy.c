@@ -408,92 +408,144 @@ static void test_relief_after_take(void **state) {
         assert_int_equal(t, now + k.recovery_interval_usec);
 }
 
-/* A host event that finds guests without fresh stats takes a blind low step from them at once;
- * each gives the rest of the event's informed share when its stats come, and the two together
- * are what the event would have taken with the stats at hand. */
+/* Applies a decision to n guests: the daemon sends it, the guest has not followed yet. */
+static void vms_send(PolicyVM *vm, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                vm[i].target_bytes = vm[i].new_target_bytes;
+}
+
+/* A host event that finds a guest without fresh stats: every guest gives at most a blind low step
+ * at once, and the rest of the event, once the stats asked for are in, brings each to the target
+ * the event gives with the stats at hand. */
 static void test_blind_then_rest(void **state) {
         PolicyKnobs k;
-        PolicyVM informed, blind, vm[2];
-        PolicyHost host = { .event = PRESSURE_CRITICAL, .level = PRESSURE_CRITICAL }, quiet = { .level = PRESSURE_CRITICAL };
-        usec_t now = 1000 * USEC_PER_SEC;
-        uint64_t low;
+        PolicyVM informed[2], vm[2];
+        PolicyHost event = { .event = PRESSURE_CRITICAL, .level = PRESSURE_CRITICAL }, host;
+        usec_t now = 1000 * USEC_PER_SEC, t;
+        uint64_t low, avail[2] = { 600 * MIB, 3 * GIB };
 
         policy_knobs_init_default(&k);
         low = 4 * GIB / 1000 * k.step_permille[PRESSURE_LOW];
+        low -= low % MIB;
 
-        /* One guest, 3 GiB free: with its stats at the event, one critical step. */
-        vm_init(&informed, &k, 4 * GIB);
-        vm_stats(&informed, now, 3 * GIB);
-        policy_decide(&host, &informed, 1, now);
-        assert_true(informed.target_bytes - informed.new_target_bytes > low);
-
-        /* The same guest without them: the blind low step at once ... */
-        vm_init(&blind, &k, 4 * GIB);
-        policy_decide(&host, &blind, 1, now);
-        assert_int_equal(blind.reason, POLICY_REASON_HOST_PRESSURE);
-        assert_int_equal(blind.target_bytes - blind.new_target_bytes, low - low % MIB);
-        assert_int_equal(blind.state.blind_level, PRESSURE_CRITICAL);
-        blind.target_bytes = blind.new_target_bytes;   /* the guest has not followed yet */
-        /* ... nothing more while they are missing ... */
-        policy_decide(&quiet, &blind, 1, now + 5 * USEC_PER_MSEC);
-        assert_int_equal(blind.new_target_bytes, blind.target_bytes);
-        /* ... and the rest when they come: the same target as with the stats at hand, and no
-         * more after that. */
-        vm_stats(&blind, now + 10 * USEC_PER_MSEC, 3 * GIB);
-        policy_decide(&quiet, &blind, 1, now + 30 * USEC_PER_MSEC);
-        assert_int_equal(blind.reason, POLICY_REASON_HOST_PRESSURE);
-        assert_int_equal(blind.reason_level, PRESSURE_CRITICAL);
-        assert_int_equal(blind.new_target_bytes, informed.new_target_bytes);
-        assert_int_equal(blind.state.blind_level, PRESSURE_NONE);
-        vm_apply(&blind);
-        policy_decide(&quiet, &blind, 1, now + 60 * USEC_PER_MSEC);
-        assert_int_equal(blind.new_target_bytes, blind.target_bytes);
-        /* The event counted once: the next one escalates as after an informed event. */
-        assert_int_equal(blind.state.consecutive_events, informed.state.consecutive_events);
-
-        /* Two guests: the one whose stats come first is shared against those in so far (a full
-         * step); the other, with less to spare, against the best donor. Stats a second late:
-         * nothing more, the next event decides. */
-        for (int i = 0; i < 2; i++)
-                vm_init(&vm[i], &k, 4 * GIB);
-        policy_decide(&host, vm, 2, now += 100 * USEC_PER_SEC);
+        /* Two guests with stats at hand: the one with 3 GiB free gives a full critical step, the
+         * one with 600 MiB free much less. */
         for (int i = 0; i < 2; i++) {
-                assert_int_equal(vm[i].target_bytes - vm[i].new_target_bytes, low - low % MIB);
-                vm_apply(&vm[i]);
+                vm_init(&informed[i], &k, 4 * GIB);
+                vm_stats(&informed[i], now, avail[i]);
         }
-        vm_stats(&vm[0], now + 10 * USEC_PER_MSEC, 3 * GIB);
-        policy_decide(&quiet, vm, 2, now + 10 * USEC_PER_MSEC);
-        assert_int_equal(vm[0].reason, POLICY_REASON_HOST_PRESSURE);
-        assert_int_equal(vm[1].reason, POLICY_REASON_NONE);
-        uint64_t full = 4 * GIB - vm[0].new_target_bytes;
-        assert_true(full > low);
-        vm_apply(&vm[0]);
-        vm_stats(&vm[1], now + 20 * USEC_PER_MSEC, 1 * GIB);
-        policy_decide(&quiet, vm, 2, now + 20 * USEC_PER_MSEC);
-        assert_true(4 * GIB - vm[1].new_target_bytes < full);
-        assert_true(vm[1].new_target_bytes >= policy_vm_floor(&vm[1], now + 20 * USEC_PER_MSEC));
+        host = event;
+        policy_decide(&host, informed, 2, now);
+        assert_int_equal(host.rest_level, PRESSURE_NONE);
+        assert_true(4 * GIB - informed[1].new_target_bytes > 4 * low);
+        assert_true(4 * GIB - informed[0].new_target_bytes < low);
 
+        /* The same without stats: the blind low step from both at once ... */
         for (int i = 0; i < 2; i++)
                 vm_init(&vm[i], &k, 4 * GIB);
-        policy_decide(&host, vm, 2, now += 100 * USEC_PER_SEC);
+        host = event;
+        policy_decide(&host, vm, 2, now);
+        assert_int_equal(host.rest_level, PRESSURE_CRITICAL);
+        for (int i = 0; i < 2; i++) {
+                assert_int_equal(vm[i].reason, POLICY_REASON_HOST_PRESSURE);
+                assert_int_equal(4 * GIB - vm[i].new_target_bytes, low);
+        }
+        vms_send(vm, 2);
+        /* ... nothing while stats are awaited, the first guest's in or not; the call says when
+         * the wait ends ... */
+        host.event = PRESSURE_NONE;
+        host.stats_pending = true;
+        t = policy_decide(&host, vm, 2, now + 5 * USEC_PER_MSEC);
+        assert_true(t <= now + POLICY_REST_WAIT_USEC);
+        vm_stats(&vm[0], now + 10 * USEC_PER_MSEC, avail[0]);
+        policy_decide(&host, vm, 2, now + 10 * USEC_PER_MSEC);
         for (int i = 0; i < 2; i++)
-                vm_apply(&vm[i]);
-        vm_stats(&vm[0], now + 1100 * USEC_PER_MSEC, 3 * GIB);
-        policy_decide(&quiet, vm, 2, now + 1100 * USEC_PER_MSEC);
-        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
-        assert_int_equal(vm[0].state.blind_level, PRESSURE_NONE);
+                assert_int_equal(vm[i].new_target_bytes, vm[i].target_bytes);
+        /* ... and with both in, the targets of the informed event, the blind step included (the
+         * guest with little to spare has given more than its share: the blind step is all). */
+        vm_stats(&vm[1], now + 20 * USEC_PER_MSEC, avail[1]);
+        host.stats_pending = false;
+        policy_decide(&host, vm, 2, now + 20 * USEC_PER_MSEC);
+        assert_int_equal(host.rest_level, PRESSURE_NONE);
+        assert_int_equal(vm[1].reason, POLICY_REASON_HOST_PRESSURE);
+        assert_int_equal(vm[1].reason_level, PRESSURE_CRITICAL);
+        assert_int_equal(vm[1].new_target_bytes, informed[1].new_target_bytes);
+        assert_int_equal(vm[0].new_target_bytes, MIN(informed[0].new_target_bytes, 4 * GIB - low));
+        assert_int_equal(vm[1].state.consecutive_events, informed[1].state.consecutive_events);
+        vms_send(vm, 2);
+        policy_decide(&host, vm, 2, now + 40 * USEC_PER_MSEC);
+        for (int i = 0; i < 2; i++)
+                assert_int_equal(vm[i].new_target_bytes, vm[i].target_bytes);
 
-        /* A guest that turns out to be under pressure of its own gives no more. */
-        vm_init(&blind, &k, 4 * GIB);
-        vm_stats(&blind, now, 3 * GIB);
-        now += 100 * USEC_PER_SEC;   /* stale by the event */
-        policy_decide(&host, &blind, 1, now);
-        vm_apply(&blind);
-        vm_stats(&blind, now + 10 * USEC_PER_MSEC, 256 * MIB);   /* 2.75 GiB more used */
-        policy_decide(&quiet, &blind, 1, now + 10 * USEC_PER_MSEC);
-        assert_true(blind.guest_pressure);
-        assert_true(blind.new_target_bytes >= blind.target_bytes);
-        assert_int_equal(blind.state.blind_level, PRESSURE_NONE);
+        /* One guest with stats, one without: the one with stats does not give a full step for
+         * lack of a better donor; the rest shares it with the other's stats. */
+        for (int i = 0; i < 2; i++)
+                vm_init(&vm[i], &k, 4 * GIB);
+        now += 100 * USEC_PER_SEC;
+        vm_stats(&vm[0], now, avail[0]);
+        host = event;
+        policy_decide(&host, vm, 2, now);
+        assert_true(4 * GIB - vm[0].new_target_bytes <= low);
+        vms_send(vm, 2);
+        vm_stats(&vm[1], now + 10 * USEC_PER_MSEC, avail[1]);
+        host.event = PRESSURE_NONE;
+        policy_decide(&host, vm, 2, now + 10 * USEC_PER_MSEC);
+        assert_int_equal(vm[1].new_target_bytes, informed[1].new_target_bytes);
+        assert_true(vm[0].new_target_bytes >= MIN(informed[0].new_target_bytes, 4 * GIB - low));
+
+        /* The wait is bounded: a guest that does not answer gives the blind step, the other its
+         * rest; a scope event meanwhile does not cancel it. */
+        for (int i = 0; i < 2; i++)
+                vm_init(&vm[i], &k, 4 * GIB);
+        now += 100 * USEC_PER_SEC;
+        host = event;
+        policy_decide(&host, vm, 2, now);
+        vms_send(vm, 2);
+        host.event = PRESSURE_NONE;
+        host.stats_pending = true;
+        vm[1].scope_event = vm[1].scope_level = PRESSURE_LOW;
+        vm_stats(&vm[1], now + 10 * USEC_PER_MSEC, avail[1]);
+        policy_decide(&host, vm, 2, now + 10 * USEC_PER_MSEC);
+        assert_int_equal(host.rest_level, PRESSURE_CRITICAL);
+        vm[1].scope_event = PRESSURE_NONE;
+        vms_send(vm, 2);
+        policy_decide(&host, vm, 2, now + POLICY_REST_WAIT_USEC);
+        assert_int_equal(host.rest_level, PRESSURE_NONE);
+        assert_int_equal(vm[0].new_target_bytes, vm[0].target_bytes);
+        assert_true(vm[1].new_target_bytes < vm[1].target_bytes);
+
+        /* Stats that come after POLICY_REST_MAX_USEC (no call in between): the next event decides. */
+        for (int i = 0; i < 2; i++)
+                vm_init(&vm[i], &k, 4 * GIB);
+        now += 100 * USEC_PER_SEC;
+        host = event;
+        policy_decide(&host, vm, 2, now);
+        vms_send(vm, 2);
+        vm_stats(&vm[1], now + POLICY_REST_MAX_USEC + 1, avail[1]);
+        host.event = PRESSURE_NONE;
+        policy_decide(&host, vm, 2, now + POLICY_REST_MAX_USEC + 1);
+        assert_int_equal(host.rest_level, PRESSURE_NONE);
+        assert_int_equal(vm[1].new_target_bytes, vm[1].target_bytes);
+
+        /* At critical, a guest under pressure of its own gives when nobody else has anything:
+         * the blind step of the other (at its floor, it turns out) does not count as something. */
+        for (int i = 0; i < 2; i++)
+                vm_init(&vm[i], &k, 4 * GIB);
+        now += 100 * USEC_PER_SEC;
+        vm_stats(&vm[0], now, avail[1]);
+        vm[0].state.guest_pressure_usec = now;   /* P: in need, 3 GiB free */
+        host = event;
+        policy_decide(&host, vm, 2, now);
+        assert_true(vm[0].guest_pressure);
+        assert_int_equal(vm[0].new_target_bytes, 4 * GIB);
+        assert_int_equal(4 * GIB - vm[1].new_target_bytes, low);
+        vms_send(vm, 2);
+        vm_stats(&vm[0], now + 10 * USEC_PER_MSEC, avail[1]);
+        vm_stats(&vm[1], now + 10 * USEC_PER_MSEC, 64 * MIB);   /* C: at its floor */
+        host.event = PRESSURE_NONE;
+        policy_decide(&host, vm, 2, now + 10 * USEC_PER_MSEC);
+        assert_int_equal(vm[0].reason, POLICY_REASON_HOST_PRESSURE);
+        assert_true(vm[0].new_target_bytes < 4 * GIB);
 }
 
 /* Several events between two guest-stats samples: the old sample's "available" predates our
@@ -754,10 +806,10 @@ static void check_decision(const PolicyHost *host, const PolicyVM *pre, const Po
         bool managed = pre->controllable && k->enabled && pre->ram_bytes > 0;
         PressureLevel level = MAX(pre->scope_event, host->event);
         bool fresh = stats_fresh_independent(pre, now);
-        /* The rest of an earlier host event that found it without stats, due when they come. */
-        PressureLevel rest = host->event == PRESSURE_NONE && pre->scope_event == PRESSURE_NONE && fresh &&
-                        pre->state.blind_level > PRESSURE_NONE && pre->state.blind_level < _PRESSURE_LEVEL_MAX &&
-                        now <= pre->state.blind_usec + POLICY_BLIND_REST_MAX_USEC ? pre->state.blind_level : PRESSURE_NONE;
+        /* The rest of an earlier host event decided on blind steps that counted this VM in. */
+        PressureLevel rest = host->event == PRESSURE_NONE && host->rest_level > PRESSURE_NONE &&
+                        host->rest_level < _PRESSURE_LEVEL_MAX && pre->state.rest_usec == host->rest_usec &&
+                        pre->state.rest_usec != 0 ? host->rest_level : PRESSURE_NONE;
 
         cases_checked++;
         if (!managed) {
@@ -941,6 +993,7 @@ static void test_random_properties(void **state) {
 
                 for (unsigned c = 0; c < CALLS_PER_TRAJECTORY; c++) {
                         host.event = random_level(50);
+                        host.stats_pending = rnd_chance(30);
                         host.level = host.event != PRESSURE_NONE ? MAX(host.event, random_level(50)) : random_level(50);
                         for (size_t i = 0; i < n; i++) {
                                 vm[i].controllable = !rnd_chance(5);
