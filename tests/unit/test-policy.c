@@ -414,6 +414,17 @@ static void vms_send(PolicyVM *vm, size_t n) {
                 vm[i].target_bytes = vm[i].new_target_bytes;
 }
 
+/* Two stale guests hit by the event 100 s after the last case: the blind steps sent. */
+static usec_t blind_pair(PolicyHost *host, const PolicyHost *event, PolicyVM *vm, const PolicyKnobs *k, usec_t now) {
+        for (int i = 0; i < 2; i++)
+                vm_init(&vm[i], k, 4 * GIB);
+        now += 100 * USEC_PER_SEC;
+        *host = *event;
+        policy_decide(host, vm, 2, now);
+        vms_send(vm, 2);
+        return now;
+}
+
 /* A host event that finds a guest without fresh stats: every guest gives at most a blind low step
  * at once, and the rest of the event, once the stats asked for are in, brings each to the target
  * the event gives with the stats at hand. */
@@ -495,12 +506,7 @@ static void test_blind_then_rest(void **state) {
 
         /* The wait is bounded: a guest that does not answer gives the blind step, the other its
          * rest; a scope event meanwhile does not cancel it. */
-        for (int i = 0; i < 2; i++)
-                vm_init(&vm[i], &k, 4 * GIB);
-        now += 100 * USEC_PER_SEC;
-        host = event;
-        policy_decide(&host, vm, 2, now);
-        vms_send(vm, 2);
+        now = blind_pair(&host, &event, vm, &k, now);
         host.event = PRESSURE_NONE;
         host.stats_pending = true;
         vm[1].scope_event = vm[1].scope_level = PRESSURE_LOW;
@@ -515,12 +521,7 @@ static void test_blind_then_rest(void **state) {
         assert_true(vm[1].new_target_bytes < vm[1].target_bytes);
 
         /* Stats that come after POLICY_REST_MAX_USEC (no call in between): the next event decides. */
-        for (int i = 0; i < 2; i++)
-                vm_init(&vm[i], &k, 4 * GIB);
-        now += 100 * USEC_PER_SEC;
-        host = event;
-        policy_decide(&host, vm, 2, now);
-        vms_send(vm, 2);
+        now = blind_pair(&host, &event, vm, &k, now);
         vm_stats(&vm[1], now + POLICY_REST_MAX_USEC + 1, avail[1]);
         host.event = PRESSURE_NONE;
         policy_decide(&host, vm, 2, now + POLICY_REST_MAX_USEC + 1);
